@@ -1,0 +1,1 @@
+"""Identity: who calls, and what they may do."""

@@ -1,0 +1,33 @@
+"""The actor: who a request or a run acts for, and the permissions it holds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+ActorKind = Literal["user", "service_account", "anonymous", "system"]
+
+
+def permission_matches(granted: str, wanted: str) -> bool:
+    """Whether a granted permission covers a wanted one (a trailing `*` matches any suffix)."""
+    if granted == "*" or granted == wanted:
+        return True
+    return granted.endswith("*") and wanted.startswith(granted[:-1])
+
+
+@dataclass(frozen=True)
+class Actor:
+    """A user, a service account, the anonymous caller, or the system itself."""
+
+    kind: ActorKind
+    name: str
+    permissions: frozenset[str]
+
+    @property
+    def label(self) -> str:
+        """`user:alice@example.com`: how runs and versions name the actor."""
+        return f"{self.kind}:{self.name}"
+
+    def can(self, permission: str) -> bool:
+        """Whether any held permission covers `permission`."""
+        return any(permission_matches(granted, permission) for granted in self.permissions)

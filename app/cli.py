@@ -1,0 +1,156 @@
+"""The `tokenfarm` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Annotated
+
+import typer
+from cryptography.fernet import Fernet
+
+from app.config import get_settings
+from app.errors import TokenfarmError
+
+cli = typer.Typer(help="tokenfarm: keeps OAuth access tokens and other short-lived secrets fresh.", no_args_is_help=True)
+
+DEMO_OWNER_EMAIL = "owner@example.com"
+DEMO_OWNER_PASSWORD = "tokenfarm-demo-password"  # noqa: S105 - printed for the local demo only
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _migrate() -> None:
+    from app.migrate import upgrade_database
+
+    upgrade_database(get_settings().resolved_database_url)
+
+
+@cli.command()
+def migrate() -> None:
+    """Upgrade the database schema to the newest migration."""
+    try:
+        _migrate()
+    except TokenfarmError as exc:
+        _fail(exc.message)
+    typer.echo("database is at the newest migration")
+
+
+async def _create_owner(email: str, password: str) -> bool:
+    from app.auth.accounts import ensure_owner
+    from app.db import create_engine, session_factory, session_scope
+
+    engine = create_engine(get_settings().resolved_database_url)
+    try:
+        async for session in session_scope(session_factory(engine)):
+            _, created = await ensure_owner(session, email, password)
+        return created
+    finally:
+        await engine.dispose()
+
+
+@cli.command()
+def init(
+    owner_email: Annotated[str, typer.Option(help="Email of the owner account.")],
+    owner_password: Annotated[str, typer.Option(help="Password of the owner (12+ characters).")],
+) -> None:
+    """Migrate the database and create the owner account (running it again changes nothing)."""
+    try:
+        _migrate()
+        created = asyncio.run(_create_owner(owner_email, owner_password))
+    except TokenfarmError as exc:
+        _fail(exc.message)
+    if created:
+        typer.echo(f"owner {owner_email} created")
+    else:
+        typer.echo(f"owner {owner_email} already exists; nothing changed")
+
+
+@cli.command()
+def keygen() -> None:
+    """Print a new encryption key for TOKENFARM_ENCRYPTION_KEYS."""
+    typer.echo(Fernet.generate_key().decode())
+
+
+@cli.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    migrate_first: Annotated[bool, typer.Option("--migrate/--no-migrate", help="Migrate before serving.")] = True,
+) -> None:
+    """Serve the API (and the explorer at /docs)."""
+    import uvicorn
+
+    from app.main import create_app
+
+    try:
+        if migrate_first:
+            _migrate()
+        app = create_app(get_settings())
+    except TokenfarmError as exc:
+        _fail(exc.message)
+    uvicorn.run(app, host=host, port=port, proxy_headers=False)
+
+
+async def _seed_demo(token_url: str, refresh_token: str) -> None:
+    from app.crypto import load_keyring
+    from app.db import create_engine, session_factory, session_scope
+    from app.demo.seed import seed_demo
+
+    settings = get_settings()
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        async for session in session_scope(session_factory(engine)):
+            await seed_demo(
+                session, load_keyring(settings), settings, token_url=token_url,
+                client_id="demo-client", client_secret="demo-client-secret",  # noqa: S106
+                refresh_token=refresh_token,
+            )
+    finally:
+        await engine.dispose()
+
+
+@cli.command()
+def demo(
+    port: Annotated[int, typer.Option(help="Port of tokenfarm.")] = 8000,
+    token_server_port: Annotated[int, typer.Option(help="Port of the bundled token server.")] = 8765,
+) -> None:
+    """Start tokenfarm on SQLite with a bundled local token server and the canonical refresh."""
+    import uvicorn
+
+    from app.demo.loopback import LoopbackServer
+    from app.demo.token_server import TokenServerState, create_token_server
+    from app.main import create_app
+
+    state = TokenServerState(expires_in=300)
+    state.add_client("demo-client", "demo-client-secret")
+    with LoopbackServer(create_token_server(state), port=token_server_port) as token_server:
+        try:
+            _migrate()
+            asyncio.run(_create_owner(DEMO_OWNER_EMAIL, DEMO_OWNER_PASSWORD))
+            asyncio.run(_seed_demo(f"{token_server.url}/oauth/token", state.issue_refresh_token("demo-client")))
+            app = create_app(get_settings())
+        except TokenfarmError as exc:
+            _fail(exc.message)
+        base = f"http://127.0.0.1:{port}"
+        typer.secho("\ntokenfarm demo", bold=True)
+        typer.echo(f"  API explorer:  {base}/docs")
+        typer.echo(f"  token server:  {token_server.url}/oauth/token (in this process)")
+        typer.echo(f"  owner:         {DEMO_OWNER_EMAIL} / {DEMO_OWNER_PASSWORD}")
+        typer.echo("\nTry:")
+        typer.echo(f"  curl -s {base}/refresh/ACCESS_TOKEN")
+        typer.echo(f"  curl -s {base}/v1/secrets/ACCESS_TOKEN")
+        typer.echo(f"  curl -s {base}/v1/secrets/ACCESS_TOKEN/value")
+        typer.echo(f"  curl -s '{base}/v1/runs?limit=5'\n")
+        uvicorn.run(app, host="127.0.0.1", port=port)
+
+
+def main() -> None:
+    """Entry point of the `tokenfarm` script."""
+    try:
+        cli()
+    except KeyboardInterrupt:
+        sys.exit(130)

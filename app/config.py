@@ -1,0 +1,57 @@
+"""The one settings object (`TOKENFARM_` environment variables) and the URL rules for the database."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Environment = Literal["development", "test", "staging", "production"]
+
+
+class Settings(BaseSettings):
+    """Configuration read from `TOKENFARM_*` environment variables (or a `.env` file)."""
+
+    model_config = SettingsConfigDict(env_prefix="TOKENFARM_", env_file=".env", extra="ignore")
+
+    environment: Environment = Field(
+        "development", description="Deployment stage; picks the value of environment-specific secrets."
+    )
+    data_dir: Path = Field(
+        Path("data"), description="Where the default SQLite file and the development key file live."
+    )
+    database_url: str | None = Field(
+        None,
+        description="`sqlite:///path` or `postgresql://user:pass@host/db`; default: SQLite in data_dir.",
+    )
+    encryption_keys: str | None = Field(
+        None, description="Comma-separated Fernet keys; the first encrypts, all decrypt."
+    )
+    log_level: str = Field("INFO", description="Python logging level.")
+    http_timeout_seconds: float = Field(
+        30.0, gt=0, le=300, description="Default timeout of an outbound request."
+    )
+    versions_kept: int = Field(
+        20, ge=20, le=10_000, description="Versions kept per secret and environment (at least 20)."
+    )
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL as the user gave it, or the default SQLite file."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'tokenfarm.db'}"
+
+    @property
+    def key_file(self) -> Path:
+        """The development key file, generated on first start when no keys are configured."""
+        return self.data_dir / "encryption.keys"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings; a FastAPI dependency that tests override."""
+    return Settings()

@@ -1,0 +1,605 @@
+"""A real RFC 6749 token endpoint with strict refresh-token rotation and fault injection.
+
+Tests start it on loopback (see ``app.demo.loopback.LoopbackServer``) and drive it through a
+shared ``TokenServerState``; ``python -m app.demo.token_server`` serves it for local demos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import hmac
+import secrets
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Final, Literal, get_args
+from urllib.parse import parse_qsl, unquote_plus
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+Fault = Literal["http_500", "html", "broken_json", "no_access_token", "invalid_client", "hang"]
+FAULTS: Final[frozenset[str]] = frozenset(get_args(Fault))
+
+TOKEN_PATH: Final = "/oauth/token"  # noqa: S105 -- a URL path, not a credential
+INTROSPECT_PATH: Final = "/oauth/introspect"
+FORM_MEDIA_TYPE: Final = "application/x-www-form-urlencoded"
+SUPPORTED_GRANTS: Final = frozenset({"refresh_token", "client_credentials"})
+
+# RFC 6749 §5.1: token responses carry credentials and must never be cached.
+NO_STORE_HEADERS: Final = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+BASIC_CHALLENGE: Final = {"WWW-Authenticate": 'Basic realm="token"'}
+
+# RFC 8707 lets "resource" repeat; every other parameter must appear at most once (§3.2).
+_REPEATABLE_PARAMS: Final = frozenset({"resource"})
+_MAX_BODY_BYTES: Final = 64 * 1024
+_MAX_FIELDS: Final = 100
+_ALL_METHODS: Final = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+class OAuthError(Exception):
+    """An RFC 6749 §5.2 error; its args hold only the code and description, never secrets."""
+
+    def __init__(
+        self, error: str, description: str, *, status: int = 400, challenge: bool = False
+    ) -> None:
+        """Create an error answered with `status` (plus a Basic challenge if `challenge`)."""
+        super().__init__(error, description)
+        self.error = error
+        self.description = description
+        self.status = status
+        self.challenge = challenge
+
+
+@dataclass
+class _Family:
+    """A chain of refresh tokens descending from one grant; revoked as a whole on reuse."""
+
+    client_id: str
+    scope: tuple[str, ...]
+    refresh_tokens: list[str] = field(default_factory=list)
+    access_tokens: list[str] = field(default_factory=list)
+    revoked: bool = False
+
+
+@dataclass
+class _RefreshToken:
+    """Per-token rotation status."""
+
+    family_id: str
+    used: bool = False
+
+
+@dataclass
+class _AccessToken:
+    """What the server remembers about an issued access token, for introspection."""
+
+    client_id: str
+    scope: str
+    issued_at: float
+    expires_at: float
+    audience: str | None = None
+    resource: tuple[str, ...] = ()
+    revoked: bool = False
+
+
+class TokenServerState:
+    """Lock-protected state shared by a running token server and the test that drives it."""
+
+    def __init__(
+        self,
+        *,
+        expires_in: int = 3600,
+        default_scope: str = "read",
+        hang_seconds: float = 30.0,
+        latency_seconds: float = 0.0,
+    ) -> None:
+        """Create an empty state; register clients with `add_client`."""
+        self._lock = threading.Lock()
+        # Plain attributes: single reads/writes are atomic, so tests may set them at any time.
+        self.clients: dict[str, str] = {}
+        self.unauthorized_clients: set[str] = set()
+        self.expires_in = expires_in
+        self.default_scope = default_scope
+        self.hang_seconds = hang_seconds
+        self.latency_seconds = latency_seconds
+        # OAuth 2.0 Security BCP: on refresh-token reuse the server cannot tell the thief from
+        # the client, so revoking the family's access tokens too is the conservative default.
+        self.revoke_access_tokens_on_reuse = True
+        self._fault: str | None = None
+        self._token_requests = 0
+        self._requests: list[dict[str, Any]] = []
+        self._families: dict[str, _Family] = {}
+        self._refresh_tokens: dict[str, _RefreshToken] = {}
+        self._access_tokens: dict[str, _AccessToken] = {}
+
+    # -- configuration -------------------------------------------------------------------
+
+    @property
+    def fault(self) -> str | None:
+        """The injected fault answered by /oauth/token, or None for normal behaviour."""
+        return self._fault
+
+    @fault.setter
+    def fault(self, value: str | None) -> None:
+        # Rejecting typos here makes a misspelt fault fail the test instead of passing silently.
+        if value is not None and value not in FAULTS:
+            raise ValueError(f"unknown fault {value!r}; expected one of {sorted(FAULTS)}")
+        self._fault = value
+
+    def add_client(self, client_id: str, client_secret: str) -> None:
+        """Register (or re-key) a confidential client."""
+        with self._lock:
+            self.clients[client_id] = client_secret
+
+    def issue_refresh_token(self, client_id: str, scope: str = "read") -> str:
+        """Start a new refresh-token family for `client_id` and return its first token."""
+        with self._lock:
+            if client_id not in self.clients:
+                raise ValueError(f"unknown client_id {client_id!r}; call add_client first")
+            family_id = uuid.uuid4().hex
+            self._families[family_id] = _Family(client_id=client_id, scope=_split_scope(scope))
+            return self._new_refresh_token_locked(family_id)
+
+    # -- observability -------------------------------------------------------------------
+
+    @property
+    def token_requests(self) -> int:
+        """Number of POSTs to /oauth/token since the last `reset_counters`."""
+        with self._lock:
+            return self._token_requests
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """A snapshot of per-request records (no secret values) for /oauth/token POSTs."""
+        # Keys: grant_type, client_id, auth_method ("basic"/"post"/None), fields (names as
+        # sent), scope, audience, resource (list), fault, status, error ("fault:<name>" for
+        # injected faults). Values of secrets and tokens are deliberately never recorded.
+        with self._lock:
+            return [dict(entry) for entry in self._requests]
+
+    def reset_counters(self) -> None:
+        """Zero `token_requests` and clear `requests`; issued tokens are kept."""
+        with self._lock:
+            self._token_requests = 0
+            self._requests.clear()
+
+    def introspect(self, token: str) -> dict[str, Any]:
+        """Answer an RFC 7662 introspection for an access or refresh token."""
+        now = time.time()
+        with self._lock:
+            access = self._access_tokens.get(token)
+            if access is not None:
+                if access.revoked or now >= access.expires_at:
+                    return {"active": False}
+                answer: dict[str, Any] = {
+                    "active": True,
+                    "scope": access.scope,
+                    "client_id": access.client_id,
+                    "token_type": "Bearer",
+                    "iat": int(access.issued_at),
+                    "exp": int(access.expires_at),
+                }
+                if access.audience is not None:
+                    answer["aud"] = access.audience
+                return answer
+            refresh = self._refresh_tokens.get(token)
+            if refresh is not None:
+                family = self._families[refresh.family_id]
+                if refresh.used or family.revoked:
+                    return {"active": False}
+                return {
+                    "active": True,
+                    "scope": " ".join(family.scope),
+                    "client_id": family.client_id,
+                }
+            return {"active": False}
+
+    def is_active(self, token: str) -> bool:
+        """Whether `token` (access or refresh) is currently valid."""
+        return bool(self.introspect(token)["active"])
+
+    # -- used by the ASGI app ------------------------------------------------------------
+
+    def _begin_request(self, entry: dict[str, Any]) -> None:
+        """Record a token request (the counter is bumped separately, before parsing)."""
+        with self._lock:
+            self._requests.append(entry)
+
+    def _count_token_request(self) -> None:
+        with self._lock:
+            self._token_requests += 1
+
+    def _finish_request(self, entry: dict[str, Any], status: int, error: str | None) -> None:
+        with self._lock:
+            entry["status"] = status
+            entry["error"] = error
+
+    def _authenticate(self, client_id: str, client_secret: str) -> bool:
+        with self._lock:
+            expected = self.clients.get(client_id)
+        # Compare even for unknown clients so timing does not reveal which ids exist.
+        candidate = (expected if expected is not None else secrets.token_urlsafe(16)).encode()
+        matches = hmac.compare_digest(candidate, client_secret.encode())
+        return expected is not None and matches
+
+    def _redeem_refresh_token(
+        self, client_id: str, refresh_token: str, requested_scope: tuple[str, ...] | None
+    ) -> dict[str, Any]:
+        """Rotate `refresh_token` atomically; a second use revokes its whole family."""
+        with self._lock:
+            record = self._refresh_tokens.get(refresh_token)
+            if record is None:
+                raise OAuthError("invalid_grant", "refresh token is unknown")
+            family = self._families[record.family_id]
+            if family.client_id != client_id:
+                raise OAuthError("invalid_grant", "refresh token was issued to another client")
+            if family.revoked:
+                raise OAuthError("invalid_grant", "refresh token has been revoked")
+            # Reuse detection comes before scope checks: a replayed token must always burn the
+            # family, whatever else is wrong with the request.
+            if record.used:
+                self._revoke_family_locked(family)
+                raise OAuthError(
+                    "invalid_grant", "refresh token was already used; its token family is revoked"
+                )
+            if requested_scope is not None and not set(requested_scope) <= set(family.scope):
+                raise OAuthError("invalid_scope", "requested scope exceeds the granted scope")
+            record.used = True
+            new_refresh_token = self._new_refresh_token_locked(record.family_id)
+            # RFC 6749 §6: the new refresh token keeps the original scope even if the access
+            # token is narrowed.
+            scope = " ".join(requested_scope or family.scope)
+            response = self._new_access_token_locked(client_id, scope, family=family)
+            response["refresh_token"] = new_refresh_token
+            return response
+
+    def _issue_client_credentials(
+        self,
+        client_id: str,
+        requested_scope: tuple[str, ...] | None,
+        audience: str | None,
+        resource: tuple[str, ...],
+    ) -> dict[str, Any]:
+        with self._lock:
+            scope = " ".join(requested_scope) if requested_scope else self.default_scope
+            return self._new_access_token_locked(
+                client_id, scope, audience=audience, resource=resource
+            )
+
+    def _new_refresh_token_locked(self, family_id: str) -> str:
+        token = "rt_" + secrets.token_urlsafe(32)
+        self._refresh_tokens[token] = _RefreshToken(family_id=family_id)
+        self._families[family_id].refresh_tokens.append(token)
+        return token
+
+    def _new_access_token_locked(
+        self,
+        client_id: str,
+        scope: str,
+        *,
+        family: _Family | None = None,
+        audience: str | None = None,
+        resource: tuple[str, ...] = (),
+    ) -> dict[str, Any]:
+        expires_in = self.expires_in
+        now = time.time()
+        token = "at_" + secrets.token_urlsafe(32)
+        self._access_tokens[token] = _AccessToken(
+            client_id=client_id,
+            scope=scope,
+            issued_at=now,
+            expires_at=now + expires_in,
+            audience=audience,
+            resource=resource,
+        )
+        if family is not None:
+            family.access_tokens.append(token)
+        return {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": expires_in,
+            "scope": scope,
+        }
+
+    def _revoke_family_locked(self, family: _Family) -> None:
+        family.revoked = True
+        if self.revoke_access_tokens_on_reuse:
+            for token in family.access_tokens:
+                self._access_tokens[token].revoked = True
+
+
+@dataclass(frozen=True)
+class _Credentials:
+    """Client credentials as presented; the secret is kept out of repr on purpose."""
+
+    method: Literal["basic", "post"] | None
+    client_id: str | None
+    client_secret: str | None = field(default=None, repr=False)
+    basic_attempted: bool = False
+    problem: OAuthError | None = None
+
+
+def _split_scope(scope: str) -> tuple[str, ...]:
+    """Split an RFC 6749 §3.3 scope string, dropping duplicates but keeping order."""
+    return tuple(dict.fromkeys(scope.split()))
+
+
+async def _read_form(request: Request) -> tuple[dict[str, list[str]], list[str]]:
+    """Parse a urlencoded body into non-empty values per name, plus the names as sent."""
+    content_type = request.headers.get("content-type", "")
+    media_type, _, params = content_type.partition(";")
+    if media_type.strip().lower() != FORM_MEDIA_TYPE:
+        raise OAuthError("invalid_request", f"request body must be {FORM_MEDIA_TYPE}")
+    charset = params.strip().lower().removeprefix("charset=").strip('"')
+    if params.strip() and charset not in ("utf-8", "utf8"):
+        raise OAuthError("invalid_request", "request body must be UTF-8")
+    body = await request.body()
+    if len(body) > _MAX_BODY_BYTES:
+        raise OAuthError("invalid_request", "request body is too large")
+    try:
+        pairs = parse_qsl(
+            body.decode("ascii"),
+            keep_blank_values=True,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=_MAX_FIELDS,
+        )
+    except (UnicodeDecodeError, ValueError):
+        # `from None`: the original exception would carry the raw body, secrets included.
+        raise OAuthError("invalid_request", "request body is not valid form encoding") from None
+    names = list(dict.fromkeys(name for name, _ in pairs))
+    form: dict[str, list[str]] = {}
+    for name, value in pairs:
+        # RFC 6749 §3.1: a parameter sent without a value is treated as omitted.
+        if value:
+            form.setdefault(name, []).append(value)
+    for name, values in form.items():
+        if len(values) > 1 and name not in _REPEATABLE_PARAMS:
+            raise OAuthError("invalid_request", f"parameter {name!r} is repeated")
+    return form, names
+
+
+def _single(form: dict[str, list[str]], name: str) -> str | None:
+    values = form.get(name)
+    return values[0] if values else None
+
+
+def _parse_credentials(request: Request, form: dict[str, list[str]]) -> _Credentials:
+    """Find which client authentication method was used, without validating the secret."""
+    header = request.headers.get("authorization")
+    body_id = _single(form, "client_id")
+    body_secret = _single(form, "client_secret")
+    if header is None:
+        if body_secret is not None:
+            return _Credentials("post", body_id, body_secret)
+        return _Credentials(None, body_id)
+
+    scheme, _, param = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        problem = OAuthError(
+            "invalid_client",
+            "only Basic client authentication is supported",
+            status=401,
+            challenge=True,
+        )
+        return _Credentials(None, body_id, basic_attempted=True, problem=problem)
+    if body_secret is not None:
+        problem = OAuthError(
+            "invalid_request", "use either HTTP Basic or client_secret in the body, not both"
+        )
+        return _Credentials("basic", body_id, basic_attempted=True, problem=problem)
+    try:
+        decoded = base64.b64decode(param.strip(), validate=True).decode("utf-8")
+        raw_id, colon, raw_secret = decoded.partition(":")
+        # RFC 6749 §2.3.1: id and secret are form-urlencoded before being base64-encoded.
+        client_id = unquote_plus(raw_id, errors="strict")
+        client_secret = unquote_plus(raw_secret, errors="strict")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        colon, client_id, client_secret = "", "", ""
+    if not colon or not client_id:
+        problem = OAuthError(
+            "invalid_client", "malformed HTTP Basic credentials", status=401, challenge=True
+        )
+        return _Credentials("basic", None, basic_attempted=True, problem=problem)
+    if body_id is not None and body_id != client_id:
+        problem = OAuthError("invalid_request", "client_id in the body differs from HTTP Basic")
+        return _Credentials("basic", client_id, basic_attempted=True, problem=problem)
+    return _Credentials("basic", client_id, client_secret, basic_attempted=True)
+
+
+def _json(
+    body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return JSONResponse(body, status_code=status, headers={**NO_STORE_HEADERS, **(headers or {})})
+
+
+def _error_response(error: OAuthError, headers: dict[str, str] | None = None) -> Response:
+    extra = {**(BASIC_CHALLENGE if error.challenge else {}), **(headers or {})}
+    body = {"error": error.error, "error_description": error.description}
+    return _json(body, status=error.status, headers=extra)
+
+
+def _fault_response(fault: str | None, credentials: _Credentials) -> Response | None:
+    """The canned answer for a fault, or None when the request should be processed."""
+    if fault == "http_500":
+        return _json({"error": "server_error"}, status=500)
+    if fault == "html":
+        html = "<html><body><h1>Service temporarily unavailable</h1></body></html>"
+        return Response(html, media_type="text/html", headers=NO_STORE_HEADERS)
+    if fault == "broken_json":
+        # Truncated mid-value, like a proxy cutting the connection short.
+        truncated = '{"access_token": "at_truncated", "token_type": "Bea'
+        return Response(truncated, media_type="application/json", headers=NO_STORE_HEADERS)
+    if fault == "no_access_token":
+        return _json({"token_type": "Bearer", "expires_in": 3600})
+    if fault == "invalid_client":
+        error = OAuthError(
+            "invalid_client",
+            "client authentication failed",
+            status=401,
+            challenge=credentials.basic_attempted,
+        )
+        return _error_response(error)
+    return None
+
+
+def _process(
+    state: TokenServerState, form: dict[str, list[str]], credentials: _Credentials
+) -> dict[str, Any]:
+    """Validate a well-formed token request and perform its grant."""
+    if credentials.problem is not None:
+        raise credentials.problem
+    grant_type = _single(form, "grant_type")
+    if grant_type is None:
+        raise OAuthError("invalid_request", "missing grant_type")
+
+    if credentials.method is None or credentials.client_id is None:
+        raise OAuthError("invalid_client", "client authentication required", status=401)
+    if not state._authenticate(credentials.client_id, credentials.client_secret or ""):
+        raise OAuthError(
+            "invalid_client",
+            "client authentication failed",
+            status=401,
+            challenge=credentials.method == "basic",
+        )
+    client_id = credentials.client_id
+
+    if grant_type not in SUPPORTED_GRANTS:
+        raise OAuthError("unsupported_grant_type", f"grant_type {grant_type!r} is not supported")
+    if client_id in state.unauthorized_clients:
+        raise OAuthError("unauthorized_client", f"client may not use grant_type {grant_type!r}")
+
+    scope_param = _single(form, "scope")
+    requested_scope = _split_scope(scope_param) if scope_param is not None else None
+    if grant_type == "refresh_token":
+        refresh_token = _single(form, "refresh_token")
+        if refresh_token is None:
+            raise OAuthError("invalid_request", "missing refresh_token")
+        return state._redeem_refresh_token(client_id, refresh_token, requested_scope)
+    return state._issue_client_credentials(
+        client_id,
+        requested_scope,
+        audience=_single(form, "audience"),
+        resource=tuple(form.get("resource", ())),
+    )
+
+
+def create_token_server(state: TokenServerState) -> ASGIApp:
+    """Build the ASGI app serving /oauth/token and /oauth/introspect from `state`."""
+
+    async def token_endpoint(request: Request) -> Response:
+        if request.method != "POST":
+            error = OAuthError(
+                "invalid_request", "the token endpoint only accepts POST", status=405
+            )
+            return _error_response(error, headers={"Allow": "POST"})
+        # Counted before anything else so tests see every attempt, faulted or malformed.
+        state._count_token_request()
+
+        form: dict[str, list[str]] = {}
+        names: list[str] = []
+        form_problem: OAuthError | None = None
+        try:
+            form, names = await _read_form(request)
+        except OAuthError as exc:
+            form_problem = exc
+        credentials = _parse_credentials(request, form)
+        if form_problem is not None:
+            credentials = replace(credentials, problem=form_problem)
+        fault = state.fault
+        entry: dict[str, Any] = {
+            "grant_type": _single(form, "grant_type"),
+            "client_id": credentials.client_id,
+            "auth_method": credentials.method,
+            "fields": names,
+            "scope": _single(form, "scope"),
+            "audience": _single(form, "audience"),
+            "resource": list(form.get("resource", ())),
+            "fault": fault,
+            "status": None,
+            "error": None,
+        }
+        state._begin_request(entry)
+
+        if state.latency_seconds > 0:
+            await asyncio.sleep(state.latency_seconds)
+        response = _fault_response(fault, credentials)
+        if response is not None:
+            state._finish_request(entry, response.status_code, f"fault:{fault}")
+            return response
+        if fault == "hang":
+            # Answers normally afterwards, so a client that gave up still loses its token.
+            await asyncio.sleep(state.hang_seconds)
+
+        try:
+            body = _process(state, form, credentials)
+        except OAuthError as exc:
+            state._finish_request(entry, exc.status, exc.error)
+            return _error_response(exc)
+        state._finish_request(entry, 200, None)
+        return _json(body)
+
+    async def introspect_endpoint(request: Request) -> Response:
+        # RFC 7662 wants the caller authenticated; this demo server leaves it open on purpose
+        # so tests can check tokens without another set of credentials.
+        try:
+            form, _ = await _read_form(request)
+        except OAuthError as exc:
+            return _error_response(exc)
+        token = _single(form, "token")
+        if token is None:
+            return _error_response(OAuthError("invalid_request", "missing token"))
+        return _json(state.introspect(token))
+
+    app = Starlette(
+        routes=[
+            # Every method is routed here so non-POSTs get an RFC-shaped 405, not plain text.
+            Route(TOKEN_PATH, token_endpoint, methods=_ALL_METHODS),
+            Route(INTROSPECT_PATH, introspect_endpoint, methods=["POST"]),
+        ]
+    )
+    app.state.token_server = state
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Serve a demo token server with one client and print its initial refresh token."""
+    parser = argparse.ArgumentParser(
+        prog="python -m app.demo.token_server",
+        description="Serve an RFC 6749 token endpoint with strict refresh-token rotation.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9000)
+    parser.add_argument("--client-id", default="demo-client")
+    parser.add_argument("--client-secret", default="demo-secret")
+    parser.add_argument("--scope", default="read")
+    parser.add_argument("--expires-in", type=int, default=3600)
+    args = parser.parse_args(argv)
+
+    state = TokenServerState(expires_in=args.expires_in, default_scope=args.scope)
+    state.add_client(args.client_id, args.client_secret)
+    refresh_token = state.issue_refresh_token(args.client_id, scope=args.scope)
+    # The token alone goes to stdout so scripts can capture it; the rest is for humans.
+    print(refresh_token, flush=True)
+    print(
+        f"token endpoint: http://{args.host}:{args.port}{TOKEN_PATH} "
+        f"(client_id={args.client_id}, scope={args.scope!r})",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.run(create_token_server(state), host=args.host, port=args.port, log_level="info")
+
+
+if __name__ == "__main__":
+    main()

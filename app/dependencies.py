@@ -1,0 +1,46 @@
+"""Shared FastAPI dependencies: settings, the request's session, the keyring and the runner."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.crypto import Keyring
+from app.db import session_scope
+
+if TYPE_CHECKING:
+    from app.runs.runner import Runner
+
+
+def get_app_settings(request: Request) -> Settings:
+    """The settings the app was created with (`create_app(settings)`; tests pass their own)."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One session per request, committed once at the end."""
+    async for session in session_scope(request.app.state.session_factory):
+        yield session
+
+
+def get_keyring(request: Request) -> Keyring:
+    """The keyring loaded at start-up."""
+    keyring: Keyring = request.app.state.keyring
+    return keyring
+
+
+def get_runner(request: Request) -> Runner:
+    """The run service created at start-up."""
+    runner: Runner = request.app.state.runner
+    return runner
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+KeyringDep = Annotated[Keyring, Depends(get_keyring)]
+RunnerDep = Annotated["Runner", Depends(get_runner)]

@@ -1,0 +1,184 @@
+"""The domain error tree; one handler in `app.main` turns each into the JSON error shape.
+
+Every error carries an HTTP status and a stable `type`. Messages never contain secret values:
+they are written for an operator and may end up in logs, run traces and responses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TokenfarmError(Exception):
+    """Base of every error that the API reports as `{"error": {"type", "message", ...}}`."""
+
+    status_code = 400
+    error_type = "bad_request"
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+    def to_body(self) -> dict[str, Any]:
+        """The `error` object of the response body."""
+        return {"type": self.error_type, "message": self.message, **self.extra}
+
+
+class ConfigurationError(TokenfarmError):
+    """The service is not configured well enough to start."""
+
+    status_code = 500
+    error_type = "configuration_error"
+
+
+class NotFound(TokenfarmError):
+    """A named thing does not exist."""
+
+    status_code = 404
+    error_type = "not_found"
+
+
+class AlreadyExists(TokenfarmError):
+    """A create named something that already exists."""
+
+    status_code = 409
+    error_type = "already_exists"
+
+
+class Conflict(TokenfarmError):
+    """The request can't be carried out in the current state."""
+
+    status_code = 409
+    error_type = "conflict"
+
+
+class InvalidInput(TokenfarmError):
+    """The request is well-formed JSON but says something that can't be done."""
+
+    status_code = 422
+    error_type = "validation_error"
+
+
+class ActionInvalid(InvalidInput):
+    """An action names an unknown node, secret or variable; `path` points at the node."""
+
+    error_type = "invalid_action"
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}" if path else problem, path=path)
+
+
+class PermissionDenied(TokenfarmError):
+    """The actor lacks a permission."""
+
+    status_code = 403
+    error_type = "permission_denied"
+
+
+class NotAuthenticated(TokenfarmError):
+    """No valid credential came with the request."""
+
+    status_code = 401
+    error_type = "not_authenticated"
+
+
+class SecretLocked(Conflict):
+    """A run tried to write a locked secret."""
+
+    error_type = "secret_locked"
+
+
+class SecretNotEnvironmentSpecific(Conflict):
+    """A run tried to write a secret that holds one value for all environments."""
+
+    error_type = "secret_not_environment_specific"
+
+
+class VersionConflict(Conflict):
+    """A compare-and-set write found that the secret changed since it was read."""
+
+    error_type = "version_conflict"
+
+
+class RunFailed(TokenfarmError):
+    """Base of the errors that end a run; `kind` is what a `try` node can catch."""
+
+    status_code = 502
+    error_type = "run_failed"
+    kind = "run_failed"
+
+
+class UpstreamFailed(RunFailed):
+    """The upstream answered with a status that counts as failure."""
+
+    status_code = 502
+    error_type = "upstream_error"
+    kind = "upstream_error"
+
+
+class UpstreamTimeout(RunFailed):
+    """The upstream did not answer within the node's timeout."""
+
+    status_code = 504
+    error_type = "upstream_timeout"
+    kind = "timeout"
+
+
+class UpstreamUnreachable(RunFailed):
+    """The connection to the upstream failed."""
+
+    status_code = 502
+    error_type = "upstream_unreachable"
+    kind = "network"
+
+
+class BadUpstreamResponse(RunFailed):
+    """The upstream answered 2xx, but the body can't be read as the action expects."""
+
+    status_code = 502
+    error_type = "bad_upstream_response"
+    kind = "bad_response"
+
+
+class BindingError(RunFailed):
+    """A value in the action could not be built (a type mismatch, an empty value to write)."""
+
+    status_code = 422
+    error_type = "binding_error"
+    kind = "binding"
+
+
+class Thrown(RunFailed):
+    """A `throw` node ended the run with its own status and message."""
+
+    error_type = "thrown"
+    kind = "thrown"
+
+    def __init__(self, message: str, status_code: int, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.status_code = status_code
+
+
+CATCHABLE_KINDS = ("upstream_error", "timeout", "network", "bad_response", "binding", "thrown")
+
+
+class MethodNotAllowed(TokenfarmError):
+    """The endpoint does not accept this HTTP method."""
+
+    status_code = 405
+    error_type = "method_not_allowed"
+
+
+class InternalError(TokenfarmError):
+    """Something unexpected; details are in the server log (without values), never in the answer."""
+
+    status_code = 500
+    error_type = "internal_error"
+
+
+class StorageFailed(TokenfarmError):
+    """The database could not store the outcome of a run."""
+
+    status_code = 503
+    error_type = "storage_error"

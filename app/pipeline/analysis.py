@@ -1,0 +1,116 @@
+"""Static analysis of an action: what it reads and writes, and whether it names only known things.
+
+The runner uses it for the pre-flight check (every `update_secret` target, before any outbound
+call); the services store uses it to refuse a bad action when it is saved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+from app.errors import ActionInvalid
+from app.pipeline.bindings import BINDING, PathError, iter_paths, split_path
+from app.pipeline.nodes import compile_jsonpath
+from app.pipeline.schemas import (
+    ACTION_ADAPTER,
+    IfNode,
+    TryNode,
+    UpdateObjectNode,
+    UpdateSecretNode,
+    WebRequestNode,
+)
+
+
+def walk(nodes: list[Any], path: str = "action") -> Iterator[tuple[str, Any]]:
+    """Every node of an action, depth first, with its path (`action[2].then[0]`)."""
+    for index, node in enumerate(nodes):
+        node_path = f"{path}[{index}]"
+        yield node_path, node
+        if isinstance(node, IfNode):
+            yield from walk(node.then, f"{node_path}.then")
+            yield from walk(node.else_, f"{node_path}.else")
+        elif isinstance(node, TryNode):
+            yield from walk(node.do, f"{node_path}.do")
+            yield from walk(node.catch, f"{node_path}.catch")
+
+
+def _own_fields(node: Any) -> dict[str, Any]:
+    """A node's fields as JSON, without nested node lists (those are walked on their own)."""
+    dumped = node.model_dump(by_alias=True, mode="json", exclude_none=True)
+    for nested in ("then", "else", "do", "catch"):
+        dumped.pop(nested, None)
+    return dumped
+
+
+def update_targets(nodes: list[Any]) -> list[tuple[str, str]]:
+    """(node path, secret name) of every `update_secret`, whichever branch it sits in."""
+    return [(path, node.secret) for path, node in walk(nodes) if isinstance(node, UpdateSecretNode)]
+
+
+def binding_paths(nodes: list[Any]) -> Iterator[tuple[str, list[str]]]:
+    """(node path + field, split binding path) of every binding in the action."""
+    for path, node in walk(nodes):
+        for where, raw in iter_paths(_own_fields(node)):
+            try:
+                yield f"{path}{where}", split_path(raw)
+            except PathError as exc:
+                raise ActionInvalid(f"{path}{where}", str(exc)) from None
+
+
+def referenced_secrets(nodes: list[Any]) -> set[str]:
+    """Names of every secret the action reads through a binding or writes."""
+    names = {segments[1] for _, segments in binding_paths(nodes) if segments[0] == "secrets"}
+    return names | {name for _, name in update_targets(nodes)}
+
+
+def assigned_variables(nodes: list[Any]) -> set[str]:
+    """Variables some node of the action sets."""
+    names: set[str] = set()
+    for _, node in walk(nodes):
+        if isinstance(node, UpdateObjectNode):
+            names.update(node.values)
+        elif isinstance(node, WebRequestNode):
+            names.update(node.result_mapping)
+    return names
+
+
+def validate_action(
+    raw_or_nodes: list[Any],
+    *,
+    declared_variables: set[str],
+    known_secrets: set[str],
+    prefix: str = "action",
+) -> list[Any]:
+    """Nodes of a valid action, or `ActionInvalid` naming the first offending node's path."""
+    nodes = ACTION_ADAPTER.validate_python(raw_or_nodes)
+
+    def where(path: str) -> str:
+        return prefix + path.removeprefix("action")
+
+    variables = declared_variables | assigned_variables(nodes)
+    for path, segments in binding_paths(nodes):
+        root = segments[0]
+        if root == "vars" and segments[1] not in variables:
+            raise ActionInvalid(
+                where(path),
+                f"unknown variable {segments[1]!r} (declare it in the service's variables "
+                "or set it with update_object or result_mapping)",
+            )
+        if root == "secrets" and segments[1] not in known_secrets:
+            raise ActionInvalid(where(path), f"unknown secret {segments[1]!r} (create it first)")
+    for path, node in walk(nodes):
+        if isinstance(node, UpdateSecretNode) and node.secret not in known_secrets:
+            raise ActionInvalid(f"{where(path)}.secret", f"unknown secret {node.secret!r} (create it first)")
+        if isinstance(node, WebRequestNode):
+            for variable, expression in node.result_mapping.items():
+                try:
+                    compile_jsonpath(expression)
+                except ValueError as exc:
+                    raise ActionInvalid(f"{where(path)}.result_mapping.{variable}", str(exc)) from None
+            if not BINDING.search(node.url):
+                parts = urlsplit(node.url)
+                if parts.scheme not in ("http", "https") or not parts.hostname:
+                    raise ActionInvalid(f"{where(path)}.url", "must be an absolute http:// or https:// URL")
+    return nodes

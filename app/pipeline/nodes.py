@@ -1,0 +1,305 @@
+"""Node runners: one class per node type, registered in `NODE_RUNNERS`, all sharing `NodeRunner`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any, ClassVar, Protocol
+
+from jsonpath_ng import JSONPath
+from jsonpath_ng.exceptions import JsonPathLexerError, JsonPathParserError
+from jsonpath_ng.ext import parse as parse_jsonpath
+
+from app.errors import BadUpstreamResponse, BindingError, RunFailed, Thrown, UpstreamFailed
+from app.outbound import describe_target
+from app.pipeline.bindings import as_text
+from app.pipeline.conditions import evaluate, has_value
+from app.pipeline.context import PendingWrite, RunContext
+from app.pipeline.schemas import (
+    EndExecutionNode,
+    IfNode,
+    LogNode,
+    ThrowNode,
+    TryNode,
+    UpdateObjectNode,
+    UpdateSecretNode,
+    WebRequestNode,
+)
+
+logger = logging.getLogger("tokenfarm.run")
+OAUTH_DESCRIPTION_LIMIT = 300
+
+
+class EndExecution(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised by `end_execution` to stop the run successfully."""
+
+
+class NodeRunner(Protocol):
+    """What every node class implements: run one node, recording details into `entry`."""
+
+    async def run(self, ctx: RunContext, path: str, entry: dict[str, Any]) -> None: ...
+
+
+@lru_cache(maxsize=1024)
+def compile_jsonpath(expression: str) -> JSONPath:
+    """A parsed JSONPath expression; raises ValueError with a readable message."""
+    try:
+        return parse_jsonpath(expression)
+    except (JsonPathLexerError, JsonPathParserError, Exception) as exc:
+        raise ValueError(f"{expression!r} is not a JSONPath expression ({type(exc).__name__})") from None
+
+
+def _as_seconds(value: Any, field: str) -> float:
+    if isinstance(value, bool) or value is None:
+        raise BindingError(f"'{field}' must be a number of seconds")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise BindingError(f"'{field}' must be a number of seconds") from None
+
+
+def parse_expiry(expires_in: Any, expires_at: Any, now: float) -> datetime | None:
+    """The absolute expiry from `expires_in` seconds or an `expires_at` (ISO 8601 or epoch)."""
+    if expires_in is not None:
+        return datetime.fromtimestamp(now + _as_seconds(expires_in, "expires_in"), UTC)
+    if expires_at is None:
+        return None
+    if isinstance(expires_at, str) and not expires_at.replace(".", "", 1).isdigit():
+        try:
+            parsed = datetime.fromisoformat(expires_at.replace("Z", "+00:00"))
+        except ValueError:
+            raise BindingError("'expires_at' must be an ISO 8601 time or epoch seconds") from None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return datetime.fromtimestamp(_as_seconds(expires_at, "expires_at"), UTC)
+
+
+class UpdateObject:
+    """Sets service variables."""
+
+    def __init__(self, node: UpdateObjectNode) -> None:
+        self.node = node
+
+    async def run(self, ctx: RunContext, path: str, entry: dict[str, Any]) -> None:
+        for name, value in self.node.values.items():
+            ctx.variables[name] = ctx.render(value)
+        entry["variables"] = sorted(self.node.values)
+
+
+class WebRequest:
+    """Sends one HTTP request through the shared outbound client and maps its JSON answer."""
+
+    def __init__(self, node: WebRequestNode) -> None:
+        self.node = node
+
+    async def run(self, ctx: RunContext, path: str, entry: dict[str, Any]) -> None:
+        node = self.node
+        url = as_text(ctx.render(node.url))
+        # The trace shows the URL as written in the action: the rendered one may carry a secret.
+        entry["request"] = f"{node.method} {node.url}"
+        query = {k: as_text(v) for k, v in ctx.render(node.query).items() if v is not None}
+        headers = {k: as_text(ctx.render(v)) for k, v in node.headers.items()}
+        auth: tuple[str, str] | None = None
+        if node.auth is not None and node.auth.type == "basic":
+            auth = (as_text(ctx.render(node.auth.username)), as_text(ctx.render(node.auth.password)))
+        elif node.auth is not None and node.auth.type == "bearer":
+            headers["Authorization"] = f"Bearer {as_text(ctx.render(node.auth.token))}"
+        data = json_body = content = None
+        if node.body is not None and node.body.form is not None:
+            rendered = ctx.render(node.body.form)
+            data = {k: as_text(v) for k, v in rendered.items() if v is not None}
+        elif node.body is not None and node.body.json_ is not None:
+            json_body = ctx.render(node.body.json_)
+        elif node.body is not None and node.body.raw is not None:
+            content = as_text(ctx.render(node.body.raw))
+            if node.body.content_type:
+                headers.setdefault("Content-Type", node.body.content_type)
+        response = await ctx.outbound.send(
+            node.method, url, params=query, headers=headers, auth=auth, data=data, json=json_body,
+            content=content, timeout_seconds=node.timeout_seconds,
+        )
+        ctx.response = response
+        ctx.response_json = self._json_or_none(response.content)
+        entry["status"] = response.status
+        target = describe_target(node.method, url)
+        if not (200 <= response.status < 300 or response.status in node.accept_statuses):
+            raise UpstreamFailed(
+                f"{target} answered {response.status}{self._oauth_detail(ctx)}",
+                upstream_status=response.status,
+            )
+        if node.result_mapping:
+            self._map_result(ctx, target, response.content_type)
+            entry["mapped"] = sorted(node.result_mapping)
+
+    @staticmethod
+    def _json_or_none(content: bytes) -> Any:
+        if not content:
+            return None
+        try:
+            return json.loads(content)
+        except ValueError:
+            return None
+
+    @staticmethod
+    def _oauth_detail(ctx: RunContext) -> str:
+        """`: invalid_grant (description)` from an RFC 6749 §5.2 error body, when there is one."""
+        body = ctx.response_json
+        if not isinstance(body, dict) or not isinstance(body.get("error"), str):
+            return ""
+        detail = f": {body['error'][:100]}"
+        description = body.get("error_description")
+        if isinstance(description, str) and description:
+            detail += f" ({description[:OAUTH_DESCRIPTION_LIMIT]})"
+        return detail
+
+    def _map_result(self, ctx: RunContext, target: str, content_type: str) -> None:
+        body = ctx.response_json
+        if not isinstance(body, (dict, list)):
+            kind = content_type.split(";")[0].strip() or "no content type"
+            raise BadUpstreamResponse(
+                f"{target} answered {ctx.response.status if ctx.response else '?'} with a body that "
+                f"is not a JSON object ({kind}); result_mapping needs JSON"
+            )
+        for name, expression in self.node.result_mapping.items():
+            matches = compile_jsonpath(expression).find(body)
+            value = matches[0].value if matches else None
+            # Whatever comes back from a token endpoint may be a credential.
+            ctx.redactor.add(value)
+            ctx.variables[name] = value
+
+
+class If:
+    """Runs one branch."""
+
+    def __init__(self, node: IfNode) -> None:
+        self.node = node
+
+    async def run(self, ctx: RunContext, path: str, entry: dict[str, Any]) -> None:
+        holds = evaluate(self.node.condition, ctx.render)
+        entry["branch"] = "then" if holds else "else"
+        if holds:
+            await run_block(self.node.then, ctx, f"{path}.then")
+        else:
+            await run_block(self.node.else_, ctx, f"{path}.else")
+
+
+class UpdateSecret:
+    """Queues a secret write; the runner commits every write together when the run succeeds."""
+
+    def __init__(self, node: UpdateSecretNode) -> None:
+        self.node = node
+
+    async def run(self, ctx: RunContext, path: str, entry: dict[str, Any]) -> None:
+        node = self.node
+        entry["secret"] = node.secret
+        value = ctx.render(node.value)
+        if not node.allow_empty and not has_value(value):
+            raise BindingError(
+                f"update_secret {node.secret}: the value is empty, so the stored one is kept "
+                "(set allow_empty: true to write empty values)"
+            )
+        expires_at = parse_expiry(ctx.render(node.expires_in), ctx.render(node.expires_at), ctx.clock())
+        ctx.redactor.add(value)
+        ctx.secrets[node.secret] = value
+        ctx.writes[node.secret] = PendingWrite(node.secret, value, expires_at)
+        if expires_at is not None:
+            entry["expires_at"] = expires_at.isoformat()
+
+
+class Try:
+    """Runs `do`, and `catch` on a listed kind of error."""
+
+    def __init__(self, node: TryNode) -> None:
+        self.node = node
+
+    async def run(self, ctx: RunContext, path: str, entry: dict[str, Any]) -> None:
+        try:
+            await run_block(self.node.do, ctx, f"{path}.do")
+        except RunFailed as exc:
+            if self.node.errors is not None and exc.kind not in self.node.errors:
+                raise
+            entry["caught"] = exc.error_type
+            outer, ctx.error = ctx.error, exc
+            try:
+                await run_block(self.node.catch, ctx, f"{path}.catch")
+            finally:
+                ctx.error = outer
+
+
+class Throw:
+    """Fails the run with the node's status and message."""
+
+    def __init__(self, node: ThrowNode) -> None:
+        self.node = node
+
+    async def run(self, ctx: RunContext, path: str, entry: dict[str, Any]) -> None:
+        raise Thrown(as_text(ctx.render(self.node.message)), status_code=self.node.status)
+
+
+class End:
+    """Stops the run successfully with an optional response."""
+
+    def __init__(self, node: EndExecutionNode) -> None:
+        self.node = node
+
+    async def run(self, ctx: RunContext, path: str, entry: dict[str, Any]) -> None:
+        ctx.result = ctx.render(self.node.response)
+        raise EndExecution
+
+
+class Log:
+    """Adds a message to the trace; the runner redacts it before anything shows it."""
+
+    def __init__(self, node: LogNode) -> None:
+        self.node = node
+
+    async def run(self, ctx: RunContext, path: str, entry: dict[str, Any]) -> None:
+        entry["level"] = self.node.level
+        entry["message"] = as_text(ctx.render(self.node.message))
+
+
+NODE_RUNNERS: dict[str, type[Any]] = {
+    "update_object": UpdateObject,
+    "web_request": WebRequest,
+    "if": If,
+    "update_secret": UpdateSecret,
+    "try": Try,
+    "throw": Throw,
+    "end_execution": End,
+    "log": Log,
+}
+
+
+async def run_block(nodes: list[Any], ctx: RunContext, path: str) -> None:
+    """Run nodes in order, one trace entry each (appended when the node starts)."""
+    for index, node in enumerate(nodes):
+        node_path = f"{path}[{index}]"
+        entry: dict[str, Any] = {"path": node_path, "type": node.type}
+        if node.label:
+            entry["label"] = node.label
+        ctx.trace.append(entry)
+        runner: NodeRunner = NODE_RUNNERS[node.type](node)
+        started = time.perf_counter()
+        try:
+            await runner.run(ctx, node_path, entry)
+        except RunFailed as exc:
+            entry["outcome"] = "failed"
+            entry.setdefault("error", {"type": exc.error_type, "message": exc.message})
+            raise
+        except EndExecution:
+            entry["outcome"] = "ended"
+            raise
+        else:
+            entry["outcome"] = "ok"
+        finally:
+            entry["duration_ms"] = round((time.perf_counter() - started) * 1000, 2)
+
+
+async def execute(nodes: list[Any], ctx: RunContext) -> None:
+    """Walk a whole action; `end_execution` ends it early and successfully."""
+    try:
+        await run_block(nodes, ctx, "action")
+    except EndExecution:
+        return

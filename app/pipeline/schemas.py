@@ -1,0 +1,290 @@
+"""Node and condition models: an action is a list of nodes in a discriminated union on `type`.
+
+These models are validated when an endpoint is saved, so a bad action is refused with the path of
+the offending node before it can ever run.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, model_validator
+
+from app.errors import CATCHABLE_KINDS
+
+SECRET_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,127}$"
+VARIABLE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+ErrorKind = Literal["upstream_error", "timeout", "network", "bad_response", "binding", "thrown"]
+assert set(CATCHABLE_KINDS) == set(ErrorKind.__args__)  # type: ignore[attr-defined]
+
+
+class Strict(BaseModel):
+    """Base of the action models: unknown fields are errors, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+# --- conditions -------------------------------------------------------------------------------
+
+ComparisonOp = Literal["has_value", "equals", "not_equals", "lt", "lte", "gt", "gte", "in", "not_in"]
+
+
+class Comparison(Strict):
+    """`{"op", "left", "right"}`; `has_value` needs only `left`."""
+
+    op: ComparisonOp
+    left: Any = None
+    right: Any = None
+
+
+class AllOf(Strict):
+    """True when every condition is."""
+
+    all: list[Condition] = Field(min_length=1)
+
+
+class AnyOf(Strict):
+    """True when at least one condition is."""
+
+    any: list[Condition] = Field(min_length=1)
+
+
+class NotOf(Strict):
+    """True when the condition is false."""
+
+    not_: Condition = Field(alias="not")
+
+
+def _condition_tag(value: Any) -> str | None:
+    """Which condition model a raw dict is, by the key it carries."""
+    if isinstance(value, BaseModel):
+        return {Comparison: "comparison", AllOf: "all", AnyOf: "any", NotOf: "not"}.get(type(value))
+    if isinstance(value, dict):
+        for key in ("op", "all", "any", "not"):
+            if key in value:
+                return "comparison" if key == "op" else key
+    return None
+
+
+Condition = Annotated[
+    Annotated[Comparison, Tag("comparison")]
+    | Annotated[AllOf, Tag("all")]
+    | Annotated[AnyOf, Tag("any")]
+    | Annotated[NotOf, Tag("not")],
+    Discriminator(
+        _condition_tag,
+        custom_error_type="invalid_condition",
+        custom_error_message='a condition is {"op", "left", "right"}, {"all": [...]}, '
+        '{"any": [...]} or {"not": {...}}',
+    ),
+]
+
+
+# --- web_request parts ------------------------------------------------------------------------
+
+
+class BasicAuth(Strict):
+    """HTTP Basic authentication."""
+
+    type: Literal["basic"]
+    username: str
+    password: str
+
+
+class BearerAuth(Strict):
+    """`Authorization: Bearer <token>`."""
+
+    type: Literal["bearer"]
+    token: str
+
+
+class RequestBody(Strict):
+    """Exactly one of `form`, `json` or `raw` (with `content_type`)."""
+
+    form: dict[str, Any] | None = None
+    json_: Any = Field(None, alias="json")
+    raw: str | None = None
+    content_type: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> RequestBody:
+        given = [k for k in ("form", "json_", "raw") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("body needs exactly one of 'form', 'json' or 'raw'")
+        if self.raw is None and self.content_type is not None:
+            raise ValueError("'content_type' goes with a 'raw' body only")
+        return self
+
+
+# --- nodes ------------------------------------------------------------------------------------
+
+
+class NodeBase(Strict):
+    """Fields every node may carry."""
+
+    label: str | None = Field(None, max_length=200, description="Shown in the run trace.")
+
+
+class UpdateObjectNode(NodeBase):
+    """Sets service variables: `{"values": {"token": null}}`."""
+
+    type: Literal["update_object"]
+    values: dict[Annotated[str, Field(pattern=VARIABLE_NAME_PATTERN)], Any] = Field(min_length=1)
+
+
+class WebRequestNode(NodeBase):
+    """Calls an HTTP API and maps fields of its JSON answer into variables."""
+
+    type: Literal["web_request"]
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "GET"
+    url: str = Field(min_length=1, max_length=2000)
+    query: dict[str, Any] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict)
+    auth: Annotated[BasicAuth | BearerAuth, Field(discriminator="type")] | None = None
+    body: RequestBody | None = None
+    timeout_seconds: float | None = Field(None, gt=0, le=300)
+    accept_statuses: list[Annotated[int, Field(ge=100, le=599)]] = Field(
+        default_factory=list, description="Statuses besides 2xx that count as success."
+    )
+    result_mapping: dict[Annotated[str, Field(pattern=VARIABLE_NAME_PATTERN)], str] = Field(
+        default_factory=dict, description="variable -> JSONPath into the response body"
+    )
+
+
+class IfNode(NodeBase):
+    """Runs `then` when the condition holds, else `else`."""
+
+    type: Literal["if"]
+    condition: Condition
+    then: list[Node] = Field(default_factory=list)
+    else_: list[Node] = Field(default_factory=list, alias="else")
+
+
+class UpdateSecretNode(NodeBase):
+    """Writes a secret (at the end of a successful run, compare-and-set on its version)."""
+
+    type: Literal["update_secret"]
+    secret: str = Field(pattern=SECRET_NAME_PATTERN)
+    value: Any
+    expires_in: Any = Field(None, description="Seconds from now, or a binding to them.")
+    expires_at: Any = Field(None, description="An ISO 8601 time or epoch seconds.")
+    allow_empty: bool = False
+
+    @model_validator(mode="after")
+    def _one_expiry(self) -> UpdateSecretNode:
+        if self.expires_in is not None and self.expires_at is not None:
+            raise ValueError("give 'expires_in' or 'expires_at', not both")
+        return self
+
+
+class TryNode(NodeBase):
+    """Runs `do`; on an error of the listed kinds (default: any) runs `catch`."""
+
+    type: Literal["try"]
+    do: list[Node] = Field(min_length=1)
+    catch: list[Node] = Field(default_factory=list)
+    errors: list[ErrorKind] | None = None
+
+
+class ThrowNode(NodeBase):
+    """Fails the run with a status and message."""
+
+    type: Literal["throw"]
+    status: int = Field(400, ge=400, le=599)
+    message: str = Field(min_length=1, max_length=1000)
+
+
+class EndExecutionNode(NodeBase):
+    """Ends the run successfully; `response` becomes the run's response."""
+
+    type: Literal["end_execution"]
+    response: Any = None
+
+
+class LogNode(NodeBase):
+    """Adds a message to the run trace (secret values redacted)."""
+
+    type: Literal["log"]
+    message: str = Field(min_length=1, max_length=2000)
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+Node = Annotated[
+    UpdateObjectNode
+    | WebRequestNode
+    | IfNode
+    | UpdateSecretNode
+    | TryNode
+    | ThrowNode
+    | EndExecutionNode
+    | LogNode,
+    Field(discriminator="type"),
+]
+
+NODE_TYPES = (
+    "update_object",
+    "web_request",
+    "if",
+    "update_secret",
+    "try",
+    "throw",
+    "end_execution",
+    "log",
+)
+
+for _model in (AllOf, AnyOf, NotOf, IfNode, TryNode):
+    _model.model_rebuild()
+
+Action = list[Node]
+ACTION_ADAPTER: TypeAdapter[list[Any]] = TypeAdapter(Action)
+
+
+def parse_action(raw: list[dict[str, Any]]) -> list[Any]:
+    """Stored action JSON -> node models (already validated when saved)."""
+    return ACTION_ADAPTER.validate_python(raw)
+
+
+def dump_action(nodes: list[Any]) -> list[dict[str, Any]]:
+    """Node models -> JSON as the user wrote it (aliases, no unset defaults)."""
+    return ACTION_ADAPTER.dump_python(nodes, by_alias=True, exclude_unset=True, mode="json")
+
+
+CANONICAL_ACTION_EXAMPLE: list[dict[str, Any]] = [
+    {"type": "update_object", "values": {"token": None}},
+    {
+        "type": "web_request",
+        "method": "POST",
+        "url": "https://auth.example.com/oauth/token",
+        "auth": {
+            "type": "basic",
+            "username": "{{ secrets.CLIENT_ID }}",
+            "password": "{{ secrets.CLIENT_SECRET }}",
+        },
+        "body": {
+            "form": {"grant_type": "refresh_token", "refresh_token": "{{ secrets.REFRESH_TOKEN }}"}
+        },
+        "result_mapping": {"token": "$.access_token", "refresh": "$.refresh_token", "ttl": "$.expires_in"},
+    },
+    {
+        "type": "if",
+        "condition": {"op": "has_value", "left": "{{ vars.token }}"},
+        "then": [
+            {
+                "type": "update_secret",
+                "secret": "ACCESS_TOKEN",
+                "value": "{{ vars.token }}",
+                "expires_in": "{{ vars.ttl }}",
+            },
+            {
+                "type": "if",
+                "condition": {"op": "has_value", "left": "{{ vars.refresh }}"},
+                "then": [
+                    {"type": "update_secret", "secret": "REFRESH_TOKEN", "value": "{{ vars.refresh }}"}
+                ],
+            },
+        ],
+        "else": [
+            {"type": "throw", "status": 502, "message": "the token endpoint returned no access_token"}
+        ],
+    },
+]

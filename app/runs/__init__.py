@@ -1,0 +1,1 @@
+"""Runs: executions of endpoints, their triggers, and the run log."""

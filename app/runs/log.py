@@ -1,0 +1,78 @@
+"""Reading the run log."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import NotFound
+from app.runs.models import Run, RunSecret
+from app.runs.schemas import RunDetail, RunSummary
+
+
+class RunLog:
+    """Queries over recorded runs, for one session."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def _secrets_of(self, run_ids: list[str]) -> dict[str, list[str]]:
+        rows = (
+            await self.session.execute(
+                select(RunSecret.run_id, RunSecret.secret_name).where(RunSecret.run_id.in_(run_ids))
+            )
+        ).all()
+        found: dict[str, list[str]] = {run_id: [] for run_id in run_ids}
+        for run_id, name in rows:
+            found[run_id].append(name)
+        return found
+
+    @staticmethod
+    def _summary(run: Run, secrets: list[str]) -> dict[str, object]:
+        return {
+            "id": run.id, "service": run.service_slug, "endpoint": run.endpoint_readable_id,
+            "trigger": run.trigger, "actor": run.actor, "status": run.status,
+            "http_status": run.http_status, "error_type": run.error_type,
+            "error_message": run.error_message, "secrets": sorted(secrets),
+            "started_at": run.started_at, "finished_at": run.finished_at,
+            "duration_ms": run.duration_ms,
+        }
+
+    async def list(
+        self,
+        *,
+        service: str | None = None,
+        endpoint: str | None = None,
+        secret: str | None = None,
+        status: str | None = None,
+        trigger: str | None = None,
+        limit: int = 50,
+    ) -> list[RunSummary]:
+        """The newest runs first, filtered."""
+        query = select(Run).order_by(Run.started_at.desc(), Run.id).limit(limit)
+        if service:
+            query = query.where(Run.service_slug == service)
+        if endpoint:
+            query = query.where(Run.endpoint_readable_id == endpoint)
+        if status:
+            query = query.where(Run.status == status)
+        if trigger:
+            query = query.where(Run.trigger == trigger)
+        if secret:
+            query = query.where(
+                Run.id.in_(select(RunSecret.run_id).where(RunSecret.secret_name == secret))  # type: ignore[attr-defined]
+            )
+        runs = (await self.session.execute(query)).scalars().all()
+        secrets = await self._secrets_of([run.id for run in runs])
+        return [RunSummary.model_validate(self._summary(run, secrets[run.id])) for run in runs]
+
+    async def get(self, run_id: str) -> RunDetail:
+        """One run with its trace."""
+        run = await self.session.get(Run, run_id)
+        if run is None:
+            raise NotFound(
+                f"run {run_id!r} is not in the log (successful runs are kept only for endpoints "
+                "with enable_log)"
+            )
+        secrets = await self._secrets_of([run.id])
+        return RunDetail.model_validate({**self._summary(run, secrets[run.id]), "trace": run.trace})

@@ -1,0 +1,143 @@
+"""HTTP routes that run endpoints (`/api/services/…`, `/refresh/{secret}`) and read the run log."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+
+from app.auth.actor import Actor
+from app.auth.dependencies import CurrentActor, require
+from app.dependencies import KeyringDep, RunnerDep, SessionDep, SettingsDep
+from app.errors import Conflict, InvalidInput, PermissionDenied
+from app.pipeline.context import RequestData
+from app.runs.log import RunLog
+from app.runs.runner import RunOutcome
+from app.runs.schemas import RefreshResult, RunDetail, RunResult, RunSummary
+from app.secrets.store import SecretStore
+
+router = APIRouter(tags=["runs"])
+# The caller's own credentials are never handed to an action.
+PRIVATE_HEADERS = {"authorization", "cookie", "x-api-key"}
+RUN_RESPONSES: dict[int | str, dict[str, Any]] = {
+    403: {"description": "A permission is missing (nothing was called)"},
+    404: {"description": "No such service, endpoint or secret"},
+    405: {"description": "The endpoint does not accept this method"},
+    409: {"description": "A target secret is locked, missing or not environment-specific"},
+    502: {"description": "The upstream failed or answered something unusable"},
+    504: {"description": "The upstream timed out"},
+}
+
+
+def ensure_can_run(actor: Actor, slug: str, readable_id: str) -> None:
+    """Running needs `services.run:SLUG` or `services.run:SLUG/ID`."""
+    if not (actor.can(f"services.run:{slug}") or actor.can(f"services.run:{slug}/{readable_id}")):
+        raise PermissionDenied(
+            f"this needs the permission 'services.run:{slug}' or 'services.run:{slug}/{readable_id}'",
+            permission=f"services.run:{slug}/{readable_id}",
+        )
+
+
+async def _request_data(request: Request) -> RequestData:
+    """The caller's query, JSON or form body and headers, for `request.*` bindings."""
+    body: Any = None
+    raw = await request.body()
+    content_type = request.headers.get("content-type", "")
+    if raw and "json" in content_type:
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise InvalidInput("the request body is not valid JSON") from None
+    elif raw and "application/x-www-form-urlencoded" in content_type:
+        body = dict((await request.form()).items())
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in PRIVATE_HEADERS}
+    return RequestData(query=dict(request.query_params), body=body, headers=headers)
+
+
+def _answer(outcome: RunOutcome, **extra: Any) -> JSONResponse:
+    body: dict[str, Any] = {"run_id": outcome.run_id, "status": outcome.status, **extra}
+    if outcome.error_body is not None:
+        body["error"] = outcome.error_body
+    else:
+        body["response"] = outcome.response
+    return JSONResponse(body, status_code=outcome.http_status)
+
+
+async def run_endpoint(
+    slug: str, readable_id: str, request: Request, actor: CurrentActor, runner: RunnerDep
+) -> JSONResponse:
+    """Run an endpoint's action; needs `services.run:SLUG` (or `SLUG/ID`)."""
+    ensure_can_run(actor, slug, readable_id)
+    data = await _request_data(request)
+    outcome = await runner.run_endpoint(
+        slug, readable_id, actor=actor, trigger="api", method=request.method, request=data
+    )
+    return _answer(outcome)
+
+
+for _method in ("GET", "POST", "PUT"):
+    router.add_api_route(
+        "/api/services/{slug}/{readable_id}",
+        run_endpoint,
+        methods=[_method],
+        response_model=RunResult,
+        responses=RUN_RESPONSES,
+        operation_id=f"run_endpoint_{_method.lower()}",
+        summary=f"Run an endpoint ({_method})",
+    )
+
+
+@router.get("/refresh/{secret}", response_model=RefreshResult, responses=RUN_RESPONSES)
+async def refresh_secret(
+    secret: str,
+    actor: CurrentActor,
+    runner: RunnerDep,
+    session: SessionDep,
+    keyring: KeyringDep,
+    settings: SettingsDep,
+) -> JSONResponse:
+    """Run the secret's `refresh_endpoint`; answers the run and the secret's new version."""
+    store = SecretStore(session, keyring, settings)
+    found = await store.get(secret)
+    if not found.refresh_endpoint:
+        raise Conflict(
+            f"secret {secret!r} has no refresh_endpoint; bind one with PATCH /v1/secrets/{secret} "
+            '{"refresh_endpoint": "SLUG/READABLE_ID"}'
+        )
+    slug, readable_id = found.refresh_endpoint.split("/", 1)
+    ensure_can_run(actor, slug, readable_id)
+    # The request's session must not hold a transaction open across the outbound call.
+    await session.commit()
+    outcome = await runner.run_endpoint(slug, readable_id, actor=actor, trigger="refresh")
+    await session.commit()
+    state = await store.describe(await store.get(secret))
+    return _answer(
+        outcome,
+        secret=secret,
+        version=state.version,
+        expires_at=state.expires_at.isoformat() if state.expires_at else None,
+    )
+
+
+@router.get("/v1/runs", dependencies=[Depends(require("runs.read"))])
+async def list_runs(
+    session: SessionDep,
+    service: str | None = Query(None, description="Only runs of this service slug."),
+    endpoint: str | None = Query(None, description="Only runs of this endpoint readable_id."),
+    secret: str | None = Query(None, description="Only runs that targeted this secret."),
+    status: Literal["succeeded", "failed"] | None = None,
+    trigger: Literal["api", "refresh", "read", "schedule"] | None = None,
+    limit: int = Query(50, ge=1, le=500),
+) -> list[RunSummary]:
+    """The run log, newest first: every failed run and every run of an endpoint with enable_log."""
+    return await RunLog(session).list(
+        service=service, endpoint=endpoint, secret=secret, status=status, trigger=trigger, limit=limit
+    )
+
+
+@router.get("/v1/runs/{run_id}", dependencies=[Depends(require("runs.read"))])
+async def get_run(run_id: str, session: SessionDep) -> RunDetail:
+    """One run with its per-node trace (every secret value redacted)."""
+    return await RunLog(session).get(run_id)

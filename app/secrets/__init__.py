@@ -1,0 +1,1 @@
+"""Secrets: named values, encrypted at rest, versioned, optionally one per environment."""

@@ -1,0 +1,343 @@
+"""The rules of the secrets domain: metadata, encrypted versioned values, history and rollback.
+
+Services only `flush()`; the request's session commits once at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.crypto import Keyring
+from app.db import utcnow
+from app.errors import AlreadyExists, Conflict, InvalidInput, NotFound, VersionConflict
+from app.secrets.models import ALL_ENVIRONMENTS, Secret, SecretValue, SecretVersion
+from app.secrets.schemas import (
+    SecretCreate,
+    SecretRead,
+    SecretUpdate,
+    SecretValueRead,
+    SecretVersionRead,
+    ValueWritten,
+)
+from app.services.models import Endpoint, Service
+
+
+@dataclass
+class LoadedSecret:
+    """A secret with its current value for one environment, as a run sees it."""
+
+    secret: Secret
+    environment: str
+    value: Any
+    version: int
+    expires_at: datetime | None
+
+
+class SecretStore:
+    """Secrets, their values and versions, for one session."""
+
+    def __init__(self, session: AsyncSession, keyring: Keyring, settings: Settings) -> None:
+        self.session = session
+        self.keyring = keyring
+        self.settings = settings
+
+    # --- lookups ---------------------------------------------------------------------------
+
+    async def get(self, name: str) -> Secret:
+        """The secret called `name`, or NotFound."""
+        secret = (await self.session.execute(select(Secret).where(Secret.name == name))).scalar_one_or_none()
+        if secret is None:
+            raise NotFound(f"secret {name!r} does not exist")
+        return secret
+
+    def value_environment(self, secret: Secret, environment: str | None = None) -> str:
+        """Where a value of this secret lives: `*` unless it is environment-specific."""
+        if not secret.environment_specific:
+            if environment is not None:
+                raise InvalidInput(
+                    f"secret {secret.name!r} holds one value for all environments; omit 'environment'"
+                )
+            return ALL_ENVIRONMENTS
+        return environment or self.settings.environment
+
+    async def _current(self, secret: Secret, environment: str) -> SecretValue | None:
+        return (
+            await self.session.execute(
+                select(SecretValue)
+                .where(SecretValue.secret_id == secret.id, SecretValue.environment == environment)
+                # Compare-and-set updates bypass the identity map: always read the row afresh.
+                .execution_options(populate_existing=True)
+            )
+        ).scalar_one_or_none()
+
+    async def describe(self, secret: Secret) -> SecretRead:
+        """Metadata of a secret for the current environment."""
+        environment = self.value_environment(secret)
+        values = (
+            (await self.session.execute(select(SecretValue).where(SecretValue.secret_id == secret.id)))
+            .scalars()
+            .all()
+        )
+        current = next((v for v in values if v.environment == environment), None)
+        return SecretRead(
+            name=secret.name,
+            description=secret.description,
+            environment_specific=secret.environment_specific,
+            locked=secret.locked,
+            refresh_endpoint=secret.refresh_endpoint,
+            status=secret.status,
+            last_error=secret.last_error,
+            last_refreshed_at=secret.last_refreshed_at,
+            environment=environment,
+            has_value=current is not None,
+            version=current.version if current else None,
+            expires_at=current.expires_at if current else None,
+            environments=sorted(v.environment for v in values),
+            created_at=secret.created_at,
+            updated_at=secret.updated_at,
+        )
+
+    async def list(self) -> list[SecretRead]:
+        """Every secret's metadata, by name."""
+        secrets = (await self.session.execute(select(Secret).order_by(Secret.name))).scalars().all()
+        return [await self.describe(secret) for secret in secrets]
+
+    # --- metadata --------------------------------------------------------------------------
+
+    async def _check_refresh_endpoint(self, refresh_endpoint: str) -> None:
+        slug, readable_id = refresh_endpoint.split("/", 1)
+        found = (
+            await self.session.execute(
+                select(Endpoint.id)
+                .join(Service, Service.id == Endpoint.service_id)
+                .where(Service.slug == slug, Endpoint.readable_id == readable_id)
+            )
+        ).scalar_one_or_none()
+        if found is None:
+            raise InvalidInput(
+                f"refresh_endpoint {refresh_endpoint!r}: no endpoint {readable_id!r} in service {slug!r}"
+            )
+
+    async def create(self, data: SecretCreate, actor: str) -> Secret:
+        """A new secret, with its first value when one is given."""
+        existing = (await self.session.execute(select(Secret.id).where(Secret.name == data.name))).first()
+        if existing:
+            raise AlreadyExists(f"secret {data.name!r} already exists")
+        if data.refresh_endpoint:
+            await self._check_refresh_endpoint(data.refresh_endpoint)
+        if data.value is None and (data.environment or data.expires_at):
+            raise InvalidInput("'environment' and 'expires_at' go with a 'value'")
+        secret = Secret(
+            name=data.name,
+            description=data.description,
+            environment_specific=data.environment_specific,
+            locked=data.locked,
+            refresh_endpoint=data.refresh_endpoint,
+        )
+        self.session.add(secret)
+        await self.session.flush()
+        if data.value is not None:
+            await self.set_value(
+                secret, data.value, environment=data.environment, expires_at=data.expires_at,
+                actor=actor, source="create",
+            )
+        return secret
+
+    async def update(self, secret: Secret, data: SecretUpdate) -> Secret:
+        """Change metadata; an `environment_specific` switch needs a secret without values."""
+        changes = data.model_dump(exclude_unset=True)
+        if changes.get("refresh_endpoint"):
+            await self._check_refresh_endpoint(changes["refresh_endpoint"])
+        switch = changes.get("environment_specific")
+        if switch is not None and switch != secret.environment_specific:
+            has_values = (
+                await self.session.execute(
+                    select(func.count()).select_from(SecretValue).where(SecretValue.secret_id == secret.id)
+                )
+            ).scalar_one()
+            if has_values:
+                raise Conflict(
+                    f"secret {secret.name!r} already holds values; environment_specific can only "
+                    "change on a secret without values (delete and recreate it)"
+                )
+        for field, value in changes.items():
+            if field in ("description", "environment_specific", "locked") and value is None:
+                raise InvalidInput(f"{field!r} can't be null")
+            setattr(secret, field, value)
+        secret.updated_at = utcnow()
+        await self.session.flush()
+        return secret
+
+    async def delete(self, secret: Secret) -> None:
+        """Delete a secret with all its values and history."""
+        await self.session.delete(secret)
+        await self.session.flush()
+
+    # --- values ----------------------------------------------------------------------------
+
+    async def read_value(self, secret: Secret, environment: str | None = None) -> SecretValueRead:
+        """The decrypted current value (the only way a value leaves the store)."""
+        env = self.value_environment(secret, environment)
+        current = await self._current(secret, env)
+        if current is None:
+            raise NotFound(
+                f"secret {secret.name!r} has no value"
+                + (f" in environment {env!r}" if env != ALL_ENVIRONMENTS else "")
+                + f"; set one with PUT /v1/secrets/{secret.name}/value"
+            )
+        return SecretValueRead(
+            name=secret.name,
+            value=self.keyring.decrypt(current.ciphertext),
+            version=current.version,
+            expires_at=current.expires_at,
+            environment=env,
+        )
+
+    async def load_for_run(self, names: set[str]) -> dict[str, LoadedSecret | None]:
+        """Secrets a run reads or writes, with their current values in this environment."""
+        found = (await self.session.execute(select(Secret).where(Secret.name.in_(names)))).scalars().all()
+        loaded: dict[str, LoadedSecret | None] = dict.fromkeys(names)
+        for secret in found:
+            env = self.value_environment(secret)
+            current = await self._current(secret, env)
+            loaded[secret.name] = LoadedSecret(
+                secret=secret,
+                environment=env,
+                value=self.keyring.decrypt(current.ciphertext) if current else None,
+                version=current.version if current else 0,
+                expires_at=current.expires_at if current else None,
+            )
+        return loaded
+
+    async def set_value(
+        self,
+        secret: Secret,
+        value: Any,
+        *,
+        environment: str | None = None,
+        expires_at: datetime | None = None,
+        actor: str | None,
+        source: str,
+        run_id: str | None = None,
+        expected_version: int | None = None,
+    ) -> ValueWritten:
+        """Write a new version; with `expected_version`, only if the current one is still that."""
+        if value is None:
+            raise InvalidInput("a secret value can't be null; delete the secret instead")
+        env = self.value_environment(secret, environment)
+        ciphertext = self.keyring.encrypt(value)
+        now = utcnow()
+        current = await self._current(secret, env)
+        current_version = current.version if current else 0
+        if expected_version is not None and expected_version != current_version:
+            raise VersionConflict(
+                f"secret {secret.name!r} changed during the run (version {expected_version} "
+                f"became {current_version}); nothing was written"
+            )
+        version = current_version + 1
+        if current is None:
+            self.session.add(
+                SecretValue(
+                    secret_id=secret.id, environment=env, version=version, ciphertext=ciphertext,
+                    expires_at=expires_at, updated_at=now,
+                )
+            )
+        else:
+            # Compare-and-set: the row is written only if nobody wrote it since we read it.
+            result = await self.session.execute(
+                update(SecretValue)
+                .where(SecretValue.id == current.id, SecretValue.version == current_version)
+                .values(version=version, ciphertext=ciphertext, expires_at=expires_at, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                raise VersionConflict(f"secret {secret.name!r} was written concurrently; nothing was written")
+        self.session.add(
+            SecretVersion(
+                secret_id=secret.id, environment=env, version=version, ciphertext=ciphertext,
+                expires_at=expires_at, source=source, run_id=run_id, actor=actor, created_at=now,
+            )
+        )
+        secret.updated_at = now
+        try:
+            await self.session.flush()
+        except IntegrityError:
+            # Two first writes raced on the unique (secret, environment) row.
+            raise VersionConflict(
+                f"secret {secret.name!r} was written concurrently; nothing was written"
+            ) from None
+        if source in ("manual", "create", "rollback"):
+            # A value set by hand is a fresh start: whatever was wrong before no longer applies.
+            secret.status = "ok"
+            secret.last_error = None
+        await self.session.flush()
+        await self._prune(secret, env)
+        return ValueWritten(name=secret.name, version=version, environment=env, expires_at=expires_at)
+
+    async def _prune(self, secret: Secret, environment: str) -> None:
+        """Keep the newest `versions_kept` versions per secret and environment."""
+        keep_from = (
+            await self.session.execute(
+                select(SecretVersion.version)
+                .where(SecretVersion.secret_id == secret.id, SecretVersion.environment == environment)
+                .order_by(SecretVersion.version.desc())
+                .offset(self.settings.versions_kept - 1)
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+        if keep_from is not None:
+            await self.session.execute(
+                delete(SecretVersion).where(
+                    SecretVersion.secret_id == secret.id,
+                    SecretVersion.environment == environment,
+                    SecretVersion.version < keep_from,
+                )
+            )
+
+    async def versions(self, secret: Secret, environment: str | None = None) -> list[SecretVersionRead]:
+        """History of one environment's value, newest first (no values)."""
+        env = self.value_environment(secret, environment)
+        current = await self._current(secret, env)
+        rows = (
+            await self.session.execute(
+                select(SecretVersion)
+                .where(SecretVersion.secret_id == secret.id, SecretVersion.environment == env)
+                .order_by(SecretVersion.version.desc())
+            )
+        ).scalars().all()
+        return [
+            SecretVersionRead(
+                version=row.version, environment=env, created_at=row.created_at,
+                expires_at=row.expires_at, source=row.source, run_id=row.run_id, actor=row.actor,
+                current=current is not None and current.version == row.version,
+            )
+            for row in rows
+        ]
+
+    async def rollback(
+        self, secret: Secret, version: int, environment: str | None, actor: str
+    ) -> ValueWritten:
+        """Make an earlier version current again, as a new version."""
+        env = self.value_environment(secret, environment)
+        old = (
+            await self.session.execute(
+                select(SecretVersion).where(
+                    SecretVersion.secret_id == secret.id,
+                    SecretVersion.environment == env,
+                    SecretVersion.version == version,
+                )
+            )
+        ).scalar_one_or_none()
+        if old is None:
+            raise NotFound(f"secret {secret.name!r} has no version {version} (see its versions)")
+        return await self.set_value(
+            secret, self.keyring.decrypt(old.ciphertext), environment=environment,
+            expires_at=old.expires_at, actor=actor, source="rollback",
+        )

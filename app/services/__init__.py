@@ -1,0 +1,1 @@
+"""Services: named groups of endpoints whose actions refresh secrets."""

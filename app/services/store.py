@@ -1,0 +1,156 @@
+"""The rules of the services domain: services, endpoints, and validation of their actions."""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db import utcnow
+from app.errors import AlreadyExists, Conflict, NotFound
+from app.pipeline.analysis import validate_action
+from app.pipeline.schemas import dump_action
+from app.secrets.models import Secret
+from app.services.models import Endpoint, Service
+from app.services.schemas import EndpointRead, ServiceBody, ServiceCreate, ServiceRead, ServiceVariable
+
+
+class ServiceStore:
+    """Services and their endpoints, for one session."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, slug: str) -> Service:
+        """The service `slug`, or NotFound."""
+        service = (await self.session.execute(select(Service).where(Service.slug == slug))).scalar_one_or_none()
+        if service is None:
+            raise NotFound(f"service {slug!r} does not exist")
+        return service
+
+    async def endpoints(self, service: Service) -> list[Endpoint]:
+        """A service's endpoints in the order they were written."""
+        return list(
+            (
+                await self.session.execute(
+                    select(Endpoint).where(Endpoint.service_id == service.id).order_by(Endpoint.id)
+                )
+            ).scalars()
+        )
+
+    async def get_endpoint(self, slug: str, readable_id: str) -> tuple[Service, Endpoint]:
+        """A service and one of its endpoints, or NotFound naming which is missing."""
+        service = await self.get(slug)
+        endpoint = (
+            await self.session.execute(
+                select(Endpoint).where(Endpoint.service_id == service.id, Endpoint.readable_id == readable_id)
+            )
+        ).scalar_one_or_none()
+        if endpoint is None:
+            raise NotFound(f"service {slug!r} has no endpoint {readable_id!r}")
+        return service, endpoint
+
+    async def describe(self, service: Service) -> ServiceRead:
+        """A service as the API shows it."""
+        return ServiceRead(
+            slug=service.slug,
+            name=service.name,
+            description=service.description,
+            variables=[ServiceVariable.model_validate(v) for v in service.variables],
+            endpoints=[
+                EndpointRead(
+                    readable_id=e.readable_id, name=e.name, description=e.description,
+                    methods=e.methods, enable_log=e.enable_log, action=e.action,
+                )
+                for e in await self.endpoints(service)
+            ],
+            created_at=service.created_at,
+            updated_at=service.updated_at,
+        )
+
+    async def list(self) -> list[ServiceRead]:
+        """Every service, by slug."""
+        services = (await self.session.execute(select(Service).order_by(Service.slug))).scalars().all()
+        return [await self.describe(service) for service in services]
+
+    async def _validated_endpoints(self, body: ServiceBody) -> list[Endpoint]:
+        """Endpoint rows of a body whose actions name only known secrets and variables."""
+        known_secrets = set((await self.session.execute(select(Secret.name))).scalars())
+        declared = {v.name for v in body.variables}
+        rows = []
+        for index, endpoint in enumerate(body.endpoints):
+            nodes = validate_action(
+                endpoint.action, declared_variables=declared, known_secrets=known_secrets,
+                prefix=f"endpoints[{index}].action",
+            )
+            rows.append(
+                Endpoint(
+                    service_id=0, readable_id=endpoint.readable_id, name=endpoint.name,
+                    description=endpoint.description, methods=list(endpoint.methods),
+                    enable_log=endpoint.enable_log, action=dump_action(nodes),
+                )
+            )
+        return rows
+
+    async def _bound_secrets(self, slug: str, readable_ids: set[str] | None = None) -> list[str]:
+        """Secrets whose `refresh_endpoint` points into this service (or at these endpoints)."""
+        names = []
+        for name, bound in (
+            await self.session.execute(
+                select(Secret.name, Secret.refresh_endpoint).where(
+                    Secret.refresh_endpoint.startswith(f"{slug}/")  # type: ignore[union-attr]
+                )
+            )
+        ).all():
+            if readable_ids is None or bound.split("/", 1)[1] in readable_ids:
+                names.append(name)
+        return sorted(names)
+
+    async def create(self, data: ServiceCreate) -> Service:
+        """A new service with its endpoints."""
+        exists = (await self.session.execute(select(Service.id).where(Service.slug == data.slug))).first()
+        if exists:
+            raise AlreadyExists(f"service {data.slug!r} already exists; PUT /v1/services/{data.slug} replaces it")
+        rows = await self._validated_endpoints(data)
+        service = Service(
+            slug=data.slug, name=data.name, description=data.description,
+            variables=[v.model_dump(mode="json") for v in data.variables],
+        )
+        self.session.add(service)
+        await self.session.flush()
+        for row in rows:
+            row.service_id = service.id  # type: ignore[assignment]
+            self.session.add(row)
+        await self.session.flush()
+        return service
+
+    async def replace(self, service: Service, data: ServiceBody) -> Service:
+        """Replace a service's fields and its whole endpoint list."""
+        rows = await self._validated_endpoints(data)
+        removed = {e.readable_id for e in await self.endpoints(service)} - {r.readable_id for r in rows}
+        bound = await self._bound_secrets(service.slug, removed) if removed else []
+        if bound:
+            raise Conflict(
+                f"secrets {', '.join(bound)} refresh through endpoints this change removes; "
+                "PATCH their refresh_endpoint first"
+            )
+        service.name = data.name
+        service.description = data.description
+        service.variables = [v.model_dump(mode="json") for v in data.variables]
+        service.updated_at = utcnow()
+        await self.session.execute(delete(Endpoint).where(Endpoint.service_id == service.id))
+        for row in rows:
+            row.service_id = service.id  # type: ignore[assignment]
+            self.session.add(row)
+        await self.session.flush()
+        return service
+
+    async def delete(self, service: Service) -> None:
+        """Delete a service and its endpoints, unless a secret still refreshes through it."""
+        bound = await self._bound_secrets(service.slug)
+        if bound:
+            raise Conflict(
+                f"secrets {', '.join(bound)} refresh through this service; "
+                "PATCH their refresh_endpoint first"
+            )
+        await self.session.delete(service)
+        await self.session.flush()
