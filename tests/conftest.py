@@ -1,0 +1,225 @@
+"""Shared fixtures: a migrated database on SQLite and on PostgreSQL, the app, a token server.
+
+Every test that takes `client` runs twice, once per backend. PostgreSQL tests are skipped with a
+reason when the server is unreachable, except under CI=true, where that is a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import asyncpg
+import httpx
+import pytest
+from cryptography.fernet import Fernet
+from fastapi import FastAPI
+
+from app.config import Settings
+from app.demo.loopback import LoopbackServer
+from app.demo.token_server import TokenServerState, create_token_server
+from app.main import create_app
+from app.migrate import upgrade_database
+from app.pipeline.schemas import CANONICAL_ACTION_EXAMPLE
+
+PG_SERVER = os.environ.get("TOKENFARM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+CLIENT_ID = "client-canary-7f3a9b"
+CLIENT_SECRET = "client-secret-canary-d41c8e"  # noqa: S105 - a test canary
+
+
+def postgres_unavailable(reason: str) -> NoReturn:
+    """Skip the test, or fail it on CI where the PostgreSQL service must be up."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true, so this is an error)")
+    pytest.skip(reason)
+
+
+async def _pg_admin(sql: str) -> None:
+    connection = await asyncpg.connect(f"{PG_SERVER}/postgres", timeout=5)
+    try:
+        await connection.execute(sql)
+    finally:
+        await connection.close()
+
+
+def pg_admin(sql: str) -> None:
+    """Run one statement on the `postgres` database (from sync code)."""
+    asyncio.run(_pg_admin(sql))
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to head once per session; tests get copies."""
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    upgrade_database(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[str]:
+    """A PostgreSQL database migrated to head once per session; tests clone it."""
+    name = f"tokenfarm_template_{uuid.uuid4().hex[:10]}"
+    try:
+        pg_admin(f'CREATE DATABASE "{name}"')
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        postgres_unavailable(f"PostgreSQL at {PG_SERVER} is unreachable: {exc!r}")
+    try:
+        upgrade_database(f"{PG_SERVER}/{name}")
+        yield name
+    finally:
+        pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty database of its own for each test, on each backend."""
+    if request.param == "sqlite":
+        path = tmp_path / "tokenfarm.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}"
+        return
+    template = request.getfixturevalue("postgres_template")
+    name = f"tokenfarm_test_{uuid.uuid4().hex[:12]}"
+    pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    try:
+        yield f"{PG_SERVER}/{name}"
+    finally:
+        pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    """Settings for the `test` environment with a fresh encryption key."""
+    return Settings(
+        environment="test",
+        data_dir=tmp_path,
+        database_url=database_url,
+        encryption_keys=Fernet.generate_key().decode(),
+        log_level="DEBUG",
+    )
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    """The tokenfarm app with its lifespan running."""
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client talking to the app in-process (through its real ASGI interface)."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://tokenfarm.test") as http:
+        yield http
+
+
+@dataclass
+class TokenServer:
+    """A running loopback token server and the state the test drives it with."""
+
+    state: TokenServerState
+    url: str
+
+    @property
+    def token_url(self) -> str:
+        """Where the token endpoint answers."""
+        return f"{self.url}/oauth/token"
+
+
+@pytest.fixture(scope="session")
+def token_server_process() -> Iterator[tuple[LoopbackServer, dict[str, TokenServerState]]]:
+    """One uvicorn token server for the session; each test swaps in a fresh state."""
+    holder: dict[str, TokenServerState] = {"state": TokenServerState()}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await create_token_server(holder["state"])(scope, receive, send)
+
+    with LoopbackServer(app, lifespan="off") as server:
+        yield server, holder
+
+
+@pytest.fixture
+def token_server(
+    token_server_process: tuple[LoopbackServer, dict[str, TokenServerState]],
+) -> TokenServer:
+    """A token server with a fresh state: one registered client, nothing issued yet."""
+    server, holder = token_server_process
+    state = TokenServerState(hang_seconds=3.0)
+    state.add_client(CLIENT_ID, CLIENT_SECRET)
+    holder["state"] = state
+    return TokenServer(state=state, url=server.url)
+
+
+def canonical_action(token_url: str) -> list[dict[str, Any]]:
+    """The DESIGN.md action (plus an else-throw), pointed at a token URL."""
+    import copy
+
+    action = copy.deepcopy(CANONICAL_ACTION_EXAMPLE)
+    action[1]["url"] = token_url
+    action[1]["timeout_seconds"] = 1
+    return action
+
+
+async def create_secret(client: httpx.AsyncClient, name: str, value: Any = None, **fields: Any) -> None:
+    """Create a secret through the API, failing the test on any error."""
+    body = {"name": name, **fields}
+    if value is not None:
+        body["value"] = value
+    response = await client.post("/v1/secrets", json=body)
+    assert response.status_code == 201, response.text
+
+
+@dataclass
+class OAuthSetup:
+    """The canonical refresh, wired to the token server: secrets, service and binding."""
+
+    refresh_token: str
+
+
+async def setup_oauth(
+    client: httpx.AsyncClient, server: TokenServer, *, enable_log: bool = True
+) -> OAuthSetup:
+    """Create the four secrets, the `oauth` service and bind ACCESS_TOKEN to it."""
+    refresh_token = server.state.issue_refresh_token(CLIENT_ID)
+    await create_secret(client, "CLIENT_ID", CLIENT_ID, environment_specific=False)
+    await create_secret(client, "CLIENT_SECRET", CLIENT_SECRET, environment_specific=False)
+    await create_secret(client, "REFRESH_TOKEN", refresh_token)
+    await create_secret(client, "ACCESS_TOKEN")
+    response = await client.post(
+        "/v1/services",
+        json={
+            "slug": "oauth",
+            "name": "OAuth",
+            "endpoints": [
+                {
+                    "readable_id": "refresh-token",
+                    "name": "Refresh",
+                    "enable_log": enable_log,
+                    "action": canonical_action(server.token_url),
+                }
+            ],
+        },
+    )
+    assert response.status_code == 201, response.text
+    response = await client.patch(
+        "/v1/secrets/ACCESS_TOKEN", json={"refresh_endpoint": "oauth/refresh-token"}
+    )
+    assert response.status_code == 200, response.text
+    return OAuthSetup(refresh_token=refresh_token)
+
+
+async def secret_value(client: httpx.AsyncClient, name: str) -> Any:
+    """The current value of a secret (None when it has none)."""
+    response = await client.get(f"/v1/secrets/{name}/value")
+    if response.status_code == 404:
+        return None
+    assert response.status_code == 200, response.text
+    return response.json()["value"]
