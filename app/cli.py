@@ -12,7 +12,10 @@ from cryptography.fernet import Fernet
 from app.config import get_settings
 from app.errors import TokenfarmError
 
-cli = typer.Typer(help="tokenfarm: keeps OAuth access tokens and other short-lived secrets fresh.", no_args_is_help=True)
+cli = typer.Typer(
+    help="tokenfarm: keeps OAuth access tokens and other short-lived secrets fresh.",
+    no_args_is_help=True,
+)
 
 DEMO_OWNER_EMAIL = "owner@example.com"
 DEMO_OWNER_PASSWORD = "tokenfarm-demo-password"  # noqa: S105 - printed for the local demo only
@@ -79,7 +82,9 @@ def keygen() -> None:
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    migrate_first: Annotated[bool, typer.Option("--migrate/--no-migrate", help="Migrate before serving.")] = True,
+    migrate_first: Annotated[
+        bool, typer.Option("--migrate/--no-migrate", help="Migrate before serving.")
+    ] = True,
 ) -> None:
     """Serve the API (and the explorer at /docs)."""
     import uvicorn
@@ -105,8 +110,12 @@ async def _seed_demo(token_url: str, refresh_token: str) -> None:
     try:
         async for session in session_scope(session_factory(engine)):
             await seed_demo(
-                session, load_keyring(settings), settings, token_url=token_url,
-                client_id="demo-client", client_secret="demo-client-secret",  # noqa: S106
+                session,
+                load_keyring(settings),
+                settings,
+                token_url=token_url,
+                client_id="demo-client",
+                client_secret="demo-client-secret",  # noqa: S106
                 refresh_token=refresh_token,
             )
     finally:
@@ -116,7 +125,9 @@ async def _seed_demo(token_url: str, refresh_token: str) -> None:
 @cli.command()
 def demo(
     port: Annotated[int, typer.Option(help="Port of tokenfarm.")] = 8000,
-    token_server_port: Annotated[int, typer.Option(help="Port of the bundled token server.")] = 8765,
+    token_server_port: Annotated[
+        int, typer.Option(help="Port of the bundled token server.")
+    ] = 8765,
 ) -> None:
     """Start tokenfarm on SQLite with a bundled local token server and the canonical refresh."""
     import uvicorn
@@ -131,7 +142,11 @@ def demo(
         try:
             _migrate()
             asyncio.run(_create_owner(DEMO_OWNER_EMAIL, DEMO_OWNER_PASSWORD))
-            asyncio.run(_seed_demo(f"{token_server.url}/oauth/token", state.issue_refresh_token("demo-client")))
+            asyncio.run(
+                _seed_demo(
+                    f"{token_server.url}/oauth/token", state.issue_refresh_token("demo-client")
+                )
+            )
             app = create_app(get_settings())
         except TokenfarmError as exc:
             _fail(exc.message)
@@ -154,3 +169,7 @@ def main() -> None:
         cli()
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

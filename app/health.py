@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from app.migrate import current_revision, head_revision
+from app.migrate import engine_revision, head_revision
 
 router = APIRouter(tags=["operations"])
 
@@ -24,11 +24,15 @@ async def readyz(request: Request) -> JSONResponse:
     try:
         async with state.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
+        revision = await engine_revision(state.engine)
     except Exception as exc:
         return _not_ready(f"the database is unreachable ({type(exc).__name__})")
-    revision, head = await current_revision(state.database_url), head_revision()
+    head = head_revision()
     if revision != head:
-        return _not_ready(f"the database schema is at {revision or 'nothing'}, not {head}: run `tokenfarm migrate`")
+        return _not_ready(
+            f"the database schema is at {revision or 'nothing'}, not {head}: "
+            "run `tokenfarm migrate`"
+        )
     if getattr(state, "keyring", None) is None:
         return _not_ready("the encryption keys are not loaded")
     return JSONResponse({"status": "ready", "revision": revision})

@@ -9,6 +9,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import create_engine
 
@@ -41,15 +42,20 @@ def head_revision() -> str:
     return head
 
 
+async def engine_revision(engine: AsyncEngine) -> str | None:
+    """The revision stamped in an engine's database, or None if there is none."""
+    async with engine.connect() as connection:
+        return await connection.run_sync(
+            lambda sync_connection: MigrationContext.configure(
+                sync_connection
+            ).get_current_revision()
+        )
+
+
 async def current_revision(url: str) -> str | None:
     """The revision stamped in the database's alembic_version table, or None if there is none."""
     engine = create_engine(url)
     try:
-        async with engine.connect() as connection:
-            return await connection.run_sync(
-                lambda sync_connection: MigrationContext.configure(
-                    sync_connection
-                ).get_current_revision()
-            )
+        return await engine_revision(engine)
     finally:
         await engine.dispose()

@@ -30,7 +30,9 @@ def require(permission: str) -> Callable[..., object]:
 
     async def check(actor: CurrentActor) -> Actor:
         if not actor.can(permission):
-            raise PermissionDenied(f"this needs the permission {permission!r}", permission=permission)
+            raise PermissionDenied(
+                f"this needs the permission {permission!r}", permission=permission
+            )
         return actor
 
     check.__name__ = f"require_{permission.replace('.', '_').replace(':', '_')}"

@@ -1,4 +1,4 @@
-"""The example configuration of `tokenfarm demo`: the canonical refresh against a local token server."""
+"""The example set-up of `tokenfarm demo`: the canonical refresh against a local token server."""
 
 from __future__ import annotations
 
@@ -39,7 +39,11 @@ async def seed_demo(
 ) -> None:
     """Create (or reset) the demo secrets and the `oauth` service; safe to run at every start."""
     secrets = SecretStore(session, keyring, settings)
-    values = {"CLIENT_ID": client_id, "CLIENT_SECRET": client_secret, "REFRESH_TOKEN": refresh_token}
+    values = {
+        "CLIENT_ID": client_id,
+        "CLIENT_SECRET": client_secret,
+        "REFRESH_TOKEN": refresh_token,
+    }
     for name, description in (
         ("CLIENT_ID", "OAuth client id"),
         ("CLIENT_SECRET", "OAuth client secret"),
