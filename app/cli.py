@@ -44,11 +44,11 @@ def migrate() -> None:
 
 async def _create_owner(email: str, password: str) -> bool:
     from app.auth.accounts import ensure_owner
-    from app.db import create_engine, session_factory, session_scope
+    from app.db import create_engine, session_factory
 
     engine = create_engine(get_settings().resolved_database_url)
     try:
-        async for session in session_scope(session_factory(engine)):
+        async with session_factory(engine)() as session, session.begin():
             _, created = await ensure_owner(session, email, password)
         return created
     finally:
@@ -102,13 +102,13 @@ def serve(
 
 async def _seed_demo(token_url: str, refresh_token: str) -> None:
     from app.crypto import load_keyring
-    from app.db import create_engine, session_factory, session_scope
+    from app.db import create_engine, session_factory
     from app.demo.seed import seed_demo
 
     settings = get_settings()
     engine = create_engine(settings.resolved_database_url)
     try:
-        async for session in session_scope(session_factory(engine)):
+        async with session_factory(engine)() as session, session.begin():
             await seed_demo(
                 session,
                 load_keyring(settings),

@@ -10,7 +10,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.crypto import Keyring
-from app.db import session_scope
 
 if TYPE_CHECKING:
     from app.runs.runner import Runner
@@ -23,9 +22,14 @@ def get_app_settings(request: Request) -> Settings:
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """One session per request, committed once at the end."""
-    async for session in session_scope(request.app.state.session_factory):
-        yield session
+    """One session per request: committed once at the end, rolled back and closed on any error."""
+    async with request.app.state.session_factory() as session:
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
 
 
 def get_keyring(request: Request) -> Keyring:

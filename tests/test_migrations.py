@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
@@ -25,16 +24,9 @@ from app.migrate import (
     upgrade_database_async,
 )
 from app.models import metadata
+from tests.conftest import PG_SERVER, postgres_unavailable
 
-PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
 T = TypeVar("T")
-
-
-def _unavailable(reason: str) -> NoReturn:
-    """Skip the test, or fail it on CI where the PostgreSQL service must be up."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true, so this is an error)")
-    pytest.skip(reason)
 
 
 @pytest.fixture
@@ -44,7 +36,7 @@ async def postgres_url() -> AsyncIterator[str]:
     try:
         admin = await asyncpg.connect(f"{PG_SERVER}/postgres", timeout=5)
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        _unavailable(f"PostgreSQL at {PG_SERVER} is unreachable: {exc!r}")
+        postgres_unavailable(f"PostgreSQL at {PG_SERVER} is unreachable: {exc!r}")
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
         yield f"{PG_SERVER}/{name}"

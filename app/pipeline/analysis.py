@@ -49,9 +49,9 @@ def update_targets(nodes: list[Any]) -> list[tuple[str, str]]:
     return [(path, node.secret) for path, node in walk(nodes) if isinstance(node, UpdateSecretNode)]
 
 
-def binding_paths(nodes: list[Any]) -> Iterator[tuple[str, list[str]]]:
+def binding_paths(nodes: list[Any], root: str = "action") -> Iterator[tuple[str, list[str]]]:
     """(node path + field, split binding path) of every binding in the action."""
-    for path, node in walk(nodes):
+    for path, node in walk(nodes, root):
         for where, raw in iter_paths(_own_fields(node)):
             try:
                 yield f"{path}{where}", split_path(raw)
@@ -85,32 +85,39 @@ def validate_action(
 ) -> list[Any]:
     """Nodes of a valid action, or `ActionInvalid` naming the first offending node's path."""
     nodes = ACTION_ADAPTER.validate_python(raw_or_nodes)
-
-    def where(path: str) -> str:
-        return prefix + path.removeprefix("action")
-
     variables = declared_variables | assigned_variables(nodes)
-    for path, segments in binding_paths(nodes):
+    for path, segments in binding_paths(nodes, prefix):
         root = segments[0]
         if root == "vars" and segments[1] not in variables:
             raise ActionInvalid(
-                where(path),
+                path,
                 f"unknown variable {segments[1]!r} (declare it in the service's variables "
                 "or set it with update_object or result_mapping)",
             )
         if root == "secrets" and segments[1] not in known_secrets:
-            raise ActionInvalid(where(path), f"unknown secret {segments[1]!r} (create it first)")
-    for path, node in walk(nodes):
+            raise ActionInvalid(path, f"unknown secret {segments[1]!r} (create it first)")
+    for path, node in walk(nodes, prefix):
         if isinstance(node, UpdateSecretNode) and node.secret not in known_secrets:
-            raise ActionInvalid(f"{where(path)}.secret", f"unknown secret {node.secret!r} (create it first)")
+            raise ActionInvalid(
+                f"{path}.secret", f"unknown secret {node.secret!r} (create it first)"
+            )
         if isinstance(node, WebRequestNode):
             for variable, expression in node.result_mapping.items():
                 try:
                     compile_jsonpath(expression)
                 except ValueError as exc:
-                    raise ActionInvalid(f"{where(path)}.result_mapping.{variable}", str(exc)) from None
-            if not BINDING.search(node.url):
-                parts = urlsplit(node.url)
-                if parts.scheme not in ("http", "https") or not parts.hostname:
-                    raise ActionInvalid(f"{where(path)}.url", "must be an absolute http:// or https:// URL")
+                    raise ActionInvalid(f"{path}.result_mapping.{variable}", str(exc)) from None
+            if not _plausible_url(node.url):
+                raise ActionInvalid(f"{path}.url", "must be an absolute http:// or https:// URL")
     return nodes
+
+
+def _plausible_url(url: str) -> bool:
+    """Whether a URL can be http(s); one with bindings is checked again when it is rendered."""
+    if BINDING.search(url):
+        return url.lower().startswith(("http://", "https://", "{{"))
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        return False

@@ -1,4 +1,4 @@
-"""Bindings: `{{ path }}` in action strings, resolved against a run's state; never evaluated as code.
+"""Bindings: `{{ path }}` in action strings, resolved against a run's state; never run as code.
 
 A string that is exactly one binding yields the raw value (number, null, object); any other string
 is interpolated as text. Paths are dotted names with optional numeric list indexes.
@@ -25,6 +25,8 @@ ROOTS = {
 }
 REQUEST_PARTS = ("query", "body", "headers")
 RESPONSE_PARTS = ("status", "headers", "body")
+# Roots that hold a fixed set of plain fields: `run.id`, `error.type`; nothing deeper.
+FIXED_FIELDS: dict[str, tuple[str, ...]] = {"run": ("id",), "error": ("type", "kind", "message")}
 
 
 class PathError(ValueError):
@@ -48,6 +50,11 @@ def split_path(path: str) -> list[str]:
         raise PathError(f"'{{{{ {path} }}}}': {ROOTS['request']}")
     if root == "response" and (len(segments) < 2 or segments[1] not in RESPONSE_PARTS):
         raise PathError(f"'{{{{ {path} }}}}': {ROOTS['response']}")
+    if root == "response" and segments[1] == "status" and len(segments) > 2:
+        raise PathError("'response.status' takes no further path")
+    if root in FIXED_FIELDS:
+        if segments[1] not in FIXED_FIELDS[root] or len(segments) > 2:
+            raise PathError(f"'{{{{ {path} }}}}': {ROOTS[root]}")
     return segments
 
 

@@ -1,4 +1,8 @@
-"""Evaluation of the condition language: comparisons and all/any/not groups."""
+"""Evaluation of the condition language: comparisons and all/any/not groups.
+
+Values compare as JSON values: `true` is not `1`, `"1"` is not `1`. Errors name the operand types
+only, never the values, because an operand may be a secret.
+"""
 
 from __future__ import annotations
 
@@ -18,20 +22,49 @@ def has_value(value: Any) -> bool:
     return True
 
 
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
+def type_name(value: Any) -> str:
+    """The JSON type of a value, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def json_equal(left: Any, right: Any) -> bool:
+    """Equality of JSON values (Python would call `True == 1` and `[1] == [True]` equal)."""
+    if isinstance(left, bool) or isinstance(right, bool):
+        return isinstance(left, bool) and isinstance(right, bool) and left == right
+    if isinstance(left, dict) and isinstance(right, dict):
+        return left.keys() == right.keys() and all(json_equal(left[k], right[k]) for k in left)
+    if isinstance(left, list) and isinstance(right, list):
+        return len(left) == len(right) and all(
+            json_equal(a, b) for a, b in zip(left, right, strict=True)
+        )
+    if _is_number(left) and _is_number(right):
+        return bool(left == right)
+    return type_name(left) == type_name(right) and bool(left == right)
 
 
 def _ordered(op: str, left: Any, right: Any) -> bool:
-    numbers = (int, float)
-    both_numbers = (
-        isinstance(left, numbers) and isinstance(right, numbers)
-        and not isinstance(left, bool) and not isinstance(right, bool)
-    )
-    if not (both_numbers or (isinstance(left, str) and isinstance(right, str))):
-        # Types only: the operands may be secret values.
+    if not (_is_number(left) and _is_number(right)) and not (
+        isinstance(left, str) and isinstance(right, str)
+    ):
         raise BindingError(
-            f"'{op}' compares two numbers or two strings, got {_type_name(left)} and {_type_name(right)}"
+            f"'{op}' compares two numbers or two strings, "
+            f"got {type_name(left)} and {type_name(right)}"
         )
     if op == "lt":
         return bool(left < right)
@@ -43,12 +76,20 @@ def _ordered(op: str, left: Any, right: Any) -> bool:
 
 
 def _contains(op: str, left: Any, right: Any) -> bool:
-    if isinstance(right, (list, dict)):
+    """`in` / `not_in`: an item of an array, a key of an object, or a substring of a string."""
+    if isinstance(right, list):
+        found = any(json_equal(left, item) for item in right)
+    elif isinstance(right, dict) and isinstance(left, str):
         found = left in right
     elif isinstance(right, str) and isinstance(left, str):
         found = left in right
+    elif isinstance(right, (dict, str)):
+        where = "an object's keys" if isinstance(right, dict) else "a string"
+        raise BindingError(f"'{op}' looks for a string in {where}, got {type_name(left)}")
     else:
-        raise BindingError(f"'{op}' needs a list, an object or a string on the right, got {_type_name(right)}")
+        raise BindingError(
+            f"'{op}' needs an array, an object or a string on the right, got {type_name(right)}"
+        )
     return found if op == "in" else not found
 
 
@@ -66,9 +107,9 @@ def evaluate(condition: Any, render: Callable[[Any], Any]) -> bool:
         return has_value(left)
     right = render(condition.right)
     if condition.op == "equals":
-        return bool(left == right)
+        return json_equal(left, right)
     if condition.op == "not_equals":
-        return bool(left != right)
+        return not json_equal(left, right)
     if condition.op in ("in", "not_in"):
         return _contains(condition.op, left, right)
     return _ordered(condition.op, left, right)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,15 @@ class Redactor:
         if isinstance(value, str):
             if len(value) >= MIN_REDACTED_LENGTH:
                 self._values.add(value)
+            # Bindings address into JSON-string secrets (`secrets.SA_KEY.private_key`), so the
+            # fields inside are sensitive on their own.
+            if value[:1] in ("{", "["):
+                try:
+                    parsed = json.loads(value)
+                except ValueError:
+                    return
+                if isinstance(parsed, (dict, list)):
+                    self.add(parsed)
         elif isinstance(value, dict):
             for item in value.values():
                 self.add(item)
@@ -54,7 +64,8 @@ class Redactor:
             return {self.text(str(k)): self.value(v) for k, v in value.items()}
         if isinstance(value, list):
             return [self.value(v) for v in value]
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and str(value) in self._values:
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if is_number and str(value) in self._values:
             return REDACTED
         return value
 
@@ -110,7 +121,8 @@ class RunContext:
         if root == "request":
             part = rest[0]
             if part == "headers":
-                return dig({k.lower(): v for k, v in self.request.headers.items()}, [rest[1].lower()] if len(rest) > 1 else [])
+                headers = {k.lower(): v for k, v in self.request.headers.items()}
+                return dig(headers, [s.lower() for s in rest[1:2]])
             return dig(self.request.query if part == "query" else self.request.body, rest[1:])
         if root == "response":
             if self.response is None:
@@ -124,7 +136,8 @@ class RunContext:
         if root == "error":
             if self.error is None:
                 return None
-            info = {"type": self.error.error_type, "kind": self.error.kind, "message": self.error.message}
+            caught = self.error
+            info = {"type": caught.error_type, "kind": caught.kind, "message": caught.message}
             return dig(info, rest)
         return None
 

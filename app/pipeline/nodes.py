@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from jsonpath_ng import JSONPath
-from jsonpath_ng.exceptions import JsonPathLexerError, JsonPathParserError
 from jsonpath_ng.ext import parse as parse_jsonpath
 
 from app.errors import BadUpstreamResponse, BindingError, RunFailed, Thrown, UpstreamFailed
@@ -31,9 +32,13 @@ from app.pipeline.schemas import (
 
 logger = logging.getLogger("tokenfarm.run")
 OAUTH_DESCRIPTION_LIMIT = 300
+LOG_LEVELS = {
+    "debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR
+}
+HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
 
 
-class EndExecution(Exception):  # noqa: N818 - a control-flow signal, not an error
+class EndExecution(Exception):  # a control-flow signal, not an error
     """Raised by `end_execution` to stop the run successfully."""
 
 
@@ -48,8 +53,10 @@ def compile_jsonpath(expression: str) -> JSONPath:
     """A parsed JSONPath expression; raises ValueError with a readable message."""
     try:
         return parse_jsonpath(expression)
-    except (JsonPathLexerError, JsonPathParserError, Exception) as exc:
-        raise ValueError(f"{expression!r} is not a JSONPath expression ({type(exc).__name__})") from None
+    except Exception as exc:  # the parser raises bare Exceptions besides its own error classes
+        raise ValueError(
+            f"{expression!r} is not a JSONPath expression ({type(exc).__name__})"
+        ) from None
 
 
 def _as_seconds(value: Any, field: str) -> float:
@@ -61,19 +68,60 @@ def _as_seconds(value: Any, field: str) -> float:
         raise BindingError(f"'{field}' must be a number of seconds") from None
 
 
+def _from_epoch(seconds: float, field: str) -> datetime:
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        # Out of range or NaN: an upstream answered nonsense, so the run fails cleanly.
+        raise BindingError(f"'{field}' is out of range for a point in time") from None
+
+
 def parse_expiry(expires_in: Any, expires_at: Any, now: float) -> datetime | None:
-    """The absolute expiry from `expires_in` seconds or an `expires_at` (ISO 8601 or epoch)."""
+    """The absolute expiry (UTC) from `expires_in` seconds or `expires_at` (ISO 8601 or epoch)."""
     if expires_in is not None:
-        return datetime.fromtimestamp(now + _as_seconds(expires_in, "expires_in"), UTC)
+        return _from_epoch(now + _as_seconds(expires_in, "expires_in"), "expires_in")
     if expires_at is None:
         return None
     if isinstance(expires_at, str) and not expires_at.replace(".", "", 1).isdigit():
         try:
             parsed = datetime.fromisoformat(expires_at.replace("Z", "+00:00"))
-        except ValueError:
+            return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        except (ValueError, OverflowError):
             raise BindingError("'expires_at' must be an ISO 8601 time or epoch seconds") from None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    return datetime.fromtimestamp(_as_seconds(expires_at, "expires_at"), UTC)
+    return _from_epoch(_as_seconds(expires_at, "expires_at"), "expires_at")
+
+
+def _with_query(url: str, query: dict[str, Any]) -> str:
+    """The URL with `query` appended to the query string it already has."""
+    # Handing the parameters to httpx instead would replace that query string (`?api-version=2`).
+    if not query:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise BindingError("the URL is not valid") from None
+    added = urlencode(query, doseq=True)
+    return urlunsplit(parts._replace(query=f"{parts.query}&{added}" if parts.query else added))
+
+
+def _set_header(headers: dict[str, str], name: str, value: str, *, replace: bool) -> None:
+    """Set a header whatever the case the action wrote it in; `replace=False` keeps theirs."""
+    existing = [key for key in headers if key.lower() == name.lower()]
+    if existing and not replace:
+        return
+    for key in existing:
+        del headers[key]
+    headers[name] = value
+
+
+def _check_headers(headers: dict[str, str]) -> None:
+    """Header values must be visible ASCII: anything else would fail inside the HTTP client."""
+    for name, value in headers.items():
+        if not HEADER_VALUE.fullmatch(value):
+            # The name only: the value may be a secret.
+            raise BindingError(
+                f"header {name!r}: the value must be ASCII text without control characters"
+            )
 
 
 class UpdateObject:
@@ -99,13 +147,21 @@ class WebRequest:
         url = as_text(ctx.render(node.url))
         # The trace shows the URL as written in the action: the rendered one may carry a secret.
         entry["request"] = f"{node.method} {node.url}"
-        query = {k: as_text(v) for k, v in ctx.render(node.query).items() if v is not None}
+        query = {
+            k: [as_text(item) for item in v] if isinstance(v, list) else as_text(v)
+            for k, v in ctx.render(node.query).items()
+            if v is not None
+        }
         headers = {k: as_text(ctx.render(v)) for k, v in node.headers.items()}
         auth: tuple[str, str] | None = None
         if node.auth is not None and node.auth.type == "basic":
-            auth = (as_text(ctx.render(node.auth.username)), as_text(ctx.render(node.auth.password)))
+            auth = (
+                as_text(ctx.render(node.auth.username)),
+                as_text(ctx.render(node.auth.password)),
+            )
         elif node.auth is not None and node.auth.type == "bearer":
-            headers["Authorization"] = f"Bearer {as_text(ctx.render(node.auth.token))}"
+            token = as_text(ctx.render(node.auth.token))
+            _set_header(headers, "Authorization", f"Bearer {token}", replace=True)
         data = json_body = content = None
         if node.body is not None and node.body.form is not None:
             rendered = ctx.render(node.body.form)
@@ -115,10 +171,11 @@ class WebRequest:
         elif node.body is not None and node.body.raw is not None:
             content = as_text(ctx.render(node.body.raw))
             if node.body.content_type:
-                headers.setdefault("Content-Type", node.body.content_type)
+                _set_header(headers, "Content-Type", node.body.content_type, replace=False)
+        _check_headers(headers)
         response = await ctx.outbound.send(
-            node.method, url, params=query, headers=headers, auth=auth, data=data, json=json_body,
-            content=content, timeout_seconds=node.timeout_seconds,
+            node.method, _with_query(url, query), headers=headers, auth=auth, data=data,
+            json=json_body, content=content, timeout_seconds=node.timeout_seconds,
         )
         ctx.response = response
         ctx.response_json = self._json_or_none(response.content)
@@ -158,9 +215,10 @@ class WebRequest:
         body = ctx.response_json
         if not isinstance(body, (dict, list)):
             kind = content_type.split(";")[0].strip() or "no content type"
+            status = ctx.response.status if ctx.response else "?"
             raise BadUpstreamResponse(
-                f"{target} answered {ctx.response.status if ctx.response else '?'} with a body that "
-                f"is not a JSON object ({kind}); result_mapping needs JSON"
+                f"{target} answered {status} with a body that is not a JSON object ({kind}); "
+                "result_mapping needs JSON"
             )
         for name, expression in self.node.result_mapping.items():
             matches = compile_jsonpath(expression).find(body)
@@ -195,12 +253,20 @@ class UpdateSecret:
         node = self.node
         entry["secret"] = node.secret
         value = ctx.render(node.value)
+        if value is None:
+            # A secret never holds null, not even with allow_empty: the store would refuse it
+            # only after every other node had run.
+            raise BindingError(
+                f"update_secret {node.secret}: the value is null, so the stored one is kept"
+            )
         if not node.allow_empty and not has_value(value):
             raise BindingError(
                 f"update_secret {node.secret}: the value is empty, so the stored one is kept "
                 "(set allow_empty: true to write empty values)"
             )
-        expires_at = parse_expiry(ctx.render(node.expires_in), ctx.render(node.expires_at), ctx.clock())
+        expires_at = parse_expiry(
+            ctx.render(node.expires_in), ctx.render(node.expires_at), ctx.clock()
+        )
         ctx.redactor.add(value)
         ctx.secrets[node.secret] = value
         ctx.writes[node.secret] = PendingWrite(node.secret, value, expires_at)
@@ -250,14 +316,18 @@ class End:
 
 
 class Log:
-    """Adds a message to the trace; the runner redacts it before anything shows it."""
+    """Adds a message to the run trace and to the server log, secret values redacted."""
 
     def __init__(self, node: LogNode) -> None:
         self.node = node
 
     async def run(self, ctx: RunContext, path: str, entry: dict[str, Any]) -> None:
+        message = as_text(ctx.render(self.node.message))
         entry["level"] = self.node.level
-        entry["message"] = as_text(ctx.render(self.node.message))
+        entry["message"] = message
+        # The server log keeps it even when the run is not recorded (success without enable_log).
+        redacted = ctx.redactor.text(message)
+        logger.log(LOG_LEVELS[self.node.level], "run %s %s: %s", ctx.run_id, path, redacted)
 
 
 NODE_RUNNERS: dict[str, type[Any]] = {

@@ -12,8 +12,10 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapt
 
 from app.errors import CATCHABLE_KINDS
 
-SECRET_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,127}$"
+SECRET_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,127}$"  # noqa: S105 - a pattern, not a secret
 VARIABLE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+# RFC 9110 §5.6.2 token: what an HTTP header name may be made of.
+HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$"
 ErrorKind = Literal["upstream_error", "timeout", "network", "bad_response", "binding", "thrown"]
 assert set(CATCHABLE_KINDS) == set(ErrorKind.__args__)  # type: ignore[attr-defined]
 
@@ -26,15 +28,28 @@ class Strict(BaseModel):
 
 # --- conditions -------------------------------------------------------------------------------
 
-ComparisonOp = Literal["has_value", "equals", "not_equals", "lt", "lte", "gt", "gte", "in", "not_in"]
+ComparisonOp = Literal[
+    "has_value", "equals", "not_equals", "lt", "lte", "gt", "gte", "in", "not_in"
+]
 
 
 class Comparison(Strict):
-    """`{"op", "left", "right"}`; `has_value` needs only `left`."""
+    """`{"op", "left", "right"}`; `has_value` takes only `left`."""
 
     op: ComparisonOp
     left: Any = None
     right: Any = None
+
+    @model_validator(mode="after")
+    def _operands(self) -> Comparison:
+        # Operands may be null on purpose, so "given" means present in the input.
+        if "left" not in self.model_fields_set:
+            raise ValueError(f"'{self.op}' needs 'left'")
+        if self.op == "has_value" and "right" in self.model_fields_set:
+            raise ValueError("'has_value' takes only 'left'")
+        if self.op != "has_value" and "right" not in self.model_fields_set:
+            raise ValueError(f"'{self.op}' needs 'right'")
+        return self
 
 
 class AllOf(Strict):
@@ -139,7 +154,9 @@ class WebRequestNode(NodeBase):
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "GET"
     url: str = Field(min_length=1, max_length=2000)
     query: dict[str, Any] = Field(default_factory=dict)
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[Annotated[str, Field(pattern=HEADER_NAME_PATTERN)], str] = Field(
+        default_factory=dict
+    )
     auth: Annotated[BasicAuth | BearerAuth, Field(discriminator="type")] | None = None
     body: RequestBody | None = None
     timeout_seconds: float | None = Field(None, gt=0, le=300)
@@ -183,7 +200,9 @@ class TryNode(NodeBase):
     type: Literal["try"]
     do: list[Node] = Field(min_length=1)
     catch: list[Node] = Field(default_factory=list)
-    errors: list[ErrorKind] | None = None
+    errors: list[ErrorKind] | None = Field(
+        None, min_length=1, description="Kinds of error to catch; absent catches every kind."
+    )
 
 
 class ThrowNode(NodeBase):
@@ -263,7 +282,11 @@ CANONICAL_ACTION_EXAMPLE: list[dict[str, Any]] = [
         "body": {
             "form": {"grant_type": "refresh_token", "refresh_token": "{{ secrets.REFRESH_TOKEN }}"}
         },
-        "result_mapping": {"token": "$.access_token", "refresh": "$.refresh_token", "ttl": "$.expires_in"},
+        "result_mapping": {
+            "token": "$.access_token",
+            "refresh": "$.refresh_token",
+            "ttl": "$.expires_in",
+        },
     },
     {
         "type": "if",
@@ -279,12 +302,20 @@ CANONICAL_ACTION_EXAMPLE: list[dict[str, Any]] = [
                 "type": "if",
                 "condition": {"op": "has_value", "left": "{{ vars.refresh }}"},
                 "then": [
-                    {"type": "update_secret", "secret": "REFRESH_TOKEN", "value": "{{ vars.refresh }}"}
+                    {
+                        "type": "update_secret",
+                        "secret": "REFRESH_TOKEN",
+                        "value": "{{ vars.refresh }}",
+                    }
                 ],
             },
         ],
         "else": [
-            {"type": "throw", "status": 502, "message": "the token endpoint returned no access_token"}
+            {
+                "type": "throw",
+                "status": 502,
+                "message": "the token endpoint returned no access_token",
+            }
         ],
     },
 ]

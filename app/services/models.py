@@ -20,7 +20,9 @@ class Service(SQLModel, table=True):
     slug: str = Field(max_length=64, unique=True, index=True)
     name: str = Field(max_length=200)
     description: str = Field(default="", max_length=1000)
-    variables: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    variables: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
     created_at: datetime = Field(default_factory=utcnow, sa_column=timestamp_column(False))
     updated_at: datetime = Field(default_factory=utcnow, sa_column=timestamp_column(False))
 
@@ -40,4 +42,6 @@ class Endpoint(SQLModel, table=True):
     description: str = Field(default="", max_length=1000)
     methods: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     enable_log: bool = Field(default=False)
-    action: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    action: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )

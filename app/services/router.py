@@ -39,7 +39,9 @@ async def get_service(slug: str, store: ServiceStore = StoreDep) -> ServiceRead:
 
 
 @router.put("/{slug}", dependencies=MANAGE)
-async def replace_service(slug: str, data: ServiceBody, store: ServiceStore = StoreDep) -> ServiceRead:
+async def replace_service(
+    slug: str, data: ServiceBody, store: ServiceStore = StoreDep
+) -> ServiceRead:
     """Replace a service's name, variables and endpoints."""
     return await store.describe(await store.replace(await store.get(slug), data))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.pipeline.schemas import CANONICAL_ACTION_EXAMPLE, VARIABLE_NAME_PATTERN, Node
 
@@ -22,6 +22,22 @@ _TYPE_CHECKS: dict[str, Any] = {
     "object": lambda v: isinstance(v, dict),
     "array": lambda v: isinstance(v, list),
     "any": lambda v: True,
+}
+
+
+SERVICE_EXAMPLE: dict[str, Any] = {
+    "slug": "oauth",
+    "name": "OAuth provider",
+    "variables": [{"name": "token", "type": "string", "default": None}],
+    "endpoints": [
+        {
+            "readable_id": "refresh-token",
+            "name": "Refresh the access token",
+            "methods": ["GET", "POST"],
+            "enable_log": True,
+            "action": CANONICAL_ACTION_EXAMPLE,
+        }
+    ],
 }
 
 
@@ -50,7 +66,9 @@ class EndpointIn(BaseModel):
     name: str = Field(min_length=1, max_length=200, examples=["Refresh the access token"])
     description: str = Field("", max_length=1000)
     methods: list[RunMethod] = Field(["GET", "POST"], min_length=1)
-    enable_log: bool = Field(False, description="Record successful runs too (failed runs always are).")
+    enable_log: bool = Field(
+        False, description="Record successful runs too (failed runs always are)."
+    )
     action: list[Node] = Field(min_length=1, examples=[CANONICAL_ACTION_EXAMPLE])
 
 
@@ -75,16 +93,24 @@ class ServiceBody(BaseModel):
     variables: list[ServiceVariable] = Field(default_factory=list)
     endpoints: list[EndpointIn] = Field(default_factory=list)
 
-    @model_validator(mode="after")
-    def _unique_names(self) -> ServiceBody:
-        for label, names in (
-            ("variable", [v.name for v in self.variables]),
-            ("endpoint readable_id", [e.readable_id for e in self.endpoints]),
-        ):
-            duplicates = sorted({n for n in names if names.count(n) > 1})
-            if duplicates:
-                raise ValueError(f"duplicate {label}: {', '.join(duplicates)}")
-        return self
+    @field_validator("variables")
+    @classmethod
+    def _unique_variables(cls, variables: list[ServiceVariable]) -> list[ServiceVariable]:
+        _refuse_duplicates("variable name", [v.name for v in variables])
+        return variables
+
+    @field_validator("endpoints")
+    @classmethod
+    def _unique_endpoints(cls, endpoints: list[EndpointIn]) -> list[EndpointIn]:
+        _refuse_duplicates("endpoint readable_id", [e.readable_id for e in endpoints])
+        return endpoints
+
+
+def _refuse_duplicates(label: str, names: list[str]) -> None:
+    """A field validator's check (so the error points at the list) that names are unique."""
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate {label}: {', '.join(duplicates)}")
 
 
 class ServiceCreate(ServiceBody):
@@ -92,27 +118,7 @@ class ServiceCreate(ServiceBody):
 
     slug: str = Field(pattern=SLUG_PATTERN, examples=["oauth"])
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "slug": "oauth",
-                    "name": "OAuth provider",
-                    "variables": [{"name": "token", "type": "string", "default": None}],
-                    "endpoints": [
-                        {
-                            "readable_id": "refresh-token",
-                            "name": "Refresh the access token",
-                            "methods": ["GET", "POST"],
-                            "enable_log": True,
-                            "action": CANONICAL_ACTION_EXAMPLE,
-                        }
-                    ],
-                }
-            ]
-        },
-    )
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [SERVICE_EXAMPLE]})
 
 
 class ServiceRead(BaseModel):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import builtins
+
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from app.db import utcnow
 from app.errors import AlreadyExists, Conflict, NotFound
@@ -11,7 +15,13 @@ from app.pipeline.analysis import validate_action
 from app.pipeline.schemas import dump_action
 from app.secrets.models import Secret
 from app.services.models import Endpoint, Service
-from app.services.schemas import EndpointRead, ServiceBody, ServiceCreate, ServiceRead, ServiceVariable
+from app.services.schemas import (
+    EndpointRead,
+    ServiceBody,
+    ServiceCreate,
+    ServiceRead,
+    ServiceVariable,
+)
 
 
 class ServiceStore:
@@ -22,29 +32,28 @@ class ServiceStore:
 
     async def get(self, slug: str) -> Service:
         """The service `slug`, or NotFound."""
-        service = (await self.session.execute(select(Service).where(Service.slug == slug))).scalar_one_or_none()
+        query = select(Service).where(col(Service.slug) == slug)
+        service = (await self.session.execute(query)).scalar_one_or_none()
         if service is None:
             raise NotFound(f"service {slug!r} does not exist")
         return service
 
-    async def endpoints(self, service: Service) -> list[Endpoint]:
+    async def endpoints(self, service: Service) -> builtins.list[Endpoint]:
         """A service's endpoints in the order they were written."""
-        return list(
-            (
-                await self.session.execute(
-                    select(Endpoint).where(Endpoint.service_id == service.id).order_by(Endpoint.id)
-                )
-            ).scalars()
+        query = (
+            select(Endpoint)
+            .where(col(Endpoint.service_id) == service.id)
+            .order_by(col(Endpoint.id))
         )
+        return builtins.list((await self.session.execute(query)).scalars())
 
     async def get_endpoint(self, slug: str, readable_id: str) -> tuple[Service, Endpoint]:
         """A service and one of its endpoints, or NotFound naming which is missing."""
         service = await self.get(slug)
-        endpoint = (
-            await self.session.execute(
-                select(Endpoint).where(Endpoint.service_id == service.id, Endpoint.readable_id == readable_id)
-            )
-        ).scalar_one_or_none()
+        query = select(Endpoint).where(
+            col(Endpoint.service_id) == service.id, col(Endpoint.readable_id) == readable_id
+        )
+        endpoint = (await self.session.execute(query)).scalar_one_or_none()
         if endpoint is None:
             raise NotFound(f"service {slug!r} has no endpoint {readable_id!r}")
         return service, endpoint
@@ -67,14 +76,15 @@ class ServiceStore:
             updated_at=service.updated_at,
         )
 
-    async def list(self) -> list[ServiceRead]:
+    async def list(self) -> builtins.list[ServiceRead]:
         """Every service, by slug."""
-        services = (await self.session.execute(select(Service).order_by(Service.slug))).scalars().all()
+        query = select(Service).order_by(col(Service.slug))
+        services = (await self.session.execute(query)).scalars().all()
         return [await self.describe(service) for service in services]
 
-    async def _validated_endpoints(self, body: ServiceBody) -> list[Endpoint]:
+    async def _validated_endpoints(self, body: ServiceBody) -> builtins.list[Endpoint]:
         """Endpoint rows of a body whose actions name only known secrets and variables."""
-        known_secrets = set((await self.session.execute(select(Secret.name))).scalars())
+        known_secrets = set((await self.session.execute(select(col(Secret.name)))).scalars())
         declared = {v.name for v in body.variables}
         rows = []
         for index, endpoint in enumerate(body.endpoints):
@@ -85,38 +95,46 @@ class ServiceStore:
             rows.append(
                 Endpoint(
                     service_id=0, readable_id=endpoint.readable_id, name=endpoint.name,
-                    description=endpoint.description, methods=list(endpoint.methods),
+                    description=endpoint.description, methods=builtins.list(endpoint.methods),
                     enable_log=endpoint.enable_log, action=dump_action(nodes),
                 )
             )
         return rows
 
-    async def _bound_secrets(self, slug: str, readable_ids: set[str] | None = None) -> list[str]:
+    async def _bound_secrets(
+        self, slug: str, readable_ids: set[str] | None = None
+    ) -> builtins.list[str]:
         """Secrets whose `refresh_endpoint` points into this service (or at these endpoints)."""
+        query = select(col(Secret.name), col(Secret.refresh_endpoint)).where(
+            col(Secret.refresh_endpoint).startswith(f"{slug}/", autoescape=True)
+        )
         names = []
-        for name, bound in (
-            await self.session.execute(
-                select(Secret.name, Secret.refresh_endpoint).where(
-                    Secret.refresh_endpoint.startswith(f"{slug}/")  # type: ignore[union-attr]
-                )
-            )
-        ).all():
-            if readable_ids is None or bound.split("/", 1)[1] in readable_ids:
+        for name, bound in (await self.session.execute(query)).all():
+            if readable_ids is None or (bound or "").partition("/")[2] in readable_ids:
                 names.append(name)
         return sorted(names)
 
+    async def _flush_new_slug(self, slug: str) -> None:
+        """Flush a new service row; a concurrent create of the same slug is a 409, not a 500."""
+        try:
+            await self.session.flush()
+        except IntegrityError:
+            raise AlreadyExists(f"service {slug!r} already exists") from None
+
     async def create(self, data: ServiceCreate) -> Service:
         """A new service with its endpoints."""
-        exists = (await self.session.execute(select(Service.id).where(Service.slug == data.slug))).first()
-        if exists:
-            raise AlreadyExists(f"service {data.slug!r} already exists; PUT /v1/services/{data.slug} replaces it")
+        query = select(col(Service.id)).where(col(Service.slug) == data.slug)
+        if (await self.session.execute(query)).first():
+            raise AlreadyExists(
+                f"service {data.slug!r} already exists; PUT /v1/services/{data.slug} replaces it"
+            )
         rows = await self._validated_endpoints(data)
         service = Service(
             slug=data.slug, name=data.name, description=data.description,
             variables=[v.model_dump(mode="json") for v in data.variables],
         )
         self.session.add(service)
-        await self.session.flush()
+        await self._flush_new_slug(data.slug)
         for row in rows:
             row.service_id = service.id  # type: ignore[assignment]
             self.session.add(row)
@@ -126,7 +144,8 @@ class ServiceStore:
     async def replace(self, service: Service, data: ServiceBody) -> Service:
         """Replace a service's fields and its whole endpoint list."""
         rows = await self._validated_endpoints(data)
-        removed = {e.readable_id for e in await self.endpoints(service)} - {r.readable_id for r in rows}
+        current = {e.readable_id for e in await self.endpoints(service)}
+        removed = current - {r.readable_id for r in rows}
         bound = await self._bound_secrets(service.slug, removed) if removed else []
         if bound:
             raise Conflict(
@@ -137,7 +156,7 @@ class ServiceStore:
         service.description = data.description
         service.variables = [v.model_dump(mode="json") for v in data.variables]
         service.updated_at = utcnow()
-        await self.session.execute(delete(Endpoint).where(Endpoint.service_id == service.id))
+        await self.session.execute(delete(Endpoint).where(col(Endpoint.service_id) == service.id))
         for row in rows:
             row.service_id = service.id  # type: ignore[assignment]
             self.session.add(row)
