@@ -1,4 +1,4 @@
-"""The one settings object (`TOKENFARM_` environment variables) and the URL rules for the database."""
+"""The one settings object, read from `TOKENFARM_` environment variables."""
 
 from __future__ import annotations
 
@@ -18,14 +18,17 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TOKENFARM_", env_file=".env", extra="ignore")
 
     environment: Environment = Field(
-        "development", description="Deployment stage; picks the value of environment-specific secrets."
+        "development",
+        description="Deployment stage; picks the value of environment-specific secrets.",
     )
     data_dir: Path = Field(
         Path("data"), description="Where the default SQLite file and the development key file live."
     )
     database_url: str | None = Field(
         None,
-        description="`sqlite:///path` or `postgresql://user:pass@host/db`; default: SQLite in data_dir.",
+        description=(
+            "`sqlite:///path` or `postgresql://user:pass@host/db`; default: SQLite in data_dir."
+        ),
     )
     encryption_keys: str | None = Field(
         None, description="Comma-separated Fernet keys; the first encrypts, all decrypt."

@@ -1,4 +1,4 @@
-"""Encryption of secret values at rest with MultiFernet: the first key encrypts, every key decrypts."""
+"""Secret values encrypted at rest with MultiFernet: the first key encrypts, every key decrypts."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from app.errors import ConfigurationError
 logger = logging.getLogger(__name__)
 
 KEYGEN_HINT = (
-    "generate one with `tokenfarm keygen` (or python -c \"from cryptography.fernet import Fernet; "
+    'generate one with `tokenfarm keygen` (or python -c "from cryptography.fernet import Fernet; '
     'print(Fernet.generate_key().decode())") and set TOKENFARM_ENCRYPTION_KEYS to it'
 )
 

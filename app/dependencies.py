@@ -45,6 +45,7 @@ def get_runner(request: Request) -> Runner:
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+# scope="function": commit before the response is sent, so a 201 is never followed by a lost write.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 KeyringDep = Annotated[Keyring, Depends(get_keyring)]
 RunnerDep = Annotated["Runner", Depends(get_runner)]

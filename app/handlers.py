@@ -1,4 +1,8 @@
-"""Turns every error into `{"error": {"type", "message", ...}}` with a fitting status."""
+"""Turns every error into `{"error": {"type", "message", ...}}` with a fitting status.
+
+`install_error_handlers` also documents that shape in the OpenAPI schema: FastAPI would otherwise
+advertise its own `{"detail": [...]}` for 422, which this service never sends.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
-from app.errors import InternalError, MethodNotAllowed, TokenfarmError
+from app.errors import InternalError, InvalidInput, MethodNotAllowed, TokenfarmError
 from app.pipeline.schemas import NODE_TYPES
 
 logger = logging.getLogger("tokenfarm")
@@ -18,13 +24,54 @@ logger = logging.getLogger("tokenfarm")
 # Pydantic puts the tag of a discriminated union into an error's location; readers don't want it.
 UNION_TAGS = {*NODE_TYPES, "comparison", "all", "any", "not", "basic", "bearer"}
 HTTP_ERROR_TYPES = {
-    400: "bad_request", 401: "not_authenticated", 403: "permission_denied", 404: "not_found",
-    405: "method_not_allowed", 409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type",
+    400: "bad_request",
+    401: "not_authenticated",
+    403: "permission_denied",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
 }
+PROBED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+# FastAPI's detail for a body it can't decode at all (JSON that isn't UTF-8, a broken form).
+UNPARSABLE_BODY = "There was an error parsing the body"
+
+
+class InputProblem(BaseModel):
+    """One thing wrong with the input: where, and what to fix."""
+
+    path: str = Field(examples=["endpoints[0].action[2].then[0]"])
+    message: str = Field(examples=["unknown node type 'teleport'"])
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong: a stable `type`, a message for people, and details by type."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(examples=["not_found"])
+    message: str = Field(examples=["secret 'ACCESS_TOKEN' does not exist"])
+    errors: list[InputProblem] | None = Field(
+        None,
+        description="Every problem of a `validation_error` (absent otherwise).",
+        exclude_if=lambda errors: errors is None,
+    )
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response (a failed run adds its `run_id` and `status`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: ErrorDetail
 
 
 def format_location(loc: tuple[Any, ...]) -> str:
-    """`("body", "endpoints", 0, "action", 2, "if", "then", 0)` -> `endpoints[0].action[2].then[0]`."""
+    """`("body", "endpoints", 0, "action", 2, "if", "then", 0)` -> `endpoints[0].action[2].then[0]`.
+
+    The tags pydantic adds for discriminated unions (`"if"` above) are left out.
+    """
     parts: list[str] = []
     expect_tag = False
     for item in loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc:
@@ -48,8 +95,16 @@ def describe_error(error: dict[str, Any]) -> str:
         return f"every node needs a 'type' (one of: {', '.join(NODE_TYPES)})"
     if error["type"] == "extra_forbidden":
         return "unknown field"
+    if error["type"] == "json_invalid":
+        return f"the request body is not valid JSON ({ctx.get('error', 'decode error')})"
     message = str(error.get("msg", "invalid value"))
     return message.removeprefix("Value error, ")
+
+
+def _problem(error: dict[str, Any]) -> dict[str, str]:
+    # A JSON syntax error's location is a character offset, not a place in the document.
+    location = () if error["type"] == "json_invalid" else tuple(error.get("loc", ()))
+    return {"path": format_location(location), "message": describe_error(error)}
 
 
 def _body(error_type: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -64,31 +119,63 @@ async def tokenfarm_error(request: Request, exc: Exception) -> JSONResponse:
         headers["Allow"] = ", ".join(exc.extra["allowed"])
     if exc.status_code == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    return JSONResponse({"error": exc.to_body()}, status_code=exc.status_code, headers=headers)
+    body = exc.to_body()
+    if isinstance(exc, InvalidInput) and "errors" not in body:
+        # Every 422 lists its problems the same way, whether pydantic or a store found them.
+        path = str(exc.extra.get("path", ""))
+        message = exc.message.removeprefix(f"{path}: ") if path else exc.message
+        body["errors"] = [{"path": path, "message": message}]
+    return JSONResponse({"error": body}, status_code=exc.status_code, headers=headers)
 
 
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     """422 naming where the input is wrong (`endpoints[0].action[2].then[0]: …`)."""
     assert isinstance(exc, RequestValidationError)
-    errors = [
-        {"path": format_location(tuple(e.get("loc", ()))), "message": describe_error(e)}
-        for e in exc.errors()
-    ]
+    errors = [_problem(e) for e in exc.errors()]
     first = errors[0] if errors else {"path": "", "message": "invalid request"}
     message = f"{first['path']}: {first['message']}" if first["path"] else first["message"]
     return JSONResponse(_body("validation_error", message, errors=errors), status_code=422)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette's `Allow` names one route's)."""
+    allowed = []
+    for method in PROBED_METHODS:
+        # A fresh scope: the request's own carries the routing state of its failed match.
+        scope = {
+            "type": "http",
+            "method": method,
+            "path": request.scope["path"],
+            "root_path": request.scope.get("root_path", ""),
+            "headers": [],
+            "query_string": b"",
+        }
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
 
 
 async def http_error(request: Request, exc: Exception) -> JSONResponse:
     """Framework errors (unknown route, wrong method) in the same shape."""
     assert isinstance(exc, StarletteHTTPException)
     error_type = HTTP_ERROR_TYPES.get(exc.status_code, "http_error")
+    headers = dict(exc.headers or {})
     message = str(exc.detail)
+    if exc.status_code == 400 and message == UNPARSABLE_BODY:
+        # Malformed is malformed: the same 422 as JSON with a syntax error.
+        problem = "the request body can't be parsed (JSON must be UTF-8 text)"
+        body = _body("validation_error", problem, errors=[{"path": "", "message": problem}])
+        return JSONResponse(body, status_code=422)
     if exc.status_code == 404 and message == "Not Found":
         message = f"no route {request.url.path}; see /docs for the API"
-    return JSONResponse(
-        _body(error_type, message), status_code=exc.status_code, headers=getattr(exc, "headers", None)
-    )
+    elif exc.status_code == 405:
+        allowed = ", ".join(allowed_methods(request))
+        headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
+        if allowed:
+            headers["Allow"] = allowed
+        message = f"{request.url.path} does not accept {request.method}"
+        message += f"; it accepts {allowed}" if allowed else ""
+    return JSONResponse(_body(error_type, message), status_code=exc.status_code, headers=headers)
 
 
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -98,9 +185,40 @@ async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": error.to_body()}, status_code=500)
 
 
+def document_errors(app: FastAPI) -> None:
+    """Make the OpenAPI schema describe the error shape the handlers above really send."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        definition = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(definition.pop("$defs", {}))
+        components["ErrorResponse"] = definition
+        error = {"$ref": "#/components/schemas/ErrorResponse"}
+        content = {"application/json": {"schema": error}}
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                for status, response in responses.items():
+                    media = response.get("content", {}).get("application/json", {})
+                    if status[0] in "45" and (status == "422" or not media.get("schema")):
+                        response["content"] = content
+                responses.setdefault("default", {"description": "An error", "content": content})
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Register every handler on the app."""
+    """Register every handler on the app and document the error shape in its schema."""
     app.add_exception_handler(TokenfarmError, tokenfarm_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected_error)
+    document_errors(app)

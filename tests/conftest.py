@@ -30,7 +30,7 @@ from app.pipeline.schemas import CANONICAL_ACTION_EXAMPLE
 
 PG_SERVER = os.environ.get("TOKENFARM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 CLIENT_ID = "client-canary-7f3a9b"
-CLIENT_SECRET = "client-secret-canary-d41c8e"  # noqa: S105 - a test canary
+CLIENT_SECRET = "client-secret-canary-d41c8e"
 
 
 def postgres_unavailable(reason: str) -> NoReturn:
@@ -182,7 +182,9 @@ def canonical_action(token_url: str) -> list[dict[str, Any]]:
     return action
 
 
-async def create_secret(client: httpx.AsyncClient, name: str, value: Any = None, **fields: Any) -> None:
+async def create_secret(
+    client: httpx.AsyncClient, name: str, value: Any = None, **fields: Any
+) -> None:
     """Create a secret through the API, failing the test on any error."""
     body = {"name": name, **fields}
     if value is not None:

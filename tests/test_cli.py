@@ -14,7 +14,9 @@ import pytest
 from cryptography.fernet import Fernet
 
 
-def run_cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run `tokenfarm ARGS` in a fresh interpreter."""
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args],
@@ -47,20 +49,30 @@ def cli_env(database_url: str, tmp_path: Path) -> dict[str, str]:
 class TestInit:
     def test_creates_the_owner_once_and_then_changes_nothing(self, cli_env: dict[str, str]) -> None:
         first = run_cli(
-            "init", "--owner-email", "Owner@Example.com", "--owner-password", "a-long-password",
+            "init",
+            "--owner-email",
+            "Owner@Example.com",
+            "--owner-password",
+            "a-long-password",
             env=cli_env,
         )
         assert first.returncode == 0, first.stderr
         assert "owner Owner@Example.com created" in first.stdout
         second = run_cli(
-            "init", "--owner-email", "owner@example.com", "--owner-password", "another-password",
+            "init",
+            "--owner-email",
+            "owner@example.com",
+            "--owner-password",
+            "another-password",
             env=cli_env,
         )
         assert second.returncode == 0, second.stderr
         assert "already exists; nothing changed" in second.stdout
 
     def test_short_password_is_refused_with_a_reason(self, cli_env: dict[str, str]) -> None:
-        result = run_cli("init", "--owner-email", "o@example.com", "--owner-password", "short", env=cli_env)
+        result = run_cli(
+            "init", "--owner-email", "o@example.com", "--owner-password", "short", env=cli_env
+        )
         assert result.returncode == 1
         assert "at least 12 characters" in result.stderr
         assert "short" not in result.stderr.replace("at least", "")
@@ -98,7 +110,9 @@ class TestServe:
                     time.sleep(0.2)
             assert ready.status_code == 200, ready.text
             assert ready.json()["status"] == "ready"
-            assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json() == {"status": "ok"}
+            assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json() == {
+                "status": "ok"
+            }
             docs = httpx.get(f"http://127.0.0.1:{port}/docs", timeout=2)
             assert docs.status_code == 200 and "swagger" in docs.text.lower()
         finally:

@@ -31,7 +31,10 @@ class TestCompose:
     def test_start_order_waits_for_health_and_the_migration(self) -> None:
         services = compose()["services"]
         assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-        assert services["app"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        assert (
+            services["app"]["depends_on"]["migrate"]["condition"]
+            == "service_completed_successfully"
+        )
         assert services["app"]["depends_on"]["postgres"]["condition"] == "service_healthy"
 
     def test_app_runs_in_production_on_postgres_and_requires_keys(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from app.auth.models import User
 from app.auth.passwords import MIN_PASSWORD_LENGTH, hash_password
@@ -15,7 +16,9 @@ async def ensure_owner(session: AsyncSession, email: str, password: str) -> tupl
     email = email.strip().lower()
     if "@" not in email or email.startswith("@") or email.endswith("@"):
         raise InvalidInput(f"{email!r} is not an email address")
-    existing = (await session.execute(select(User).where(User.email == email))).scalar_one_or_none()
+    existing = (
+        await session.execute(select(User).where(col(User.email) == email))
+    ).scalar_one_or_none()
     if existing is not None:
         return existing, False
     if len(password) < MIN_PASSWORD_LENGTH:

@@ -33,7 +33,10 @@ from app.pipeline.schemas import (
 logger = logging.getLogger("tokenfarm.run")
 OAUTH_DESCRIPTION_LIMIT = 300
 LOG_LEVELS = {
-    "debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
 }
 HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
 
@@ -174,8 +177,14 @@ class WebRequest:
                 _set_header(headers, "Content-Type", node.body.content_type, replace=False)
         _check_headers(headers)
         response = await ctx.outbound.send(
-            node.method, _with_query(url, query), headers=headers, auth=auth, data=data,
-            json=json_body, content=content, timeout_seconds=node.timeout_seconds,
+            node.method,
+            _with_query(url, query),
+            headers=headers,
+            auth=auth,
+            data=data,
+            json=json_body,
+            content=content,
+            timeout_seconds=node.timeout_seconds,
         )
         ctx.response = response
         ctx.response_json = self._json_or_none(response.content)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from app.errors import NotFound
 from app.runs.models import Run, RunSecret
@@ -19,7 +20,9 @@ class RunLog:
     async def _secrets_of(self, run_ids: list[str]) -> dict[str, list[str]]:
         rows = (
             await self.session.execute(
-                select(RunSecret.run_id, RunSecret.secret_name).where(RunSecret.run_id.in_(run_ids))
+                select(col(RunSecret.run_id), col(RunSecret.secret_name)).where(
+                    col(RunSecret.run_id).in_(run_ids)
+                )
             )
         ).all()
         found: dict[str, list[str]] = {run_id: [] for run_id in run_ids}
@@ -30,15 +33,22 @@ class RunLog:
     @staticmethod
     def _summary(run: Run, secrets: list[str]) -> dict[str, object]:
         return {
-            "id": run.id, "service": run.service_slug, "endpoint": run.endpoint_readable_id,
-            "trigger": run.trigger, "actor": run.actor, "status": run.status,
-            "http_status": run.http_status, "error_type": run.error_type,
-            "error_message": run.error_message, "secrets": sorted(secrets),
-            "started_at": run.started_at, "finished_at": run.finished_at,
+            "id": run.id,
+            "service": run.service_slug,
+            "endpoint": run.endpoint_readable_id,
+            "trigger": run.trigger,
+            "actor": run.actor,
+            "status": run.status,
+            "http_status": run.http_status,
+            "error_type": run.error_type,
+            "error_message": run.error_message,
+            "secrets": sorted(secrets),
+            "started_at": run.started_at,
+            "finished_at": run.finished_at,
             "duration_ms": run.duration_ms,
         }
 
-    async def list(
+    async def list_all(
         self,
         *,
         service: str | None = None,
@@ -49,19 +59,18 @@ class RunLog:
         limit: int = 50,
     ) -> list[RunSummary]:
         """The newest runs first, filtered."""
-        query = select(Run).order_by(Run.started_at.desc(), Run.id).limit(limit)
+        query = select(Run).order_by(col(Run.started_at).desc(), col(Run.id)).limit(limit)
         if service:
-            query = query.where(Run.service_slug == service)
+            query = query.where(col(Run.service_slug) == service)
         if endpoint:
-            query = query.where(Run.endpoint_readable_id == endpoint)
+            query = query.where(col(Run.endpoint_readable_id) == endpoint)
         if status:
-            query = query.where(Run.status == status)
+            query = query.where(col(Run.status) == status)
         if trigger:
-            query = query.where(Run.trigger == trigger)
+            query = query.where(col(Run.trigger) == trigger)
         if secret:
-            query = query.where(
-                Run.id.in_(select(RunSecret.run_id).where(RunSecret.secret_name == secret))  # type: ignore[attr-defined]
-            )
+            targeted = select(col(RunSecret.run_id)).where(col(RunSecret.secret_name) == secret)
+            query = query.where(col(Run.id).in_(targeted))
         runs = (await self.session.execute(query)).scalars().all()
         secrets = await self._secrets_of([run.id for run in runs])
         return [RunSummary.model_validate(self._summary(run, secrets[run.id])) for run in runs]

@@ -28,7 +28,9 @@ class Run(SQLModel, table=True):
     started_at: datetime = Field(default_factory=utcnow, sa_column=timestamp_column(False))
     finished_at: datetime | None = Field(default=None, sa_column=timestamp_column())
     duration_ms: float = 0.0
-    trace: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    trace: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
 
 
 class RunSecret(SQLModel, table=True):

@@ -3,31 +3,47 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from app.auth.actor import Actor
 from app.auth.dependencies import CurrentActor, require
 from app.dependencies import KeyringDep, RunnerDep, SessionDep, SettingsDep
 from app.errors import Conflict, InvalidInput, PermissionDenied
+from app.handlers import ErrorResponse
 from app.pipeline.context import RequestData
+from app.pipeline.schemas import SECRET_NAME_PATTERN
 from app.runs.log import RunLog
 from app.runs.runner import RunOutcome
-from app.runs.schemas import RefreshResult, RunDetail, RunResult, RunSummary
+from app.runs.schemas import (
+    RefreshResult,
+    RunDetail,
+    RunResult,
+    RunStatus,
+    RunSummary,
+    RunTrigger,
+)
 from app.secrets.store import SecretStore
+from app.services.schemas import READABLE_ID_PATTERN, SLUG_PATTERN
 
 router = APIRouter(tags=["runs"])
 # The caller's own credentials are never handed to an action.
 PRIVATE_HEADERS = {"authorization", "cookie", "x-api-key"}
+# Run ids are UUIDs; anything else can't be in the log (and must not reach the database raw).
+RUN_ID_PATTERN = r"^[A-Za-z0-9-]{1,64}$"
 RUN_RESPONSES: dict[int | str, dict[str, Any]] = {
-    403: {"description": "A permission is missing (nothing was called)"},
-    404: {"description": "No such service, endpoint or secret"},
-    405: {"description": "The endpoint does not accept this method"},
-    409: {"description": "A target secret is locked, missing or not environment-specific"},
-    502: {"description": "The upstream failed or answered something unusable"},
-    504: {"description": "The upstream timed out"},
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        403: "A permission is missing (nothing was called)",
+        404: "No such service, endpoint or secret",
+        405: "The endpoint does not accept this method",
+        409: "A target secret is locked, missing or not environment-specific, or changed "
+        "during the run (a failed run also carries `run_id` and `status`)",
+        502: "The upstream failed or answered something unusable (with `run_id` and `status`)",
+        504: "The upstream timed out (with `run_id` and `status`)",
+    }.items()
 }
 
 
@@ -35,7 +51,8 @@ def ensure_can_run(actor: Actor, slug: str, readable_id: str) -> None:
     """Running needs `services.run:SLUG` or `services.run:SLUG/ID`."""
     if not (actor.can(f"services.run:{slug}") or actor.can(f"services.run:{slug}/{readable_id}")):
         raise PermissionDenied(
-            f"this needs the permission 'services.run:{slug}' or 'services.run:{slug}/{readable_id}'",
+            f"this needs the permission 'services.run:{slug}' or "
+            f"'services.run:{slug}/{readable_id}'",
             permission=f"services.run:{slug}/{readable_id}",
         )
 
@@ -56,17 +73,33 @@ async def _request_data(request: Request) -> RequestData:
     return RequestData(query=dict(request.query_params), body=body, headers=headers)
 
 
-def _answer(outcome: RunOutcome, **extra: Any) -> JSONResponse:
-    body: dict[str, Any] = {"run_id": outcome.run_id, "status": outcome.status, **extra}
-    if outcome.error_body is not None:
-        body["error"] = outcome.error_body
-    else:
-        body["response"] = outcome.response
-    return JSONResponse(body, status_code=outcome.http_status)
+def _run_fields(outcome: RunOutcome) -> dict[str, Any]:
+    """The fields every run answer shares."""
+    failed = outcome.error_body is not None
+    return {
+        "run_id": outcome.run_id,
+        "status": outcome.status,
+        "error": outcome.error_body,
+        "response": None if failed else outcome.response,
+    }
+
+
+def _answer(result: RunResult, outcome: RunOutcome) -> JSONResponse:
+    """The result as its documented schema renders it, with the run's status code."""
+    return JSONResponse(result.model_dump(mode="json"), status_code=outcome.http_status)
+
+
+SlugPath = Annotated[str, Path(pattern=SLUG_PATTERN, examples=["oauth"])]
+ReadableIdPath = Annotated[str, Path(pattern=READABLE_ID_PATTERN, examples=["refresh-token"])]
+SecretPath = Annotated[str, Path(pattern=SECRET_NAME_PATTERN, examples=["ACCESS_TOKEN"])]
 
 
 async def run_endpoint(
-    slug: str, readable_id: str, request: Request, actor: CurrentActor, runner: RunnerDep
+    slug: SlugPath,
+    readable_id: ReadableIdPath,
+    request: Request,
+    actor: CurrentActor,
+    runner: RunnerDep,
 ) -> JSONResponse:
     """Run an endpoint's action; needs `services.run:SLUG` (or `SLUG/ID`)."""
     ensure_can_run(actor, slug, readable_id)
@@ -74,7 +107,7 @@ async def run_endpoint(
     outcome = await runner.run_endpoint(
         slug, readable_id, actor=actor, trigger="api", method=request.method, request=data
     )
-    return _answer(outcome)
+    return _answer(RunResult.model_validate(_run_fields(outcome)), outcome)
 
 
 for _method in ("GET", "POST", "PUT"):
@@ -91,7 +124,7 @@ for _method in ("GET", "POST", "PUT"):
 
 @router.get("/refresh/{secret}", response_model=RefreshResult, responses=RUN_RESPONSES)
 async def refresh_secret(
-    secret: str,
+    secret: SecretPath,
     actor: CurrentActor,
     runner: RunnerDep,
     session: SessionDep,
@@ -113,31 +146,52 @@ async def refresh_secret(
     outcome = await runner.run_endpoint(slug, readable_id, actor=actor, trigger="refresh")
     await session.commit()
     state = await store.describe(await store.get(secret))
-    return _answer(
-        outcome,
-        secret=secret,
-        version=state.version,
-        expires_at=state.expires_at.isoformat() if state.expires_at else None,
+    result = RefreshResult.model_validate(
+        {
+            **_run_fields(outcome),
+            "secret": secret,
+            "version": state.version,
+            "expires_at": state.expires_at,
+        }
     )
+    return _answer(result, outcome)
 
 
 @router.get("/v1/runs", dependencies=[Depends(require("runs.read"))])
 async def list_runs(
     session: SessionDep,
-    service: str | None = Query(None, description="Only runs of this service slug."),
-    endpoint: str | None = Query(None, description="Only runs of this endpoint readable_id."),
-    secret: str | None = Query(None, description="Only runs that targeted this secret."),
-    status: Literal["succeeded", "failed"] | None = None,
-    trigger: Literal["api", "refresh", "read", "schedule"] | None = None,
+    service: str | None = Query(
+        None, pattern=SLUG_PATTERN, description="Only runs of this service slug."
+    ),
+    endpoint: str | None = Query(
+        None, pattern=READABLE_ID_PATTERN, description="Only runs of this endpoint readable_id."
+    ),
+    secret: str | None = Query(
+        None, pattern=SECRET_NAME_PATTERN, description="Only runs that targeted this secret."
+    ),
+    status: RunStatus | None = None,
+    trigger: RunTrigger | None = None,
     limit: int = Query(50, ge=1, le=500),
 ) -> list[RunSummary]:
     """The run log, newest first: every failed run and every run of an endpoint with enable_log."""
-    return await RunLog(session).list(
-        service=service, endpoint=endpoint, secret=secret, status=status, trigger=trigger, limit=limit
+    return await RunLog(session).list_all(
+        service=service,
+        endpoint=endpoint,
+        secret=secret,
+        status=status,
+        trigger=trigger,
+        limit=limit,
     )
 
 
-@router.get("/v1/runs/{run_id}", dependencies=[Depends(require("runs.read"))])
-async def get_run(run_id: str, session: SessionDep) -> RunDetail:
+@router.get(
+    "/v1/runs/{run_id}",
+    dependencies=[Depends(require("runs.read"))],
+    responses={404: {"description": "No such run in the log"}},
+)
+async def get_run(
+    run_id: Annotated[str, Path(pattern=RUN_ID_PATTERN, description="A run's `run_id`.")],
+    session: SessionDep,
+) -> RunDetail:
     """One run with its per-node trace (every secret value redacted)."""
     return await RunLog(session).get(run_id)

@@ -7,9 +7,12 @@ transactions around the engine.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,6 +32,7 @@ from app.errors import (
     SecretNotEnvironmentSpecific,
     StorageFailed,
     TokenfarmError,
+    VersionConflict,
 )
 from app.outbound import Outbound
 from app.pipeline.analysis import referenced_secrets, update_targets
@@ -43,6 +47,11 @@ from app.services.store import ServiceStore
 logger = logging.getLogger("tokenfarm.run")
 
 
+def storable(text: str | None) -> str | None:
+    """Text every database stores: messages quote upstream answers, and PostgreSQL refuses NUL."""
+    return None if text is None else text.replace("\x00", "\ufffd")
+
+
 @dataclass
 class RunOutcome:
     """What a run ended with, already redacted."""
@@ -54,6 +63,14 @@ class RunOutcome:
     error_body: dict[str, Any] | None = None
     response: Any = None
     written: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Turn:
+    """The single-flight lock of one endpoint and how many runs hold or await it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
 
 
 @dataclass
@@ -83,6 +100,23 @@ class Runner:
         self.outbound = outbound
         self.settings = settings
         self.clock = clock
+        # Single flight per endpoint (in this process): two concurrent refreshes would both
+        # spend the same rotating refresh token, and the reuse revokes its whole family.
+        self._turns: dict[tuple[str, str], Turn] = {}
+
+    @asynccontextmanager
+    async def _turn(self, slug: str, readable_id: str) -> AsyncIterator[None]:
+        """Wait for this endpoint's earlier runs; entries go away once nobody waits."""
+        key = (slug, readable_id)
+        turn = self._turns.setdefault(key, Turn())
+        turn.users += 1
+        try:
+            async with turn.lock:
+                yield
+        finally:
+            turn.users -= 1
+            if not turn.users:
+                del self._turns[key]
 
     async def _prepare(self, slug: str, readable_id: str, method: str | None) -> PreparedRun:
         """Load the endpoint and its secrets in one short read-only transaction."""
@@ -90,7 +124,8 @@ class Runner:
             service, endpoint = await ServiceStore(session).get_endpoint(slug, readable_id)
             if method is not None and method not in endpoint.methods:
                 raise MethodNotAllowed(
-                    f"endpoint {slug}/{readable_id} accepts {', '.join(endpoint.methods)}, not {method}",
+                    f"endpoint {slug}/{readable_id} accepts {', '.join(endpoint.methods)}, "
+                    f"not {method}",
                     allowed=endpoint.methods,
                 )
             nodes = parse_action(endpoint.action)
@@ -104,9 +139,13 @@ class Runner:
         for path, name in prepared.targets:
             loaded = prepared.secrets.get(name)
             if loaded is None:
-                raise Conflict(f"{path}: secret {name!r} does not exist; create it first", secret=name)
+                raise Conflict(
+                    f"{path}: secret {name!r} does not exist; create it first", secret=name
+                )
             if loaded.secret.locked:
-                raise SecretLocked(f"{path}: secret {name!r} is locked; runs never write it", secret=name)
+                raise SecretLocked(
+                    f"{path}: secret {name!r} is locked; runs never write it", secret=name
+                )
             if not loaded.secret.environment_specific:
                 raise SecretNotEnvironmentSpecific(
                     f"{path}: secret {name!r} is not environment-specific; runs only write "
@@ -124,7 +163,26 @@ class Runner:
         method: str | None = None,
         request: RequestData | None = None,
     ) -> RunOutcome:
-        """Run one endpoint end to end; NotFound/MethodNotAllowed are raised, all else is a run."""
+        """Run one endpoint end to end; NotFound/MethodNotAllowed are raised, all else is a run.
+
+        Runs of one endpoint take turns, each loading the secrets its predecessor wrote.
+        """
+        async with self._turn(slug, readable_id):
+            return await self._run(
+                slug, readable_id, actor=actor, trigger=trigger, method=method, request=request
+            )
+
+    async def _run(
+        self,
+        slug: str,
+        readable_id: str,
+        *,
+        actor: Actor,
+        trigger: str,
+        method: str | None,
+        request: RequestData | None,
+    ) -> RunOutcome:
+        """One run: load, check, walk the action, store the outcome."""
         prepared = await self._prepare(slug, readable_id, method)
         run_id = str(uuid.uuid4())
         started_at = utcnow()
@@ -134,8 +192,13 @@ class Runner:
             name: loaded.value for name, loaded in prepared.secrets.items() if loaded is not None
         }
         ctx = RunContext(
-            run_id=run_id, actor=actor, outbound=self.outbound, variables=variables,
-            secrets=secret_values, request=request or RequestData(), clock=self.clock,
+            run_id=run_id,
+            actor=actor,
+            outbound=self.outbound,
+            variables=variables,
+            secrets=secret_values,
+            request=request or RequestData(),
+            clock=self.clock,
         )
         for value in secret_values.values():
             ctx.redactor.add(value)
@@ -147,12 +210,21 @@ class Runner:
             error = exc
         except Exception as exc:
             # Only the class name: an exception message may quote a value.
-            logger.error("run %s of %s/%s crashed: %s", run_id, slug, readable_id, type(exc).__name__)
-            error = InternalError(f"the run failed unexpectedly ({type(exc).__name__}); see the server log")
+            logger.error(
+                "run %s of %s/%s crashed: %s", run_id, slug, readable_id, type(exc).__name__
+            )
+            error = InternalError(
+                f"the run failed unexpectedly ({type(exc).__name__}); see the server log"
+            )
         outcome = await self._finish(prepared, ctx, error, trigger, started_at, started)
         logger.info(
             "run %s of %s/%s by %s (%s): %s in %.1f ms%s",
-            run_id, slug, readable_id, actor.label, trigger, outcome.status,
+            run_id,
+            slug,
+            readable_id,
+            actor.label,
+            trigger,
+            outcome.status,
             (time.perf_counter() - started) * 1000,
             f" [{outcome.error_body['type']}]" if outcome.error_body else "",
         )
@@ -176,7 +248,9 @@ class Runner:
                         outcome.written = await self._store_writes(session, prepared, ctx)
                         outcome.response = ctx.redactor.value(ctx.result)
                         if prepared.endpoint.enable_log:
-                            self._record(session, prepared, ctx, outcome, trigger, started_at, started)
+                            self._record(
+                                session, prepared, ctx, outcome, trigger, started_at, started
+                            )
                     return outcome
                 except TokenfarmError as exc:
                     # The transaction rolled back: none of this run's writes stayed.
@@ -184,13 +258,18 @@ class Runner:
             outcome.status, outcome.http_status, outcome.error = "failed", error.status_code, error
             outcome.error_body = ctx.redactor.value(error.to_body())
             async with self.session_factory() as session, session.begin():
-                await self._mark_targets_failed(session, prepared, outcome.error_body)
+                if not isinstance(error, VersionConflict):
+                    # A lost compare-and-set means someone else wrote the secret: not its fault.
+                    await self._mark_targets_failed(session, prepared, outcome.error_body)
                 self._record(session, prepared, ctx, outcome, trigger, started_at, started)
         except SQLAlchemyError as exc:
             logger.error("run %s: storing the outcome failed: %s", ctx.run_id, type(exc).__name__)
             failure = StorageFailed("the run's outcome could not be stored; nothing was written")
             outcome = RunOutcome(
-                run_id=ctx.run_id, status="failed", http_status=failure.status_code, error=failure,
+                run_id=ctx.run_id,
+                status="failed",
+                http_status=failure.status_code,
+                error=failure,
                 error_body=failure.to_body(),
             )
         return outcome
@@ -206,8 +285,13 @@ class Runner:
             assert loaded is not None  # the pre-flight check guarantees it
             secret = await store.get(name)
             await store.set_value(
-                secret, write.value, expires_at=write.expires_at, actor=ctx.actor.label,
-                source="run", run_id=ctx.run_id, expected_version=loaded.version,
+                secret,
+                write.value,
+                expires_at=write.expires_at,
+                actor=ctx.actor.label,
+                source="run",
+                run_id=ctx.run_id,
+                expected_version=loaded.version,
             )
             secret.last_refreshed_at = now
             secret.status = "ok"
@@ -225,7 +309,7 @@ class Runner:
                 continue
             secret = await store.get(name)
             secret.status = "failing"
-            secret.last_error = f"{error_body['type']}: {error_body['message']}"[:2000]
+            secret.last_error = storable(f"{error_body['type']}: {error_body['message']}"[:2000])
 
     def _record(
         self,
@@ -238,6 +322,7 @@ class Runner:
         started: float,
     ) -> None:
         """Add the run row, its redacted trace and the secrets it targeted."""
+        error = outcome.error_body or {}
         session.add(
             Run(
                 id=ctx.run_id,
@@ -247,8 +332,8 @@ class Runner:
                 actor=ctx.actor.label,
                 status=outcome.status,
                 http_status=outcome.http_status,
-                error_type=outcome.error_body["type"] if outcome.error_body else None,
-                error_message=outcome.error_body["message"] if outcome.error_body else None,
+                error_type=storable(error.get("type")),
+                error_message=storable(error.get("message")),
                 started_at=started_at,
                 finished_at=utcnow(),
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
@@ -256,4 +341,5 @@ class Runner:
             )
         )
         for name in sorted({name for _, name in prepared.targets}):
-            session.add(RunSecret(run_id=ctx.run_id, secret_name=name, written=name in outcome.written))
+            written = name in outcome.written
+            session.add(RunSecret(run_id=ctx.run_id, secret_name=name, written=written))

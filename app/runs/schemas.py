@@ -5,23 +5,67 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.handlers import ErrorDetail
+
+RunStatus = Literal["succeeded", "failed"]
+RunTrigger = Literal["api", "refresh", "read", "schedule"]
+
+
+RUN_ID_EXAMPLE = "0b5c7a9e-3f1d-4c2a-9e8b-6d4f2a1c7e90"
 
 
 class RunResult(BaseModel):
     """The answer of running an endpoint."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"run_id": RUN_ID_EXAMPLE, "status": "succeeded", "error": None, "response": None},
+                {
+                    "run_id": RUN_ID_EXAMPLE,
+                    "status": "failed",
+                    "error": {
+                        "type": "upstream_error",
+                        "message": "POST auth.example.com/oauth/token answered 400: invalid_grant",
+                        "upstream_status": 400,
+                    },
+                    "response": None,
+                },
+            ]
+        }
+    )
+
     run_id: str
-    status: Literal["succeeded", "failed"]
-    error: dict[str, Any] | None = Field(None, description="`{type, message, ...}` when failed.")
-    response: Any = Field(None, description="What `end_execution` returned (secret values redacted).")
+    status: RunStatus
+    error: ErrorDetail | None = Field(None, description="Why the run failed (null when it didn't).")
+    response: Any = Field(
+        None, description="What `end_execution` returned (secret values redacted)."
+    )
 
 
 class RefreshResult(RunResult):
     """The answer of `GET /refresh/{secret}`: the run plus the secret's state afterwards."""
 
-    secret: str
-    version: int | None
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "run_id": RUN_ID_EXAMPLE,
+                    "status": "succeeded",
+                    "error": None,
+                    "response": None,
+                    "secret": "ACCESS_TOKEN",
+                    "version": 7,
+                    "expires_at": "2030-01-01T12:00:00Z",
+                }
+            ]
+        }
+    )
+
+    secret: str = Field(examples=["ACCESS_TOKEN"])
+    version: int | None = Field(description="The secret's current version (null: no value yet).")
     expires_at: datetime | None
 
 
@@ -31,19 +75,32 @@ class RunSummary(BaseModel):
     id: str
     service: str
     endpoint: str
-    trigger: str
+    trigger: RunTrigger
     actor: str
-    status: str
+    status: RunStatus
     http_status: int
     error_type: str | None
     error_message: str | None
-    secrets: list[str]
+    secrets: list[str] = Field(description="The secrets the run's `update_secret` nodes target.")
     started_at: datetime
     finished_at: datetime | None
     duration_ms: float
 
 
+class TraceEntry(BaseModel):
+    """One node of a run: where it is, what it did, how it ended (never a secret value)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    path: str = Field(examples=["action[1]"])
+    type: str = Field(examples=["web_request"])
+    outcome: Literal["ok", "failed", "ended"] | None = Field(
+        None, description="Null when the run stopped before the node finished."
+    )
+    duration_ms: float | None = None
+
+
 class RunDetail(RunSummary):
     """A run with its redacted per-node trace."""
 
-    trace: list[dict[str, Any]]
+    trace: list[TraceEntry]

@@ -22,6 +22,7 @@ from app.secrets.store import SecretStore
 router = APIRouter(prefix="/v1/secrets", tags=["secrets"])
 MANAGE = [Depends(require("secrets.manage"))]
 NAME_PATH = {"examples": ["ACCESS_TOKEN"]}
+ENVIRONMENT_QUERY = Query(None, description="Default: the service's environment.")
 
 
 def _store(session: SessionDep, keyring: KeyringDep, settings: SettingsDep) -> SecretStore:
@@ -43,7 +44,7 @@ async def create_secret(
 @router.get("", dependencies=MANAGE)
 async def list_secrets(store: SecretStore = StoreDep) -> list[SecretRead]:
     """List every secret's metadata (never values)."""
-    return await store.list()
+    return await store.list_all()
 
 
 @router.get("/{name}", dependencies=MANAGE)
@@ -73,8 +74,12 @@ async def set_secret_value(
     """Set a value by hand (a new version); answers the version, never the value."""
     secret = await store.get(name)
     return await store.set_value(
-        secret, data.value, environment=data.environment, expires_at=data.expires_at,
-        actor=actor.label, source="manual",
+        secret,
+        data.value,
+        environment=data.environment,
+        expires_at=data.expires_at,
+        actor=actor.label,
+        source="manual",
     )
 
 
@@ -82,7 +87,7 @@ async def set_secret_value(
 async def read_secret_value(
     name: str,
     actor: CurrentActor,
-    environment: Environment | None = Query(None, description="Default: the service's environment."),
+    environment: Environment | None = ENVIRONMENT_QUERY,
     store: SecretStore = StoreDep,
 ) -> SecretValueRead:
     """Read the current value; needs `secrets.read:NAME`."""
@@ -93,7 +98,7 @@ async def read_secret_value(
 @router.get("/{name}/versions", dependencies=MANAGE)
 async def list_secret_versions(
     name: str,
-    environment: Environment | None = Query(None, description="Default: the service's environment."),
+    environment: Environment | None = ENVIRONMENT_QUERY,
     store: SecretStore = StoreDep,
 ) -> list[SecretVersionRead]:
     """The history of a secret's value, newest first (no values)."""

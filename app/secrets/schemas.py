@@ -2,16 +2,82 @@
 
 from __future__ import annotations
 
+import math
+import re
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
 
 from app.config import Environment
 from app.pipeline.schemas import SECRET_NAME_PATTERN
+from app.text import Description
 
 REFRESH_ENDPOINT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}/[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 SecretJSON = str | int | float | bool | dict[str, Any] | list[Any]
+MAX_VERSION = 2**31 - 1  # versions are INTEGER columns; a larger number could never exist
+
+
+def _must_match(pattern: str, rule: str) -> BeforeValidator:
+    """Check `pattern` first, so a mismatch reads as `rule` rather than as the raw regex."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and not re.fullmatch(pattern, value):
+            raise ValueError(rule)
+        return value
+
+    return BeforeValidator(check)
+
+
+SecretName = Annotated[
+    str,
+    Field(pattern=SECRET_NAME_PATTERN, examples=["ACCESS_TOKEN"]),
+    _must_match(
+        SECRET_NAME_PATTERN,
+        "a secret name starts with a letter and has at most 128 letters, digits, '_' or '-' "
+        "(e.g. ACCESS_TOKEN)",
+    ),
+]
+RefreshEndpoint = Annotated[
+    str,
+    Field(
+        pattern=REFRESH_ENDPOINT_PATTERN,
+        examples=["oauth/refresh-token"],
+        description="`SLUG/READABLE_ID` of the endpoint that `GET /refresh/{name}` runs.",
+    ),
+    _must_match(
+        REFRESH_ENDPOINT_PATTERN,
+        "must be 'SLUG/READABLE_ID' of an endpoint (e.g. 'oauth/refresh-token')",
+    ),
+]
+
+
+def _finite(value: Any) -> bool:
+    """Whether every number in a JSON value is finite (Python's parser lets NaN and 1e999 in)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(item) for item in value.values())
+    if isinstance(value, list):
+        return all(_finite(item) for item in value)
+    return True
+
+
+def _storable(value: Any) -> Any:
+    """Refuse what would read back as null: null itself, NaN and Infinity anywhere inside."""
+    if value is None:
+        raise ValueError("a secret value can't be null (any other JSON value is fine)")
+    if not _finite(value):
+        raise ValueError("a secret value can't hold NaN or Infinity (JSON has no such numbers)")
+    return value
 
 
 class StrictModel(BaseModel):
@@ -23,17 +89,21 @@ class StrictModel(BaseModel):
 class SecretCreate(StrictModel):
     """A new secret; it may carry its first value."""
 
-    name: str = Field(pattern=SECRET_NAME_PATTERN, examples=["ACCESS_TOKEN"])
-    description: str = Field("", max_length=1000)
-    environment_specific: bool = Field(True, description="One value per environment (runs may write it).")
-    locked: bool = Field(False, description="A locked secret is never written by a run.")
-    refresh_endpoint: str | None = Field(
-        None, pattern=REFRESH_ENDPOINT_PATTERN, examples=["oauth/refresh-token"],
-        description="`SLUG/READABLE_ID` of the endpoint that `GET /refresh/{name}` runs.",
+    name: SecretName
+    description: Description = ""
+    environment_specific: bool = Field(
+        True, description="One value per environment (runs may write it)."
     )
-    value: SecretJSON | None = Field(None, description="The first value (never shown again here).")
+    locked: bool = Field(False, description="A locked secret is never written by a run.")
+    refresh_endpoint: RefreshEndpoint | None = None
+    value: SecretJSON | SkipJsonSchema[None] = Field(
+        None, description="The first value (never shown again here)."
+    )
     environment: Environment | None = Field(None, description="Where the first value goes.")
     expires_at: AwareDatetime | None = None
+
+    # An explicit null is refused; leaving `value` out creates a secret without one.
+    _value_storable = field_validator("value", mode="before")(_storable)
 
     model_config = ConfigDict(
         extra="forbid",
@@ -44,10 +114,10 @@ class SecretCreate(StrictModel):
 class SecretUpdate(StrictModel):
     """Metadata changes; absent fields stay as they are."""
 
-    description: str | None = Field(None, max_length=1000)
+    description: Description | None = None
     environment_specific: bool | None = None
     locked: bool | None = None
-    refresh_endpoint: str | None = Field(None, pattern=REFRESH_ENDPOINT_PATTERN)
+    refresh_endpoint: RefreshEndpoint | None = Field(None, description="null unbinds it.")
 
 
 class SecretRead(BaseModel):
@@ -73,9 +143,10 @@ class SecretRead(BaseModel):
 class SecretValueWrite(StrictModel):
     """A value set by hand."""
 
-    value: SecretJSON = Field(examples=["ghp_example"])
+    value: Annotated[SecretJSON, BeforeValidator(_storable)] = Field(examples=["ghp_example"])
     environment: Environment | None = Field(
-        None, description="Default: the service's environment (only for environment-specific secrets)."
+        None,
+        description="Default: the service's environment (only for environment-specific secrets).",
     )
     expires_at: AwareDatetime | None = None
 
@@ -106,7 +177,7 @@ class SecretVersionRead(BaseModel):
 class RollbackRequest(StrictModel):
     """Which earlier version to make current again (as a new version)."""
 
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_VERSION)
     environment: Environment | None = None
 
 

@@ -5,18 +5,21 @@ Services only `flush()`; the request's session commits once at the end.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from app.config import Settings
 from app.crypto import Keyring
 from app.db import utcnow
 from app.errors import AlreadyExists, Conflict, InvalidInput, NotFound, VersionConflict
+from app.pipeline.schemas import SECRET_NAME_PATTERN
 from app.secrets.models import ALL_ENVIRONMENTS, Secret, SecretValue, SecretVersion
 from app.secrets.schemas import (
     SecretCreate,
@@ -40,6 +43,12 @@ class LoadedSecret:
     expires_at: datetime | None
 
 
+def _id(secret: Secret) -> int:
+    """The primary key of a stored secret."""
+    assert secret.id is not None, "the secret has not been flushed"
+    return secret.id
+
+
 class SecretStore:
     """Secrets, their values and versions, for one session."""
 
@@ -52,7 +61,11 @@ class SecretStore:
 
     async def get(self, name: str) -> Secret:
         """The secret called `name`, or NotFound."""
-        secret = (await self.session.execute(select(Secret).where(Secret.name == name))).scalar_one_or_none()
+        if not re.fullmatch(SECRET_NAME_PATTERN, name):
+            # No secret can have this name; and PostgreSQL would refuse some (NUL) outright.
+            raise NotFound(f"secret {name!r} does not exist")
+        query = select(Secret).where(col(Secret.name) == name)
+        secret = (await self.session.execute(query)).scalar_one_or_none()
         if secret is None:
             raise NotFound(f"secret {name!r} does not exist")
         return secret
@@ -62,7 +75,8 @@ class SecretStore:
         if not secret.environment_specific:
             if environment is not None:
                 raise InvalidInput(
-                    f"secret {secret.name!r} holds one value for all environments; omit 'environment'"
+                    f"secret {secret.name!r} holds one value for all environments; "
+                    "omit 'environment'"
                 )
             return ALL_ENVIRONMENTS
         return environment or self.settings.environment
@@ -71,7 +85,10 @@ class SecretStore:
         return (
             await self.session.execute(
                 select(SecretValue)
-                .where(SecretValue.secret_id == secret.id, SecretValue.environment == environment)
+                .where(
+                    col(SecretValue.secret_id) == secret.id,
+                    col(SecretValue.environment) == environment,
+                )
                 # Compare-and-set updates bypass the identity map: always read the row afresh.
                 .execution_options(populate_existing=True)
             )
@@ -80,11 +97,8 @@ class SecretStore:
     async def describe(self, secret: Secret) -> SecretRead:
         """Metadata of a secret for the current environment."""
         environment = self.value_environment(secret)
-        values = (
-            (await self.session.execute(select(SecretValue).where(SecretValue.secret_id == secret.id)))
-            .scalars()
-            .all()
-        )
+        query = select(SecretValue).where(col(SecretValue.secret_id) == secret.id)
+        values = (await self.session.execute(query)).scalars().all()
         current = next((v for v in values if v.environment == environment), None)
         return SecretRead(
             name=secret.name,
@@ -104,9 +118,11 @@ class SecretStore:
             updated_at=secret.updated_at,
         )
 
-    async def list(self) -> list[SecretRead]:
+    async def list_all(self) -> list[SecretRead]:
         """Every secret's metadata, by name."""
-        secrets = (await self.session.execute(select(Secret).order_by(Secret.name))).scalars().all()
+        secrets = (
+            (await self.session.execute(select(Secret).order_by(col(Secret.name)))).scalars().all()
+        )
         return [await self.describe(secret) for secret in secrets]
 
     # --- metadata --------------------------------------------------------------------------
@@ -115,20 +131,23 @@ class SecretStore:
         slug, readable_id = refresh_endpoint.split("/", 1)
         found = (
             await self.session.execute(
-                select(Endpoint.id)
-                .join(Service, Service.id == Endpoint.service_id)
-                .where(Service.slug == slug, Endpoint.readable_id == readable_id)
+                select(col(Endpoint.id))
+                .join(Service, col(Service.id) == col(Endpoint.service_id))
+                .where(col(Service.slug) == slug, col(Endpoint.readable_id) == readable_id)
             )
         ).scalar_one_or_none()
         if found is None:
             raise InvalidInput(
-                f"refresh_endpoint {refresh_endpoint!r}: no endpoint {readable_id!r} in service {slug!r}"
+                f"refresh_endpoint {refresh_endpoint!r}: no endpoint {readable_id!r} "
+                f"in service {slug!r}"
             )
 
     async def create(self, data: SecretCreate, actor: str) -> Secret:
         """A new secret, with its first value when one is given."""
-        existing = (await self.session.execute(select(Secret.id).where(Secret.name == data.name))).first()
-        if existing:
+        existing = await self.session.execute(
+            select(col(Secret.id)).where(col(Secret.name) == data.name)
+        )
+        if existing.first():
             raise AlreadyExists(f"secret {data.name!r} already exists")
         if data.refresh_endpoint:
             await self._check_refresh_endpoint(data.refresh_endpoint)
@@ -142,11 +161,19 @@ class SecretStore:
             refresh_endpoint=data.refresh_endpoint,
         )
         self.session.add(secret)
-        await self.session.flush()
+        try:
+            await self.session.flush()
+        except IntegrityError:
+            # Another request created the same name between our check and our insert.
+            raise AlreadyExists(f"secret {data.name!r} already exists") from None
         if data.value is not None:
             await self.set_value(
-                secret, data.value, environment=data.environment, expires_at=data.expires_at,
-                actor=actor, source="create",
+                secret,
+                data.value,
+                environment=data.environment,
+                expires_at=data.expires_at,
+                actor=actor,
+                source="create",
             )
         return secret
 
@@ -157,10 +184,9 @@ class SecretStore:
             await self._check_refresh_endpoint(changes["refresh_endpoint"])
         switch = changes.get("environment_specific")
         if switch is not None and switch != secret.environment_specific:
+            count = select(func.count()).select_from(SecretValue)
             has_values = (
-                await self.session.execute(
-                    select(func.count()).select_from(SecretValue).where(SecretValue.secret_id == secret.id)
-                )
+                await self.session.execute(count.where(col(SecretValue.secret_id) == secret.id))
             ).scalar_one()
             if has_values:
                 raise Conflict(
@@ -202,7 +228,8 @@ class SecretStore:
 
     async def load_for_run(self, names: set[str]) -> dict[str, LoadedSecret | None]:
         """Secrets a run reads or writes, with their current values in this environment."""
-        found = (await self.session.execute(select(Secret).where(Secret.name.in_(names)))).scalars().all()
+        query = select(Secret).where(col(Secret.name).in_(names))
+        found = (await self.session.execute(query)).scalars().all()
         loaded: dict[str, LoadedSecret | None] = dict.fromkeys(names)
         for secret in found:
             env = self.value_environment(secret)
@@ -232,6 +259,9 @@ class SecretStore:
         if value is None:
             raise InvalidInput("a secret value can't be null; delete the secret instead")
         env = self.value_environment(secret, environment)
+        if expires_at is not None and expires_at.tzinfo is not None:
+            # Stored in UTC; the answer should say it the way every later read will.
+            expires_at = expires_at.astimezone(UTC)
         ciphertext = self.keyring.encrypt(value)
         now = utcnow()
         current = await self._current(secret, env)
@@ -245,24 +275,41 @@ class SecretStore:
         if current is None:
             self.session.add(
                 SecretValue(
-                    secret_id=secret.id, environment=env, version=version, ciphertext=ciphertext,
-                    expires_at=expires_at, updated_at=now,
+                    secret_id=_id(secret),
+                    environment=env,
+                    version=version,
+                    ciphertext=ciphertext,
+                    expires_at=expires_at,
+                    updated_at=now,
                 )
             )
         else:
             # Compare-and-set: the row is written only if nobody wrote it since we read it.
             result = await self.session.execute(
                 update(SecretValue)
-                .where(SecretValue.id == current.id, SecretValue.version == current_version)
-                .values(version=version, ciphertext=ciphertext, expires_at=expires_at, updated_at=now)
+                .where(
+                    col(SecretValue.id) == current.id, col(SecretValue.version) == current_version
+                )
+                .values(
+                    version=version, ciphertext=ciphertext, expires_at=expires_at, updated_at=now
+                )
                 .execution_options(synchronize_session=False)
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]
-                raise VersionConflict(f"secret {secret.name!r} was written concurrently; nothing was written")
+                raise VersionConflict(
+                    f"secret {secret.name!r} was written concurrently; nothing was written"
+                )
         self.session.add(
             SecretVersion(
-                secret_id=secret.id, environment=env, version=version, ciphertext=ciphertext,
-                expires_at=expires_at, source=source, run_id=run_id, actor=actor, created_at=now,
+                secret_id=_id(secret),
+                environment=env,
+                version=version,
+                ciphertext=ciphertext,
+                expires_at=expires_at,
+                source=source,
+                run_id=run_id,
+                actor=actor,
+                created_at=now,
             )
         )
         secret.updated_at = now
@@ -279,15 +326,20 @@ class SecretStore:
             secret.last_error = None
         await self.session.flush()
         await self._prune(secret, env)
-        return ValueWritten(name=secret.name, version=version, environment=env, expires_at=expires_at)
+        return ValueWritten(
+            name=secret.name, version=version, environment=env, expires_at=expires_at
+        )
 
     async def _prune(self, secret: Secret, environment: str) -> None:
         """Keep the newest `versions_kept` versions per secret and environment."""
         keep_from = (
             await self.session.execute(
-                select(SecretVersion.version)
-                .where(SecretVersion.secret_id == secret.id, SecretVersion.environment == environment)
-                .order_by(SecretVersion.version.desc())
+                select(col(SecretVersion.version))
+                .where(
+                    col(SecretVersion.secret_id) == secret.id,
+                    col(SecretVersion.environment) == environment,
+                )
+                .order_by(col(SecretVersion.version).desc())
                 .offset(self.settings.versions_kept - 1)
                 .limit(1)
             )
@@ -295,27 +347,41 @@ class SecretStore:
         if keep_from is not None:
             await self.session.execute(
                 delete(SecretVersion).where(
-                    SecretVersion.secret_id == secret.id,
-                    SecretVersion.environment == environment,
-                    SecretVersion.version < keep_from,
+                    col(SecretVersion.secret_id) == secret.id,
+                    col(SecretVersion.environment) == environment,
+                    col(SecretVersion.version) < keep_from,
                 )
             )
 
-    async def versions(self, secret: Secret, environment: str | None = None) -> list[SecretVersionRead]:
+    async def versions(
+        self, secret: Secret, environment: str | None = None
+    ) -> list[SecretVersionRead]:
         """History of one environment's value, newest first (no values)."""
         env = self.value_environment(secret, environment)
         current = await self._current(secret, env)
         rows = (
-            await self.session.execute(
-                select(SecretVersion)
-                .where(SecretVersion.secret_id == secret.id, SecretVersion.environment == env)
-                .order_by(SecretVersion.version.desc())
+            (
+                await self.session.execute(
+                    select(SecretVersion)
+                    .where(
+                        col(SecretVersion.secret_id) == secret.id,
+                        col(SecretVersion.environment) == env,
+                    )
+                    .order_by(col(SecretVersion.version).desc())
+                )
             )
-        ).scalars().all()
+            .scalars()
+            .all()
+        )
         return [
             SecretVersionRead(
-                version=row.version, environment=env, created_at=row.created_at,
-                expires_at=row.expires_at, source=row.source, run_id=row.run_id, actor=row.actor,
+                version=row.version,
+                environment=env,
+                created_at=row.created_at,
+                expires_at=row.expires_at,
+                source=row.source,
+                run_id=row.run_id,
+                actor=row.actor,
                 current=current is not None and current.version == row.version,
             )
             for row in rows
@@ -329,15 +395,19 @@ class SecretStore:
         old = (
             await self.session.execute(
                 select(SecretVersion).where(
-                    SecretVersion.secret_id == secret.id,
-                    SecretVersion.environment == env,
-                    SecretVersion.version == version,
+                    col(SecretVersion.secret_id) == secret.id,
+                    col(SecretVersion.environment) == env,
+                    col(SecretVersion.version) == version,
                 )
             )
         ).scalar_one_or_none()
         if old is None:
             raise NotFound(f"secret {secret.name!r} has no version {version} (see its versions)")
         return await self.set_value(
-            secret, self.keyring.decrypt(old.ciphertext), environment=environment,
-            expires_at=old.expires_at, actor=actor, source="rollback",
+            secret,
+            self.keyring.decrypt(old.ciphertext),
+            environment=environment,
+            expires_at=old.expires_at,
+            actor=actor,
+            source="rollback",
         )

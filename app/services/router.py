@@ -29,7 +29,7 @@ async def create_service(data: ServiceCreate, store: ServiceStore = StoreDep) ->
 @router.get("", dependencies=MANAGE)
 async def list_services(store: ServiceStore = StoreDep) -> list[ServiceRead]:
     """List every service with its endpoints."""
-    return await store.list()
+    return await store.list_all()
 
 
 @router.get("/{slug}", dependencies=MANAGE)

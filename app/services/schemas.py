@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.pipeline.schemas import CANONICAL_ACTION_EXAMPLE, VARIABLE_NAME_PATTERN, Node
+from app.text import Description, DisplayName
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
 READABLE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -63,8 +64,8 @@ class EndpointIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     readable_id: str = Field(pattern=READABLE_ID_PATTERN, examples=["refresh-token"])
-    name: str = Field(min_length=1, max_length=200, examples=["Refresh the access token"])
-    description: str = Field("", max_length=1000)
+    name: DisplayName = Field(examples=["Refresh the access token"])
+    description: Description = ""
     methods: list[RunMethod] = Field(["GET", "POST"], min_length=1)
     enable_log: bool = Field(
         False, description="Record successful runs too (failed runs always are)."
@@ -88,8 +89,8 @@ class ServiceBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200, examples=["OAuth provider"])
-    description: str = Field("", max_length=1000)
+    name: DisplayName = Field(examples=["OAuth provider"])
+    description: Description = ""
     variables: list[ServiceVariable] = Field(default_factory=list)
     endpoints: list[EndpointIn] = Field(default_factory=list)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import builtins
+import re
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
@@ -16,6 +16,7 @@ from app.pipeline.schemas import dump_action
 from app.secrets.models import Secret
 from app.services.models import Endpoint, Service
 from app.services.schemas import (
+    SLUG_PATTERN,
     EndpointRead,
     ServiceBody,
     ServiceCreate,
@@ -32,20 +33,23 @@ class ServiceStore:
 
     async def get(self, slug: str) -> Service:
         """The service `slug`, or NotFound."""
+        if not re.fullmatch(SLUG_PATTERN, slug):
+            # No service can have this slug; and PostgreSQL would refuse some (NUL) outright.
+            raise NotFound(f"service {slug!r} does not exist")
         query = select(Service).where(col(Service.slug) == slug)
         service = (await self.session.execute(query)).scalar_one_or_none()
         if service is None:
             raise NotFound(f"service {slug!r} does not exist")
         return service
 
-    async def endpoints(self, service: Service) -> builtins.list[Endpoint]:
+    async def endpoints(self, service: Service) -> list[Endpoint]:
         """A service's endpoints in the order they were written."""
         query = (
             select(Endpoint)
             .where(col(Endpoint.service_id) == service.id)
             .order_by(col(Endpoint.id))
         )
-        return builtins.list((await self.session.execute(query)).scalars())
+        return list((await self.session.execute(query)).scalars())
 
     async def get_endpoint(self, slug: str, readable_id: str) -> tuple[Service, Endpoint]:
         """A service and one of its endpoints, or NotFound naming which is missing."""
@@ -67,8 +71,12 @@ class ServiceStore:
             variables=[ServiceVariable.model_validate(v) for v in service.variables],
             endpoints=[
                 EndpointRead(
-                    readable_id=e.readable_id, name=e.name, description=e.description,
-                    methods=e.methods, enable_log=e.enable_log, action=e.action,
+                    readable_id=e.readable_id,
+                    name=e.name,
+                    description=e.description,
+                    methods=e.methods,
+                    enable_log=e.enable_log,
+                    action=e.action,
                 )
                 for e in await self.endpoints(service)
             ],
@@ -76,34 +84,38 @@ class ServiceStore:
             updated_at=service.updated_at,
         )
 
-    async def list(self) -> builtins.list[ServiceRead]:
+    async def list_all(self) -> list[ServiceRead]:
         """Every service, by slug."""
         query = select(Service).order_by(col(Service.slug))
         services = (await self.session.execute(query)).scalars().all()
         return [await self.describe(service) for service in services]
 
-    async def _validated_endpoints(self, body: ServiceBody) -> builtins.list[Endpoint]:
+    async def _validated_endpoints(self, body: ServiceBody) -> list[Endpoint]:
         """Endpoint rows of a body whose actions name only known secrets and variables."""
         known_secrets = set((await self.session.execute(select(col(Secret.name)))).scalars())
         declared = {v.name for v in body.variables}
         rows = []
         for index, endpoint in enumerate(body.endpoints):
             nodes = validate_action(
-                endpoint.action, declared_variables=declared, known_secrets=known_secrets,
+                endpoint.action,
+                declared_variables=declared,
+                known_secrets=known_secrets,
                 prefix=f"endpoints[{index}].action",
             )
             rows.append(
                 Endpoint(
-                    service_id=0, readable_id=endpoint.readable_id, name=endpoint.name,
-                    description=endpoint.description, methods=builtins.list(endpoint.methods),
-                    enable_log=endpoint.enable_log, action=dump_action(nodes),
+                    service_id=0,
+                    readable_id=endpoint.readable_id,
+                    name=endpoint.name,
+                    description=endpoint.description,
+                    methods=list(endpoint.methods),
+                    enable_log=endpoint.enable_log,
+                    action=dump_action(nodes),
                 )
             )
         return rows
 
-    async def _bound_secrets(
-        self, slug: str, readable_ids: set[str] | None = None
-    ) -> builtins.list[str]:
+    async def _bound_secrets(self, slug: str, readable_ids: set[str] | None = None) -> list[str]:
         """Secrets whose `refresh_endpoint` points into this service (or at these endpoints)."""
         query = select(col(Secret.name), col(Secret.refresh_endpoint)).where(
             col(Secret.refresh_endpoint).startswith(f"{slug}/", autoescape=True)
@@ -130,7 +142,9 @@ class ServiceStore:
             )
         rows = await self._validated_endpoints(data)
         service = Service(
-            slug=data.slug, name=data.name, description=data.description,
+            slug=data.slug,
+            name=data.name,
+            description=data.description,
             variables=[v.model_dump(mode="json") for v in data.variables],
         )
         self.session.add(service)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import httpx
 
 from tests.conftest import TokenServer, secret_value, setup_oauth
@@ -29,3 +32,57 @@ class TestCanonicalRefresh:
         assert token_server.state.token_requests == 5
         errors = [r for r in token_server.state.requests if r.get("error")]
         assert errors == []
+
+
+class TestSingleFlight:
+    async def test_concurrent_refreshes_never_spend_the_same_refresh_token(
+        self, client: httpx.AsyncClient, token_server: TokenServer
+    ) -> None:
+        await setup_oauth(client, token_server)
+        token_server.state.latency_seconds = 0.3
+
+        first, second = await asyncio.gather(
+            client.get("/refresh/ACCESS_TOKEN"), client.get("/refresh/ACCESS_TOKEN")
+        )
+
+        assert first.status_code == second.status_code == 200, (first.text, second.text)
+        assert sorted([first.json()["version"], second.json()["version"]]) == [1, 2]
+        assert [r.get("error") for r in token_server.state.requests] == [None, None]
+        assert token_server.state.is_active(await secret_value(client, "REFRESH_TOKEN"))
+        assert token_server.state.is_active(await secret_value(client, "ACCESS_TOKEN"))
+
+
+class TestDocumentation:
+    async def test_openapi_documents_the_run_routes_answers(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        schema = (await client.get("/openapi.json")).json()
+        paths = schema["paths"]
+
+        def answer(path: str, method: str, status: str = "200") -> dict[str, Any]:
+            response = paths[path][method]["responses"][status]
+            documented: dict[str, Any] = response["content"]["application/json"]["schema"]
+            return documented
+
+        def ref(name: str) -> dict[str, str]:
+            return {"$ref": f"#/components/schemas/{name}"}
+
+        assert answer("/refresh/{secret}", "get") == ref("RefreshResult")
+        for method in ("get", "post", "put"):
+            assert answer("/api/services/{slug}/{readable_id}", method) == ref("RunResult")
+        assert answer("/v1/runs", "get")["items"] == ref("RunSummary")
+        assert answer("/v1/runs/{run_id}", "get") == ref("RunDetail")
+        for status in ("404", "409", "502", "504"):
+            assert answer("/refresh/{secret}", "get", status) == ref("ErrorResponse")
+        refresh = schema["components"]["schemas"]["RefreshResult"]
+        expires_at = refresh["properties"]["expires_at"]["anyOf"][0]
+        assert expires_at == {"type": "string", "format": "date-time"}
+        assert refresh["examples"][0]["expires_at"].endswith("Z")
+        for path in ("/refresh/{secret}", "/v1/runs", "/v1/runs/{run_id}"):
+            assert paths[path]["get"]["description"]
+
+    async def test_docs_page_is_served(self, client: httpx.AsyncClient) -> None:
+        response = await client.get("/docs")
+
+        assert response.status_code == 200
+        assert "swagger" in response.text.lower()
