@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from cryptography.fernet import Fernet
+from pydantic import ValidationError
 
+from app.auth.actor import Actor
 from app.config import get_settings
 from app.errors import TokenfarmError
 
@@ -17,6 +19,7 @@ cli = typer.Typer(
     no_args_is_help=True,
 )
 
+SYSTEM_ACTOR = Actor(kind="system", name="cli", permissions=frozenset({"*"}))
 DEMO_OWNER_EMAIL = "owner@example.com"
 DEMO_OWNER_PASSWORD = "tokenfarm-demo-password"  # noqa: S105 - printed for the local demo only
 
@@ -100,7 +103,7 @@ def serve(
     uvicorn.run(app, host=host, port=port, proxy_headers=False)
 
 
-async def _seed_demo(token_url: str, refresh_token: str) -> None:
+async def _seed_demo(token_url: str, refresh_token: str) -> str:
     from app.crypto import load_keyring
     from app.db import create_engine, session_factory
     from app.demo.seed import seed_demo
@@ -109,7 +112,7 @@ async def _seed_demo(token_url: str, refresh_token: str) -> None:
     engine = create_engine(settings.resolved_database_url)
     try:
         async with session_factory(engine)() as session, session.begin():
-            await seed_demo(
+            return await seed_demo(
                 session,
                 load_keyring(settings),
                 settings,
@@ -142,7 +145,7 @@ def demo(
         try:
             _migrate()
             asyncio.run(_create_owner(DEMO_OWNER_EMAIL, DEMO_OWNER_PASSWORD))
-            asyncio.run(
+            key = asyncio.run(
                 _seed_demo(
                     f"{token_server.url}/oauth/token", state.issue_refresh_token("demo-client")
                 )
@@ -155,12 +158,86 @@ def demo(
         typer.echo(f"  API explorer:  {base}/docs")
         typer.echo(f"  token server:  {token_server.url}/oauth/token (in this process)")
         typer.echo(f"  owner:         {DEMO_OWNER_EMAIL} / {DEMO_OWNER_PASSWORD}")
+        typer.echo(f"  demo API key:  {key}  (service account 'demo', new at every start)")
         typer.echo("\nTry:")
-        typer.echo(f"  curl -s {base}/refresh/ACCESS_TOKEN")
-        typer.echo(f"  curl -s {base}/v1/secrets/ACCESS_TOKEN")
-        typer.echo(f"  curl -s {base}/v1/secrets/ACCESS_TOKEN/value")
-        typer.echo(f"  curl -s '{base}/v1/runs?limit=5'\n")
+        typer.echo(f"  export TF_KEY={key}")
+        auth = '-H "Authorization: Bearer $TF_KEY"'
+        typer.echo(f"  curl -s {auth} {base}/refresh/ACCESS_TOKEN")
+        typer.echo(f"  curl -s {auth} {base}/v1/secrets/ACCESS_TOKEN")
+        typer.echo(f"  curl -s {auth} {base}/v1/secrets/ACCESS_TOKEN/value")
+        typer.echo(f"  curl -s {auth} '{base}/v1/runs?limit=5'\n")
         uvicorn.run(app, host="127.0.0.1", port=port)
+
+
+service_accounts_cli = typer.Typer(help="Service accounts, for scripts and CI.")
+api_keys_cli = typer.Typer(help="API keys of service accounts.")
+cli.add_typer(service_accounts_cli, name="service-accounts")
+cli.add_typer(api_keys_cli, name="api-keys")
+
+
+async def _with_accounts(work: Any) -> Any:
+    """Run `work(AccountStore, system actor)` in one transaction."""
+    from app.auth.accounts import AccountStore
+    from app.db import create_engine, session_factory
+
+    engine = create_engine(get_settings().resolved_database_url)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            return await work(AccountStore(session), SYSTEM_ACTOR)
+    finally:
+        await engine.dispose()
+
+
+@service_accounts_cli.command("create")
+def create_service_account(
+    name: Annotated[str, typer.Argument(help="Name of the account, e.g. ci-deployer.")],
+    role: Annotated[list[str] | None, typer.Option(help="A role to give it (repeatable).")] = None,
+    description: Annotated[str, typer.Option(help="What it is for.")] = "",
+) -> None:
+    """Create a service account with roles."""
+    from app.auth.schemas import ServiceAccountCreate
+
+    async def work(store: Any, actor: Any) -> None:
+        data = ServiceAccountCreate(name=name, description=description, roles=role or [])
+        await store.create_service_account(data, actor)
+
+    _run_accounts(work)
+    typer.echo(f"service account {name} created")
+
+
+@api_keys_cli.command("create")
+def create_api_key(
+    account: Annotated[str, typer.Argument(help="The service account.")],
+    name: Annotated[str, typer.Option(help="Name of the key, e.g. ci.")],
+    expires_in_days: Annotated[
+        int | None, typer.Option(min=1, help="Days until the key stops working.")
+    ] = None,
+) -> None:
+    """Create an API key and print it (the only time it is shown)."""
+    from datetime import timedelta
+
+    from app.auth.schemas import ApiKeyCreate
+    from app.db import utcnow
+
+    expires_at = utcnow() + timedelta(days=expires_in_days) if expires_in_days else None
+
+    async def work(store: Any, actor: Any) -> str:
+        account_row = await store.service_account(account)
+        created = await store.create_api_key(
+            account_row, ApiKeyCreate(name=name, expires_at=expires_at), actor
+        )
+        return str(created.key)
+
+    typer.echo(_run_accounts(work))
+
+
+def _run_accounts(work: Any) -> Any:
+    try:
+        return asyncio.run(_with_accounts(work))
+    except TokenfarmError as exc:
+        _fail(exc.message)
+    except ValidationError as exc:
+        _fail("; ".join(str(e["msg"]) for e in exc.errors()))
 
 
 def main() -> None:

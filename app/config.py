@@ -41,12 +41,23 @@ class Settings(BaseSettings):
         20, ge=20, le=10_000, description="Versions kept per secret and environment (at least 20)."
     )
 
+    jwt_secret: str | None = Field(
+        None,
+        description="HS256 signing key of login tokens (32+ bytes); generated in development.",
+    )
+    jwt_ttl_seconds: int = Field(3600, ge=60, le=86_400, description="Lifetime of a login token.")
+
     @property
     def resolved_database_url(self) -> str:
         """The database URL as the user gave it, or the default SQLite file."""
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'tokenfarm.db'}"
+
+    @property
+    def jwt_secret_file(self) -> Path:
+        """The development JWT key file, generated on first start when none is configured."""
+        return self.data_dir / "jwt.secret"
 
     @property
     def key_file(self) -> Path:

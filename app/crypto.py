@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -59,6 +61,22 @@ class Keyring:
         return self._fernet.rotate(ciphertext.encode()).decode()
 
 
+def development_secret(path: Path, generate: Callable[[], str], variable: str) -> str:
+    """A secret kept in a 0600 file, generated on first use (development only), with a warning."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Created with 0600 from the start so the secret is never world-readable, not even briefly.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(generate() + "\n")
+        logger.warning(
+            "no %s set: generated a development key in %s; keep that file", variable, path
+        )
+    else:
+        logger.warning("using the development key file %s for %s", path, variable)
+    return path.read_text().strip()
+
+
 def load_keyring(settings: Settings) -> Keyring:
     """The keyring from settings; in development a key file is made and kept when none is set."""
     if settings.encryption_keys:
@@ -68,19 +86,8 @@ def load_keyring(settings: Settings) -> Keyring:
             f"TOKENFARM_ENCRYPTION_KEYS is required when TOKENFARM_ENVIRONMENT is "
             f"{settings.environment!r}: {KEYGEN_HINT}"
         )
-    key_file = settings.key_file
-    if not key_file.exists():
-        key_file.parent.mkdir(parents=True, exist_ok=True)
-        # Created with 0600 from the start so the key is never world-readable, not even briefly.
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(Fernet.generate_key().decode() + "\n")
-        logger.warning(
-            "no TOKENFARM_ENCRYPTION_KEYS set: generated a development key in %s; "
-            "keep that file, or every stored value is lost",
-            key_file,
-        )
-    else:
-        logger.warning("using the development key file %s (development only)", key_file)
-    keys = [line.strip() for line in key_file.read_text().splitlines() if line.strip()]
-    return Keyring(keys)
+    # Losing this file loses every stored value: it is kept next to the SQLite file.
+    text = development_secret(
+        settings.key_file, lambda: Fernet.generate_key().decode(), "TOKENFARM_ENCRYPTION_KEYS"
+    )
+    return Keyring([line.strip() for line in text.splitlines() if line.strip()])

@@ -8,6 +8,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import __version__
+from app.auth.router import auth_router
+from app.auth.router import router as accounts_router
+from app.auth.tokens import TokenService, load_jwt_secret
 from app.config import Settings, get_settings
 from app.crypto import load_keyring
 from app.db import create_engine, session_factory
@@ -34,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level)
     keyring = load_keyring(settings)
+    tokens = TokenService(load_jwt_secret(settings), settings.jwt_ttl_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -57,8 +61,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.keyring = keyring
+    app.state.tokens = tokens
     app.state.database_url = settings.resolved_database_url
     install_error_handlers(app)
-    for router in (health_router, secrets_router, services_router, runs_router):
+    for router in (
+        health_router,
+        auth_router,
+        accounts_router,
+        secrets_router,
+        services_router,
+        runs_router,
+    ):
         app.include_router(router)
     return app

@@ -2,7 +2,7 @@
 
 from sqlmodel import SQLModel
 
-from app.auth.models import User
+from app.auth.models import ApiKey, Role, ServiceAccount, ServiceAccountRole, User, UserRole
 from app.runs.models import Run, RunSecret
 from app.secrets.models import Secret, SecretValue, SecretVersion
 from app.services.models import Endpoint, Service
@@ -10,13 +10,18 @@ from app.services.models import Endpoint, Service
 metadata = SQLModel.metadata
 
 __all__ = [
+    "ApiKey",
     "Endpoint",
+    "Role",
     "Run",
     "RunSecret",
     "Secret",
     "SecretValue",
     "SecretVersion",
     "Service",
+    "ServiceAccount",
+    "ServiceAccountRole",
     "User",
+    "UserRole",
     "metadata",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -20,8 +21,13 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 from fastapi import FastAPI
+from sqlalchemy import select
+from sqlmodel import col
 
+from app.auth.models import Role, User, UserRole
+from app.auth.passwords import hash_password
 from app.config import Settings
+from app.db import utcnow
 from app.demo.loopback import LoopbackServer
 from app.demo.token_server import TokenServerState, create_token_server
 from app.main import create_app
@@ -29,6 +35,8 @@ from app.migrate import upgrade_database
 from app.pipeline.schemas import CANONICAL_ACTION_EXAMPLE
 
 PG_SERVER = os.environ.get("TOKENFARM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+OWNER_EMAIL = "owner@example.com"
+OWNER_PASSWORD = "owner-password-canary-51e0"
 CLIENT_ID = "client-canary-7f3a9b"
 CLIENT_SECRET = "client-secret-canary-d41c8e"
 
@@ -61,8 +69,35 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@dataclass
+class PostgresDatabase:
+    """The session's PostgreSQL database and the rows its migrations seeded (built-in roles)."""
+
+    url: str
+    seeded: dict[str, list[dict[str, Any]]]
+
+
+async def _seeded_rows(url: str) -> dict[str, list[dict[str, Any]]]:
+    connection = await asyncpg.connect(url, timeout=5)
+    try:
+        tables = [row["tablename"] for row in await connection.fetch(TABLES_SQL)]
+        seeded = {}
+        for table in tables:
+            rows = await connection.fetch(f'SELECT * FROM "{table}"')
+            if rows:
+                seeded[table] = [dict(row) for row in rows]
+        return seeded
+    finally:
+        await connection.close()
+
+
+TABLES_SQL = (
+    "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+)
+
+
 @pytest.fixture(scope="session")
-def postgres_database() -> Iterator[str]:
+def postgres_database() -> Iterator[PostgresDatabase]:
     """A PostgreSQL database of this test session, migrated to head once."""
     name = f"tokenfarm_test_{uuid.uuid4().hex[:10]}"
     try:
@@ -70,23 +105,32 @@ def postgres_database() -> Iterator[str]:
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         postgres_unavailable(f"PostgreSQL at {PG_SERVER} is unreachable: {exc!r}")
     try:
-        upgrade_database(f"{PG_SERVER}/{name}")
-        yield f"{PG_SERVER}/{name}"
+        url = f"{PG_SERVER}/{name}"
+        upgrade_database(url)
+        yield PostgresDatabase(url=url, seeded=asyncio.run(_seeded_rows(url)))
     finally:
         pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-async def _truncate_all(url: str) -> None:
-    connection = await asyncpg.connect(url, timeout=5)
+async def _reset(database: PostgresDatabase) -> None:
+    """Empty every table, then put back what the migrations seeded, as a fresh database has."""
+    connection = await asyncpg.connect(database.url, timeout=5)
     try:
         # A connection leaked by an earlier test must fail this loudly, not hang the suite.
         await connection.execute("SET lock_timeout = '10s'")
-        tables = await connection.fetch(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
-            "AND tablename <> 'alembic_version'"
-        )
-        names = ", ".join(f'"{row["tablename"]}"' for row in tables)
+        tables = [row["tablename"] for row in await connection.fetch(TABLES_SQL)]
+        names = ", ".join(f'"{table}"' for table in tables)
         await connection.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+        for table, rows in database.seeded.items():
+            columns = list(rows[0])
+            await connection.copy_records_to_table(
+                table, records=[tuple(row[c] for c in columns) for row in rows], columns=columns
+            )
+            if "id" in columns:
+                await connection.execute(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                    f'(SELECT max(id) FROM "{table}"))'
+                )
     finally:
         await connection.close()
 
@@ -102,9 +146,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         path = tmp_path / "tokenfarm.db"
         shutil.copy(request.getfixturevalue("sqlite_template"), path)
         return f"sqlite:///{path}"
-    url: str = request.getfixturevalue("postgres_database")
-    asyncio.run(_truncate_all(url))
-    return url
+    database: PostgresDatabase = request.getfixturevalue("postgres_database")
+    asyncio.run(_reset(database))
+    return database.url
 
 
 @pytest.fixture
@@ -115,6 +159,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         data_dir=tmp_path,
         database_url=database_url,
         encryption_keys=Fernet.generate_key().decode(),
+        jwt_secret=secrets.token_urlsafe(48),
         log_level="DEBUG",
     )
 
@@ -128,10 +173,53 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
 
 
 @pytest.fixture
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client talking to the app in-process (through its real ASGI interface)."""
+async def anonymous_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client without a credential, talking to the app in-process (real ASGI)."""
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://tokenfarm.test") as http:
+        yield http
+
+
+async def login(http: httpx.AsyncClient, email: str, password: str) -> str:
+    """A login token through `POST /auth/token`."""
+    response = await http.post("/auth/token", data={"username": email, "password": password})
+    assert response.status_code == 200, response.text
+    token: str = response.json()["access_token"]
+    return token
+
+
+@pytest.fixture(scope="session")
+def owner_password_hash() -> str:
+    """The owner's argon2 hash, computed once: hashing per test would dominate the suite."""
+    return hash_password(OWNER_PASSWORD)
+
+
+async def owner_token(app: FastAPI, password_hash: str) -> str:
+    """Create the owner (holding the built-in owner role) and a login token for it.
+
+    The token comes from the app's own token service; `POST /auth/token` has tests of its own.
+    """
+    async with app.state.session_factory() as session, session.begin():
+        user = User(email=OWNER_EMAIL, password_hash=password_hash)
+        session.add(user)
+        await session.flush()
+        owner = (await session.execute(select(Role).where(col(Role.name) == "owner"))).scalar_one()
+        assert user.id is not None and owner.id is not None
+        session.add(UserRole(user_id=user.id, role_id=owner.id))
+    token: str = app.state.tokens.issue(OWNER_EMAIL, utcnow())
+    return token
+
+
+@pytest.fixture
+async def client(app: FastAPI, owner_password_hash: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client logged in as the owner (every permission)."""
+    token = await owner_token(app, owner_password_hash)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport,
+        base_url="http://tokenfarm.test",
+        headers={"Authorization": f"Bearer {token}"},
+    ) as http:
         yield http
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -35,6 +38,33 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@contextmanager
+def serving(env: dict[str, str], *extra: str) -> Iterator[str]:
+    """`tokenfarm serve` as a real process; yields its base URL once it answers."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), *extra],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{base}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, "tokenfarm serve exited early"
+                assert time.monotonic() < deadline, "tokenfarm serve did not start in 30 s"
+                time.sleep(0.2)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
 @pytest.fixture
 def cli_env(database_url: str, tmp_path: Path) -> dict[str, str]:
     """Environment of a `test` deployment on the test's database."""
@@ -43,6 +73,7 @@ def cli_env(database_url: str, tmp_path: Path) -> dict[str, str]:
         "TOKENFARM_DATABASE_URL": database_url,
         "TOKENFARM_DATA_DIR": str(tmp_path),
         "TOKENFARM_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+        "TOKENFARM_JWT_SECRET": secrets.token_urlsafe(48),
     }
 
 
@@ -91,33 +122,13 @@ class TestServe:
         assert "tokenfarm keygen" in result.stderr
 
     def test_serves_health_and_readiness(self, cli_env: dict[str, str]) -> None:
-        port = free_port()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-            env={**os.environ, **cli_env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
-                    break
-                except httpx.TransportError:
-                    assert process.poll() is None, "tokenfarm serve exited early"
-                    assert time.monotonic() < deadline, "tokenfarm serve did not start in 30 s"
-                    time.sleep(0.2)
+        with serving(cli_env) as base:
+            ready = httpx.get(f"{base}/readyz", timeout=2)
             assert ready.status_code == 200, ready.text
             assert ready.json()["status"] == "ready"
-            assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json() == {
-                "status": "ok"
-            }
-            docs = httpx.get(f"http://127.0.0.1:{port}/docs", timeout=2)
+            assert httpx.get(f"{base}/healthz", timeout=2).json() == {"status": "ok"}
+            docs = httpx.get(f"{base}/docs", timeout=2)
             assert docs.status_code == 200 and "swagger" in docs.text.lower()
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
 
 
 class TestKeygen:
@@ -126,3 +137,35 @@ class TestKeygen:
         assert result.returncode == 0
         key = result.stdout.strip()
         assert Fernet(key.encode()).decrypt(Fernet(key.encode()).encrypt(b"x")) == b"x"
+
+
+class TestServiceAccountsAndKeys:
+    def test_a_key_made_on_the_command_line_authenticates(self, cli_env: dict[str, str]) -> None:
+        assert run_cli("migrate", env=cli_env).returncode == 0
+        created = run_cli("service-accounts", "create", "ci-bot", "--role", "owner", env=cli_env)
+        assert created.returncode == 0, created.stderr
+        assert "service account ci-bot created" in created.stdout
+        made = run_cli("api-keys", "create", "ci-bot", "--name", "ci", env=cli_env)
+        assert made.returncode == 0, made.stderr
+        key = made.stdout.strip()
+        assert key.startswith("tfk_")
+        with serving(cli_env, "--no-migrate") as base:
+            listed = httpx.get(
+                f"{base}/v1/service-accounts/ci-bot/api-keys",
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=2,
+            )
+        assert listed.status_code == 200, listed.text
+        assert [k["name"] for k in listed.json()] == ["ci"]
+        assert key not in listed.text
+
+    def test_unknown_role_and_account_are_refused_with_a_reason(
+        self, cli_env: dict[str, str]
+    ) -> None:
+        assert run_cli("migrate", env=cli_env).returncode == 0
+        refused = run_cli("service-accounts", "create", "x-bot", "--role", "nope", env=cli_env)
+        assert refused.returncode == 1
+        assert "role 'nope' does not exist" in refused.stderr
+        missing = run_cli("api-keys", "create", "ghost", "--name", "ci", env=cli_env)
+        assert missing.returncode == 1
+        assert "service account 'ghost' does not exist" in missing.stderr

@@ -42,6 +42,7 @@ class TestCompose:
         assert env["TOKENFARM_ENVIRONMENT"] == "production"
         assert env["TOKENFARM_DATABASE_URL"].startswith("postgresql://")
         assert ":?" in env["TOKENFARM_ENCRYPTION_KEYS"], "compose must refuse to start without keys"
+        assert ":?" in env["TOKENFARM_JWT_SECRET"], "compose must refuse to start without a JWT key"
 
     def test_app_does_not_migrate_by_itself(self) -> None:
         assert "--no-migrate" in compose()["services"]["app"]["command"]

@@ -36,7 +36,7 @@ from schemathesis.specs.openapi.checks import (
 from app.config import Settings
 from app.demo.loopback import LoopbackServer
 from app.main import create_app
-from tests.conftest import TokenServer, create_secret, setup_oauth
+from tests.conftest import TokenServer, create_secret, owner_token, setup_oauth
 
 MAX_EXAMPLES = int(os.environ.get("TOKENFARM_FUZZ_EXAMPLES", "10"))
 # Generated path names nearly all miss (404/422 before any work), so they get a smaller share.
@@ -58,7 +58,9 @@ class Seeded:
     pins: dict[str, str]
 
 
-async def seed(settings: Settings, token_server: TokenServer) -> dict[str, str]:
+async def seed(
+    settings: Settings, token_server: TokenServer, owner_password_hash: str
+) -> dict[str, str]:
     """Secrets, the canonical refresh bound to ACCESS_TOKEN, and one logged run.
 
     Seeded in-process: over HTTP the request session currently commits after the answer is sent
@@ -66,29 +68,43 @@ async def seed(settings: Settings, token_server: TokenServer) -> dict[str, str]:
     """
     app = create_app(settings)
     transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://seed.test") as client,
-    ):
+    async with app.router.lifespan_context(app):
+        token = await owner_token(app, owner_password_hash)
+        client = httpx.AsyncClient(
+            transport=transport,
+            base_url="http://seed.test",
+            headers={"Authorization": f"Bearer {token}"},
+        )
         await setup_oauth(client, token_server)
         await create_secret(client, "PLAIN", "plain-value", description="not refreshable")
         response = await client.get("/refresh/ACCESS_TOKEN")
         assert response.status_code == 200, response.text
         run_id = response.json()["run_id"]
+        response = await client.post(
+            "/v1/users", json={"email": "fuzz@example.com", "password": "fuzz-password-123"}
+        )
+        assert response.status_code == 201, response.text
+        await client.aclose()
     return {
+        "token": token,
         "name": "ACCESS_TOKEN",
         "secret": "ACCESS_TOKEN",
         "slug": "oauth",
         "readable_id": "refresh-token",
         "run_id": run_id,
+        # Not the owner: a fuzzed password change would end the token every call uses.
+        "email": "fuzz@example.com",
+        "key_name": "ci",
     }
 
 
 @pytest.fixture
-def seeded(settings: Settings, token_server: TokenServer) -> Iterator[Seeded]:
+def seeded(
+    settings: Settings, token_server: TokenServer, owner_password_hash: str
+) -> Iterator[Seeded]:
     """The app under uvicorn on loopback, seeded (logging at INFO: DEBUG triples the time)."""
     quiet = settings.model_copy(update={"log_level": "INFO"})
-    pins = asyncio.run(seed(quiet, token_server))
+    pins = asyncio.run(seed(quiet, token_server, owner_password_hash))
     with LoopbackServer(create_app(quiet)) as server:
         yield Seeded(server.url, pins)
 
@@ -126,7 +142,11 @@ def fuzz(strategy: Any, examples: int, seeded: Seeded, seen: Counter[str]) -> st
         suppress_health_check=list(HealthCheck),
     )
     def check(case: Case) -> None:
-        response = case.call(base_url=seeded.url, timeout=30)
+        response = case.call(
+            base_url=seeded.url,
+            timeout=30,
+            headers={"Authorization": f"Bearer {seeded.pins['token']}"},
+        )
         seen[f"{case.operation.label} {response.status_code}"] += 1
         case.validate_response(response, checks=CHECKS)
         if response.status_code >= 400:

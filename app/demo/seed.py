@@ -7,6 +7,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth.accounts import AccountStore
+from app.auth.actor import Actor
+from app.auth.schemas import ApiKeyCreate, RoleCreate, ServiceAccountCreate
 from app.config import Settings
 from app.crypto import Keyring
 from app.errors import NotFound
@@ -16,6 +19,19 @@ from app.secrets.store import SecretStore
 from app.services.schemas import ServiceBody, ServiceCreate
 from app.services.store import ServiceStore
 
+SYSTEM = Actor(kind="system", name="demo", permissions=frozenset({"*"}))
+DEMO_ROLE = RoleCreate(
+    name="demo",
+    description="Runs the demo refresh and reads its token",
+    permissions=[
+        "services.run:oauth",
+        "secrets.update_from_service:ACCESS_TOKEN",
+        "secrets.update_from_service:REFRESH_TOKEN",
+        "secrets.read:ACCESS_TOKEN",
+        "secrets.manage",
+        "runs.read",
+    ],
+)
 DEMO_SLUG = "oauth"
 DEMO_ENDPOINT = "refresh-token"
 
@@ -36,8 +52,8 @@ async def seed_demo(
     client_id: str,
     client_secret: str,
     refresh_token: str,
-) -> None:
-    """Create (or reset) the demo secrets and the `oauth` service; safe to run at every start."""
+) -> str:
+    """Create (or reset) the demo secrets, the `oauth` service and a `demo` key; returns the key."""
     secrets = SecretStore(session, keyring, settings)
     values = {
         "CLIENT_ID": client_id,
@@ -78,3 +94,25 @@ async def seed_demo(
         await services.create(ServiceCreate.model_validate({"slug": DEMO_SLUG, **body}))
     access = await secrets.get("ACCESS_TOKEN")
     await secrets.update(access, SecretUpdate(refresh_endpoint=f"{DEMO_SLUG}/{DEMO_ENDPOINT}"))
+    return await _demo_key(AccountStore(session))
+
+
+async def _demo_key(accounts: AccountStore) -> str:
+    """A fresh key of the `demo` service account, whose role may refresh and read the token."""
+    try:
+        await accounts.role(DEMO_ROLE.name)
+    except NotFound:
+        await accounts.create_role(DEMO_ROLE, SYSTEM)
+    try:
+        account = await accounts.service_account("demo")
+    except NotFound:
+        account = await accounts.create_service_account(
+            ServiceAccountCreate(name="demo", description="tokenfarm demo", roles=[DEMO_ROLE.name]),
+            SYSTEM,
+        )
+    try:
+        await accounts.delete_api_key(account, "demo")
+    except NotFound:
+        pass
+    created = await accounts.create_api_key(account, ApiKeyCreate(name="demo"), SYSTEM)
+    return created.key

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from app.auth.actor import Actor
-from app.auth.dependencies import CurrentActor, require
+from app.auth.dependencies import CurrentActor, refuse, require
 from app.dependencies import KeyringDep, RunnerDep, SessionDep, SettingsDep
-from app.errors import Conflict, InvalidInput, PermissionDenied
+from app.errors import Conflict, InvalidInput
 from app.handlers import ErrorResponse
 from app.pipeline.context import RequestData
 from app.pipeline.schemas import SECRET_NAME_PATTERN
@@ -50,11 +50,7 @@ RUN_RESPONSES: dict[int | str, dict[str, Any]] = {
 def ensure_can_run(actor: Actor, slug: str, readable_id: str) -> None:
     """Running needs `services.run:SLUG` or `services.run:SLUG/ID`."""
     if not (actor.can(f"services.run:{slug}") or actor.can(f"services.run:{slug}/{readable_id}")):
-        raise PermissionDenied(
-            f"this needs the permission 'services.run:{slug}' or "
-            f"'services.run:{slug}/{readable_id}'",
-            permission=f"services.run:{slug}/{readable_id}",
-        )
+        refuse(actor, f"services.run:{slug}", f" or 'services.run:{slug}/{readable_id}'")
 
 
 async def _request_data(request: Request) -> RequestData:

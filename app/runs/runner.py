@@ -28,11 +28,12 @@ from app.errors import (
     Conflict,
     InternalError,
     MethodNotAllowed,
+    PermissionDenied,
+    RunFailed,
     SecretLocked,
     SecretNotEnvironmentSpecific,
     StorageFailed,
     TokenfarmError,
-    VersionConflict,
 )
 from app.outbound import Outbound
 from app.pipeline.analysis import referenced_secrets, update_targets
@@ -137,6 +138,13 @@ class Runner:
     def _preflight(prepared: PreparedRun, actor: Actor) -> None:
         """Refuse the run before any node runs if a write target could not be stored."""
         for path, name in prepared.targets:
+            if not actor.can(f"secrets.update_from_service:{name}"):
+                raise PermissionDenied(
+                    f"{path}: writing secret {name!r} needs the permission "
+                    f"'secrets.update_from_service:{name}'; nothing was called",
+                    permission=f"secrets.update_from_service:{name}",
+                    secret=name,
+                )
             loaded = prepared.secrets.get(name)
             if loaded is None:
                 raise Conflict(
@@ -258,8 +266,10 @@ class Runner:
             outcome.status, outcome.http_status, outcome.error = "failed", error.status_code, error
             outcome.error_body = ctx.redactor.value(error.to_body())
             async with self.session_factory() as session, session.begin():
-                if not isinstance(error, VersionConflict):
-                    # A lost compare-and-set means someone else wrote the secret: not its fault.
+                if isinstance(error, RunFailed):
+                    # Only a failure of the refresh itself marks the secret: not a refused
+                    # pre-flight (a caller without permission must not flag it) nor a lost
+                    # compare-and-set (someone else wrote it).
                     await self._mark_targets_failed(session, prepared, outcome.error_body)
                 self._record(session, prepared, ctx, outcome, trigger, started_at, started)
         except SQLAlchemyError as exc:

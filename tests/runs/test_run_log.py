@@ -114,7 +114,7 @@ class TestFilters:
         assert entry["service"] == "tools"
         assert entry["endpoint"] == "boom"
         assert entry["trigger"] == "api"
-        assert entry["actor"] == "anonymous:anonymous"
+        assert entry["actor"] == "user:owner@example.com"
         assert entry["status"] == "failed"
         assert entry["http_status"] == 418
         assert entry["error_type"] == "thrown"
