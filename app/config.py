@@ -31,7 +31,9 @@ class Settings(BaseSettings):
         ),
     )
     encryption_keys: str | None = Field(
-        None, description="Comma-separated Fernet keys; the first encrypts, all decrypt."
+        None,
+        repr=False,
+        description="Comma-separated Fernet keys; the first encrypts, all decrypt.",
     )
     log_level: str = Field("INFO", description="Python logging level.")
     http_timeout_seconds: float = Field(
@@ -43,6 +45,7 @@ class Settings(BaseSettings):
 
     jwt_secret: str | None = Field(
         None,
+        repr=False,
         description="HS256 signing key of login tokens (32+ bytes); generated in development.",
     )
     jwt_ttl_seconds: int = Field(3600, ge=60, le=86_400, description="Lifetime of a login token.")

@@ -149,3 +149,11 @@ class TestSettings:
     def test_fewer_than_twenty_versions_kept_is_refused(self) -> None:
         with pytest.raises(ValidationError, match="versions_kept"):
             settings(versions_kept=19)
+
+
+class TestSettingsRepr:
+    def test_keys_never_show_in_repr_or_str(self) -> None:
+        settings = Settings(encryption_keys="key-canary-91c2", jwt_secret="jwt-canary-" * 4)
+        for text in (repr(settings), str(settings)):
+            assert "key-canary-91c2" not in text
+            assert "jwt-canary-" not in text

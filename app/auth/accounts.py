@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from app.auth import keys
-from app.auth.actor import Actor
+from app.auth.actor import Actor, permission_matches
 from app.auth.models import ApiKey, Role, ServiceAccount, ServiceAccountRole, User, UserRole
 from app.auth.passwords import MIN_PASSWORD_LENGTH, hash_password, verify_password
 from app.auth.permissions import ensure_may_grant, validate_permissions
@@ -50,6 +50,16 @@ def normalize_email(email: str) -> str:
 def _id(row: User | ServiceAccount | Role) -> int:
     assert row.id is not None, "the row has not been flushed"
     return row.id
+
+
+def _ensure_fit_for_anonymous(permissions: list[str]) -> None:
+    """Opening an endpoint to everyone is a choice; opening account management never is."""
+    for permission in permissions:
+        if permission_matches(permission, "accounts.manage"):
+            raise Conflict(
+                f"the anonymous role can't hold {permission!r}: callers without a credential "
+                "must never manage accounts"
+            )
 
 
 class AccountStore:
@@ -182,6 +192,8 @@ class AccountStore:
             permissions = validate_permissions(data.permissions)
             # Whoever holds this role gains what is added: only grant what you have.
             ensure_may_grant(actor, permissions, f"role {role.name!r}")
+            if role.name == ANONYMOUS_ROLE:
+                _ensure_fit_for_anonymous(permissions)
             role.permissions = permissions
         if data.description is not None:
             role.description = data.description

@@ -31,3 +31,10 @@ class Actor:
     def can(self, permission: str) -> bool:
         """Whether any held permission covers `permission`."""
         return any(permission_matches(granted, permission) for granted in self.permissions)
+
+    def may_hold_any(self, prefix: str) -> bool:
+        """Whether some permission starting with `prefix` is covered (e.g. any `services.run:`)."""
+        return any(
+            granted.startswith(prefix) or permission_matches(granted, prefix)
+            for granted in self.permissions
+        )

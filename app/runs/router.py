@@ -128,6 +128,9 @@ async def refresh_secret(
     settings: SettingsDep,
 ) -> JSONResponse:
     """Run the secret's `refresh_endpoint`; answers the run and the secret's new version."""
+    if not actor.may_hold_any("services.run:"):
+        # Refused before the lookup, so no one without run rights learns which secrets exist.
+        refuse(actor, "services.run:SLUG")
     store = SecretStore(session, keyring, settings)
     found = await store.get(secret)
     if not found.refresh_endpoint:

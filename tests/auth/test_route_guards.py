@@ -1,0 +1,238 @@
+"""Every route resolves its caller, or is public on purpose: a walk over the app's routes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.fernet import Fernet
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import iter_route_contexts
+
+from app.auth.dependencies import CurrentActor, current_actor, require
+from app.config import Settings
+from app.main import create_app
+
+# Each route that answers without a credential, and why that is safe.
+PUBLIC = {
+    # Liveness probe: load balancers and orchestrators call it without credentials; says "ok".
+    ("GET", "/healthz"): "liveness probe",
+    # Readiness probe: same callers; reveals only whether the database and keys are usable.
+    ("GET", "/readyz"): "readiness probe",
+    # Login itself: the caller has no credential yet; it answers only for a right password.
+    ("POST", "/auth/token"): "login",
+    # Swagger UI: a static page; every call it makes goes through the guarded routes.
+    ("GET", "/docs"): "API explorer page",
+    # Swagger UI's OAuth2 redirect page of the Authorize dialog: static HTML, no data.
+    ("GET", "/docs/oauth2-redirect"): "API explorer login redirect",
+    # ReDoc: a static page rendering /openapi.json.
+    ("GET", "/redoc"): "API reference page",
+    # The API's description: paths and schemas, never data; /docs needs it before login.
+    ("GET", "/openapi.json"): "API description",
+}
+# Routes guarded by `current_actor` whose permission names something from the request, so the
+# route checks it in its body (`ensure`, `ensure_can_run`); the matrix tests each of them.
+CHECKED_IN_BODY = {
+    # secrets.read:NAME, NAME from the path.
+    ("GET", "/v1/secrets/{name}/value"),
+    # services.run:SLUG or services.run:SLUG/ID, from the path.
+    ("GET", "/api/services/{slug}/{readable_id}"),
+    ("POST", "/api/services/{slug}/{readable_id}"),
+    ("PUT", "/api/services/{slug}/{readable_id}"),
+    # services.run of the secret's bound endpoint, known only once the secret is loaded.
+    ("GET", "/refresh/{secret}"),
+}
+
+
+@dataclass(frozen=True)
+class Guard:
+    """What a route depends on for authorization."""
+
+    resolves_actor: bool
+    requires_permission: bool
+
+
+def _calls(dependant: Dependant) -> Iterator[Callable[..., Any]]:
+    """Every dependency callable below a dependant, recursively."""
+    for sub in dependant.dependencies:
+        if sub.call is not None:
+            yield sub.call
+        yield from _calls(sub)
+
+
+def _is_require(call: Callable[..., Any]) -> bool:
+    return getattr(call, "__qualname__", "") == f"{require.__name__}.<locals>.check" and (
+        getattr(call, "__module__", "") == require.__module__
+    )
+
+
+def route_guards(app: FastAPI) -> dict[tuple[str, str], Guard | None]:
+    """(method, path) -> its guard, or None for a route with no dependencies (a plain Route).
+
+    `app.routes` holds included routers as wrappers; `iter_route_contexts` flattens them into
+    each route as served, with the router's own dependencies (`require(...)`) merged in.
+    """
+    guards: dict[tuple[str, str], Guard | None] = {}
+    for route in iter_route_contexts(app.routes):
+        dependant: Dependant | None = getattr(route, "dependant", None)
+        guard = None
+        if dependant is not None:
+            calls = list(_calls(dependant))
+            guard = Guard(
+                resolves_actor=current_actor in calls,
+                requires_permission=any(_is_require(call) for call in calls),
+            )
+        for method in sorted((route.methods or set()) - {"HEAD"}):
+            assert route.path is not None
+            guards[(method, route.path)] = guard
+    return guards
+
+
+def unguarded(app: FastAPI) -> list[tuple[str, str]]:
+    """Routes that don't resolve the caller and aren't in the public list."""
+    return sorted(
+        key
+        for key, guard in route_guards(app).items()
+        if key not in PUBLIC and (guard is None or not guard.resolves_actor)
+    )
+
+
+def unchecked(app: FastAPI) -> list[tuple[str, str]]:
+    """Routes that resolve the caller but check no fixed permission, and aren't listed."""
+    return sorted(
+        key
+        for key, guard in route_guards(app).items()
+        if guard is not None
+        and guard.resolves_actor
+        and not guard.requires_permission
+        and key not in CHECKED_IN_BODY
+    )
+
+
+@pytest.fixture(scope="module")
+def bare_app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
+    """The app as configured for tests, without a database: the walk only reads its routes."""
+    return create_app(
+        Settings(
+            environment="test",
+            data_dir=tmp_path_factory.mktemp("routes"),
+            encryption_keys=Fernet.generate_key().decode(),
+            jwt_secret="route-walk-" + "x" * 40,
+        )
+    )
+
+
+def _fresh_app(tmp_path: Path) -> FastAPI:
+    return create_app(
+        Settings(
+            environment="test",
+            data_dir=tmp_path,
+            encryption_keys=Fernet.generate_key().decode(),
+            jwt_secret="route-walk-" + "y" * 40,
+        )
+    )
+
+
+class TestRouteWalk:
+    def test_every_route_resolves_the_caller_or_is_public(self, bare_app: FastAPI) -> None:
+        assert unguarded(bare_app) == []
+
+    def test_every_guarded_route_requires_a_permission_or_checks_one_in_its_body(
+        self, bare_app: FastAPI
+    ) -> None:
+        assert unchecked(bare_app) == []
+
+    def test_the_lists_name_only_routes_that_exist(self, bare_app: FastAPI) -> None:
+        guards = route_guards(bare_app)
+        assert set(PUBLIC) - set(guards) == set()
+        assert CHECKED_IN_BODY - set(guards) == set()
+        assert all(guards[key] is not None for key in CHECKED_IN_BODY)
+
+    def test_the_walk_sees_every_api_route(self, bare_app: FastAPI) -> None:
+        # The walk must not miss routes behind an included router, or it would prove nothing.
+        operations = {
+            (method.upper(), path)
+            for path, items in bare_app.openapi()["paths"].items()
+            for method in items
+        }
+        assert operations <= set(route_guards(bare_app))
+        assert ("POST", "/v1/roles") in operations
+
+    def test_an_unguarded_route_fails_the_walk(self, tmp_path: Path) -> None:
+        app = _fresh_app(tmp_path)
+        leaky = APIRouter()
+
+        @leaky.get("/v1/leak")
+        async def leak() -> dict[str, str]:
+            return {}
+
+        @app.get("/v1/also-leaks")
+        async def also_leaks() -> dict[str, str]:
+            return {}
+
+        app.include_router(leaky)
+        assert unguarded(app) == [("GET", "/v1/also-leaks"), ("GET", "/v1/leak")]
+
+    def test_a_route_that_resolves_the_caller_but_checks_nothing_fails_the_walk(
+        self, tmp_path: Path
+    ) -> None:
+        app = _fresh_app(tmp_path)
+
+        @app.get("/v1/who")
+        async def who(actor: CurrentActor) -> dict[str, str]:
+            return {"who": actor.label}
+
+        assert unguarded(app) == []
+        assert unchecked(app) == [("GET", "/v1/who")]
+
+    def test_a_router_level_requirement_counts(self, tmp_path: Path) -> None:
+        app = _fresh_app(tmp_path)
+        guarded = APIRouter(dependencies=[Depends(require("runs.read"))])
+
+        @guarded.get("/v1/guarded")
+        async def fine() -> dict[str, str]:
+            return {}
+
+        app.include_router(guarded)
+        assert route_guards(app)[("GET", "/v1/guarded")] == Guard(True, True)
+        assert unguarded(app) == unchecked(app) == []
+
+
+class TestOpenAPISecurity:
+    def test_guarded_operations_offer_both_schemes_and_public_ones_none(
+        self, bare_app: FastAPI
+    ) -> None:
+        schema = bare_app.openapi()
+        assert set(schema["components"]["securitySchemes"]) == {"Login", "APIKey"}
+        for path, items in schema["paths"].items():
+            for method, operation in items.items():
+                security = operation.get("security")
+                if (method.upper(), path) in PUBLIC:
+                    assert security is None, (method, path)
+                else:
+                    assert security == [{"Login": []}, {"APIKey": []}], (method, path)
+
+
+class TestPublicRoutes:
+    @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/openapi.json", "/docs", "/redoc"])
+    async def test_answers_without_a_credential(
+        self, anonymous_client: httpx.AsyncClient, path: str
+    ) -> None:
+        response = await anonymous_client.get(path)
+        assert response.status_code == 200, response.text
+
+    async def test_the_anonymous_role_opens_a_route_on_purpose(
+        self, client: httpx.AsyncClient, anonymous_client: httpx.AsyncClient
+    ) -> None:
+        assert (await anonymous_client.get("/v1/runs")).status_code == 401
+        response = await client.patch("/v1/roles/anonymous", json={"permissions": ["runs.read"]})
+        assert response.status_code == 200, response.text
+        assert (await anonymous_client.get("/v1/runs")).status_code == 200
+        refused = await anonymous_client.get("/v1/secrets")
+        assert refused.status_code == 401
+        assert refused.headers["WWW-Authenticate"] == "Bearer"
