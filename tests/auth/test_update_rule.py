@@ -119,5 +119,10 @@ class TestUpdateRule:
         response = await caller.get("/refresh/ACCESS_TOKEN")
 
         assert response.status_code == 403, response.text
-        assert response.json()["error"]["permission"] == RUN
+        # A caller with no run permission at all is not told which endpoint the secret uses.
+        assert response.json()["error"]["permission"] == "services.run:SLUG"
+        assert token_server.state.token_requests == 0
+        direct = await caller.get("/api/services/oauth/refresh-token")
+        assert direct.status_code == 403, direct.text
+        assert direct.json()["error"]["permission"] == RUN
         assert token_server.state.token_requests == 0
