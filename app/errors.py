@@ -101,12 +101,25 @@ class VersionConflict(Conflict):
     error_type = "version_conflict"
 
 
+ErrorClass = str  # "permanent", "transient" or "rate_limited"
+
+
 class RunFailed(TokenfarmError):
-    """Base of the errors that end a run; `kind` is what a `try` node can catch."""
+    """Base of the errors that end a run; `kind` is what a `try` node can catch.
+
+    `error_class` says whether trying again could help: `transient` (5xx, 408, network,
+    timeout) and `rate_limited` (429) failures are retried by `web_request`; `permanent` ones
+    (OAuth errors such as `invalid_grant`, other 4xx, bad answers, bad bindings) never are.
+    """
 
     status_code = 502
     error_type = "run_failed"
     kind = "run_failed"
+    error_class: ErrorClass = "permanent"
+
+    def to_body(self) -> dict[str, Any]:
+        """The `error` object, with the error class."""
+        return {**super().to_body(), "error_class": self.error_class}
 
 
 class UpstreamFailed(RunFailed):
@@ -116,6 +129,23 @@ class UpstreamFailed(RunFailed):
     error_type = "upstream_error"
     kind = "upstream_error"
 
+    def __init__(
+        self,
+        message: str,
+        *,
+        upstream_status: int,
+        oauth_error: str | None = None,
+        retry_after_seconds: float | None = None,
+        **extra: Any,
+    ) -> None:
+        if oauth_error is not None:
+            extra["oauth_error"] = oauth_error
+        super().__init__(message, upstream_status=upstream_status, **extra)
+        self.upstream_status = upstream_status
+        self.oauth_error = oauth_error
+        self.retry_after_seconds = retry_after_seconds
+        self.error_class = classify_status(upstream_status, oauth_error)
+
 
 class UpstreamTimeout(RunFailed):
     """The upstream did not answer within the node's timeout."""
@@ -123,6 +153,7 @@ class UpstreamTimeout(RunFailed):
     status_code = 504
     error_type = "upstream_timeout"
     kind = "timeout"
+    error_class = "transient"
 
 
 class UpstreamUnreachable(RunFailed):
@@ -130,6 +161,15 @@ class UpstreamUnreachable(RunFailed):
 
     status_code = 502
     error_type = "upstream_unreachable"
+    kind = "network"
+    error_class = "transient"
+
+
+class EgressRefused(RunFailed):
+    """The egress guard refused a destination (a private address, a bad scheme, a redirect)."""
+
+    status_code = 502
+    error_type = "egress_refused"
     kind = "network"
 
 
@@ -160,7 +200,43 @@ class Thrown(RunFailed):
         self.status_code = status_code
 
 
+# RFC 6749 §5.2: errors that say the grant or the client itself is wrong; retrying can't help.
+PERMANENT_OAUTH_ERRORS = frozenset(
+    {
+        "invalid_grant",
+        "invalid_client",
+        "unauthorized_client",
+        "unsupported_grant_type",
+        "invalid_scope",
+        "invalid_request",
+    }
+)
+
+
+def classify_status(status: int, oauth_error: str | None = None) -> ErrorClass:
+    """The error class of an upstream answer that counts as failure."""
+    if oauth_error in PERMANENT_OAUTH_ERRORS:
+        return "permanent"
+    if status == 429:
+        return "rate_limited"
+    if status >= 500 or status == 408:
+        return "transient"
+    return "permanent"
+
+
 CATCHABLE_KINDS = ("upstream_error", "timeout", "network", "bad_response", "binding", "thrown")
+
+
+class NeedsReauth(Conflict):
+    """A secret's grant was refused (`invalid_grant`); runs wait until a person sets a value."""
+
+    error_type = "needs_reauth"
+
+
+class Superseded(Conflict):
+    """The run lost a race: a secret it read changed while it was in flight."""
+
+    error_type = "superseded"
 
 
 class MethodNotAllowed(TokenfarmError):

@@ -82,6 +82,7 @@ class Outbound:
         json: Any = None,
         content: str | None = None,
         timeout_seconds: float | None = None,
+        follow_redirects: bool = False,
     ) -> OutboundResponse:
         """Send one request and read its answer within the timeout, all in all.
 

@@ -28,7 +28,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-Fault = Literal["http_500", "html", "broken_json", "no_access_token", "invalid_client", "hang"]
+Fault = Literal[
+    "http_500",
+    "http_503",
+    "rate_limited",
+    "html",
+    "broken_json",
+    "no_access_token",
+    "invalid_client",
+    "invalid_grant",
+    "hang",
+]
 FAULTS: Final[frozenset[str]] = frozenset(get_args(Fault))
 
 TOKEN_PATH: Final = "/oauth/token"  # noqa: S105 -- a URL path, not a credential
@@ -116,7 +126,10 @@ class TokenServerState:
         # OAuth 2.0 Security BCP: on refresh-token reuse the server cannot tell the thief from
         # the client, so revoking the family's access tokens too is the conservative default.
         self.revoke_access_tokens_on_reuse = True
+        # Seconds sent in Retry-After with the `rate_limited` and `http_503` faults.
+        self.retry_after_seconds: int | None = 1
         self._fault: str | None = None
+        self._queued_faults: list[str] = []
         self._token_requests = 0
         self._requests: list[dict[str, Any]] = []
         self._families: dict[str, _Family] = {}
@@ -136,6 +149,20 @@ class TokenServerState:
         if value is not None and value not in FAULTS:
             raise ValueError(f"unknown fault {value!r}; expected one of {sorted(FAULTS)}")
         self._fault = value
+
+    def queue_faults(self, *faults: str) -> None:
+        """Answer the next requests with these faults, one each, then behave as `fault` says."""
+        unknown = [fault for fault in faults if fault not in FAULTS]
+        if unknown:
+            raise ValueError(f"unknown faults {unknown}; expected some of {sorted(FAULTS)}")
+        with self._lock:
+            self._queued_faults.extend(faults)
+
+    def _next_fault(self) -> str | None:
+        with self._lock:
+            if self._queued_faults:
+                return self._queued_faults.pop(0)
+        return self._fault
 
     def add_client(self, client_id: str, client_secret: str) -> None:
         """Register (or re-key) a confidential client."""
@@ -430,10 +457,19 @@ def _error_response(error: OAuthError, headers: dict[str, str] | None = None) ->
     return _json(body, status=error.status, headers=extra)
 
 
-def _fault_response(fault: str | None, credentials: _Credentials) -> Response | None:
+def _fault_response(
+    fault: str | None, credentials: _Credentials, retry_after_seconds: int | None
+) -> Response | None:
     """The canned answer for a fault, or None when the request should be processed."""
+    retry_after = {} if retry_after_seconds is None else {"Retry-After": str(retry_after_seconds)}
     if fault == "http_500":
         return _json({"error": "server_error"}, status=500)
+    if fault == "http_503":
+        return _json({"error": "temporarily_unavailable"}, status=503, headers=retry_after)
+    if fault == "rate_limited":
+        return _json({"error": "slow_down"}, status=429, headers=retry_after)
+    if fault == "invalid_grant":
+        return _error_response(OAuthError("invalid_grant", "the refresh token is not valid"))
     if fault == "html":
         html = "<html><body><h1>Service temporarily unavailable</h1></body></html>"
         return Response(html, media_type="text/html", headers=NO_STORE_HEADERS)
@@ -517,7 +553,7 @@ def create_token_server(state: TokenServerState) -> ASGIApp:
         credentials = _parse_credentials(request, form)
         if form_problem is not None:
             credentials = replace(credentials, problem=form_problem)
-        fault = state.fault
+        fault = state._next_fault()
         entry: dict[str, Any] = {
             "grant_type": _single(form, "grant_type"),
             "client_id": credentials.client_id,
@@ -534,7 +570,7 @@ def create_token_server(state: TokenServerState) -> ASGIApp:
 
         if state.latency_seconds > 0:
             await asyncio.sleep(state.latency_seconds)
-        response = _fault_response(fault, credentials)
+        response = _fault_response(fault, credentials, state.retry_after_seconds)
         if response is not None:
             state._finish_request(entry, response.status_code, f"fault:{fault}")
             return response

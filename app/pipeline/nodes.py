@@ -185,6 +185,7 @@ class WebRequest:
             json=json_body,
             content=content,
             timeout_seconds=node.timeout_seconds,
+            follow_redirects=node.follow_redirects,
         )
         ctx.response = response
         ctx.response_json = self._json_or_none(response.content)

@@ -131,6 +131,20 @@ class RequestBody(Strict):
         return self
 
 
+class RetryPolicy(Strict):
+    """How a `web_request` retries transient (5xx, 408, network, timeout) and rate-limited (429)
+    failures: exponential backoff with jitter, honouring `Retry-After` up to `max_delay_seconds`.
+    Permanent failures (other 4xx, OAuth errors such as `invalid_grant`) are never retried."""
+
+    attempts: int = Field(3, ge=1, le=10, description="Attempts in all; 1 turns retrying off.")
+    base_delay_seconds: float = Field(
+        0.5, ge=0, le=60, description="Delay before the first retry; doubles each retry."
+    )
+    max_delay_seconds: float = Field(
+        30, ge=0, le=300, description="Cap on any one delay, Retry-After included."
+    )
+
+
 # --- nodes ------------------------------------------------------------------------------------
 
 
@@ -165,6 +179,10 @@ class WebRequestNode(NodeBase):
     )
     result_mapping: dict[Annotated[str, Field(pattern=VARIABLE_NAME_PATTERN)], str] = Field(
         default_factory=dict, description="variable -> JSONPath into the response body"
+    )
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    follow_redirects: bool = Field(
+        False, description="Follow 3xx redirects (each hop passes the egress guard)."
     )
 
 

@@ -606,7 +606,7 @@ class TestFaults:
 
     def test_unknown_fault_name_is_rejected(self, state: TokenServerState) -> None:
         with pytest.raises(ValueError, match="unknown fault"):
-            state.fault = "http_503"
+            state.fault = "http_418"
 
 
 class TestIntrospection:

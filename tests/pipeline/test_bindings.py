@@ -141,7 +141,7 @@ class TestPaths:
 
     def test_error_only_inside_a_catch(self, ctx: RunContext) -> None:
         assert ctx.render("{{ error.type }}") is None
-        ctx.error = UpstreamFailed("GET example.com/x answered 500")
+        ctx.error = UpstreamFailed("GET example.com/x answered 500", upstream_status=500)
         assert ctx.render("{{ error.type }}") == "upstream_error"
         assert ctx.render("{{ error.kind }}") == "upstream_error"
         assert ctx.render("{{ error.message }}") == "GET example.com/x answered 500"
