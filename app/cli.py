@@ -136,6 +136,7 @@ def demo(
     import uvicorn
 
     from app.demo.loopback import LoopbackServer
+    from app.demo.seed import demo_settings
     from app.demo.token_server import TokenServerState, create_token_server
     from app.main import create_app
 
@@ -150,7 +151,8 @@ def demo(
                     f"{token_server.url}/oauth/token", state.issue_refresh_token("demo-client")
                 )
             )
-            app = create_app(get_settings())
+            # The bundled token server listens on loopback, which the egress guard refuses.
+            app = create_app(demo_settings(get_settings()))
         except TokenfarmError as exc:
             _fail(exc.message)
         base = f"http://127.0.0.1:{port}"
@@ -238,6 +240,43 @@ def _run_accounts(work: Any) -> Any:
         _fail(exc.message)
     except ValidationError as exc:
         _fail("; ".join(str(e["msg"]) for e in exc.errors()))
+
+
+runs_cli = typer.Typer(help="The run log, and recovering runs whose answer was not stored.")
+cli.add_typer(runs_cli, name="runs")
+
+
+async def _recover(run_id: str, force: bool) -> Any:
+    from app.crypto import load_keyring
+    from app.db import create_engine, session_factory
+    from app.runs.recovery import Recovery
+
+    settings = get_settings()
+    keyring = load_keyring(settings)
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            recovery = Recovery(session, keyring, settings)
+            return await recovery.recover(run_id, actor=SYSTEM_ACTOR.label, force=force)
+    finally:
+        await engine.dispose()
+
+
+@runs_cli.command("recover")
+def recover_run(
+    run_id: Annotated[str, typer.Argument(help="The run's id (see GET /v1/runs?status=...).")],
+    force: Annotated[
+        bool, typer.Option(help="Write even over secrets that changed since the run began.")
+    ] = False,
+) -> None:
+    """Write what a run's upstream answered when storing it failed or the process died."""
+    try:
+        result = asyncio.run(_recover(run_id, force))
+    except TokenfarmError as exc:
+        _fail(exc.message)
+    for written in result.written:
+        typer.echo(f"{written.secret}: version {written.version}")
+    typer.echo(f"run {run_id} recovered")
 
 
 def main() -> None:

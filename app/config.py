@@ -6,8 +6,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.outbound import EgressAllowList
 
 Environment = Literal["development", "test", "staging", "production"]
 
@@ -39,8 +41,22 @@ class Settings(BaseSettings):
     http_timeout_seconds: float = Field(
         30.0, gt=0, le=300, description="Default timeout of an outbound request."
     )
+    run_deadline_seconds: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="A run's overall deadline: retries that would end later are not started.",
+    )
     versions_kept: int = Field(
         20, ge=20, le=10_000, description="Versions kept per secret and environment (at least 20)."
+    )
+    egress_allow: str = Field(
+        "",
+        description=(
+            "Comma-separated CIDRs and host names that runs may reach although the egress guard "
+            "refuses them by default (loopback, private, link-local...), plain http included; "
+            "e.g. `127.0.0.0/8,::1,tokens.internal`."
+        ),
     )
 
     jwt_secret: str | None = Field(
@@ -49,6 +65,13 @@ class Settings(BaseSettings):
         description="HS256 signing key of login tokens (32+ bytes); generated in development.",
     )
     jwt_ttl_seconds: int = Field(3600, ge=60, le=86_400, description="Lifetime of a login token.")
+
+    @field_validator("egress_allow")
+    @classmethod
+    def _egress_allow_is_valid(cls, value: str) -> str:
+        """A bad entry stops start-up with a `ConfigurationError` that names it."""
+        EgressAllowList.parse(value)
+        return value
 
     @property
     def resolved_database_url(self) -> str:

@@ -76,6 +76,17 @@ def create_engine(url: str) -> AsyncEngine:
     return engine
 
 
+def create_lock_engine(engine: AsyncEngine) -> AsyncEngine | None:
+    """On PostgreSQL, a second pool for runs' advisory locks (None on SQLite).
+
+    A run holds its endpoint's lock on a connection for its whole turn; a pool of their own
+    means waiting runs can never take every connection the short data transactions need.
+    """
+    if engine.dialect.name != "postgresql":
+        return None
+    return create_async_engine(engine.url, pool_pre_ping=True, pool_size=10, max_overflow=40)
+
+
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions that keep loaded objects usable after commit."""
     return async_sessionmaker(engine, expire_on_commit=False)

@@ -13,11 +13,12 @@ from app.auth.router import router as accounts_router
 from app.auth.tokens import TokenService, load_jwt_secret
 from app.config import Settings, get_settings
 from app.crypto import load_keyring
-from app.db import create_engine, session_factory
+from app.db import create_engine, create_lock_engine, session_factory
 from app.handlers import install_error_handlers
 from app.health import router as health_router
 from app.logs import configure_logging
 from app.outbound import Outbound
+from app.presets.router import router as presets_router
 from app.runs.router import router as runs_router
 from app.runs.runner import Runner
 from app.secrets.router import router as secrets_router
@@ -42,15 +43,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings.resolved_database_url)
-        outbound = Outbound(default_timeout_seconds=settings.http_timeout_seconds)
+        outbound = Outbound(
+            default_timeout_seconds=settings.http_timeout_seconds,
+            egress_allow=settings.egress_allow,
+        )
         factory = session_factory(engine)
         app.state.engine = engine
         app.state.session_factory = factory
-        app.state.runner = Runner(factory, keyring, outbound, settings)
+        lock_engine = create_lock_engine(engine)
+        runner = Runner(factory, keyring, outbound, settings, lock_engine=lock_engine)
+        app.state.runner = runner
         try:
             yield
         finally:
+            # A run in flight may hold a rotated token its upstream just sent: let it store it.
+            await runner.drain(timeout_seconds=settings.http_timeout_seconds)
             await outbound.aclose()
+            if lock_engine is not None:
+                await lock_engine.dispose()
             await engine.dispose()
 
     app = FastAPI(
@@ -70,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         accounts_router,
         secrets_router,
         services_router,
+        presets_router,
         runs_router,
     ):
         app.include_router(router)

@@ -153,7 +153,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
-    """Settings for the `test` environment with a fresh encryption key."""
+    """Settings for the `test` environment with a fresh encryption key.
+
+    Every upstream of the tests is a loopback server, which the egress guard refuses by default.
+    """
     return Settings(
         environment="test",
         data_dir=tmp_path,
@@ -161,6 +164,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         encryption_keys=Fernet.generate_key().decode(),
         jwt_secret=secrets.token_urlsafe(48),
         log_level="DEBUG",
+        egress_allow="127.0.0.0/8,::1",
     )
 
 
@@ -267,6 +271,8 @@ def canonical_action(token_url: str) -> list[dict[str, Any]]:
     action = copy.deepcopy(CANONICAL_ACTION_EXAMPLE)
     action[1]["url"] = token_url
     action[1]["timeout_seconds"] = 1
+    # The default policy's backoff (0.5 s, doubling), shortened so fault tests stay quick.
+    action[1]["retry"] = {"attempts": 3, "base_delay_seconds": 0.05, "max_delay_seconds": 5}
     return action
 
 

@@ -43,6 +43,13 @@ def demo_action(token_url: str) -> list[dict[str, Any]]:
     return action
 
 
+def demo_settings(settings: Settings) -> Settings:
+    """The settings with the bundled token server (on 127.0.0.1) opened in the egress guard."""
+    entries = [entry for entry in settings.egress_allow.split(",") if entry.strip()]
+    allow = ",".join([*entries, "127.0.0.1"])
+    return settings.model_copy(update={"egress_allow": allow})
+
+
 async def seed_demo(
     session: AsyncSession,
     keyring: Keyring,

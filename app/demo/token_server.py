@@ -1,5 +1,9 @@
 """A real RFC 6749 token endpoint with strict refresh-token rotation and fault injection.
 
+Besides client secrets it speaks RFC 7523: the JWT-bearer grant (as Google service accounts use
+it) and `private_key_jwt` client authentication, verifying each assertion's signature against a
+registered public key. `/{tenant}/oauth2/v2.0/token` answers like Microsoft Entra ID.
+
 Tests start it on loopback (see ``app.demo.loopback.LoopbackServer``) and drive it through a
 shared ``TokenServerState``; ``python -m app.demo.token_server`` serves it for local demos.
 """
@@ -11,6 +15,7 @@ import asyncio
 import base64
 import binascii
 import hmac
+import json
 import secrets
 import sys
 import threading
@@ -22,6 +27,8 @@ from typing import Any, Final, Literal, get_args
 from urllib.parse import parse_qsl, unquote_plus
 
 import uvicorn
+from jose import jws, jwt
+from jose.exceptions import JOSEError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -43,8 +50,16 @@ FAULTS: Final[frozenset[str]] = frozenset(get_args(Fault))
 
 TOKEN_PATH: Final = "/oauth/token"  # noqa: S105 -- a URL path, not a credential
 INTROSPECT_PATH: Final = "/oauth/introspect"
+# Microsoft Entra ID's v2.0 token endpoint, one per tenant.
+ENTRA_TOKEN_PATH: Final = "/{tenant}/oauth2/v2.0/token"  # noqa: S105 -- a URL path
 FORM_MEDIA_TYPE: Final = "application/x-www-form-urlencoded"
-SUPPORTED_GRANTS: Final = frozenset({"refresh_token", "client_credentials"})
+JWT_BEARER_GRANT: Final = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+CLIENT_ASSERTION_TYPE: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+SUPPORTED_GRANTS: Final = frozenset({"refresh_token", "client_credentials", JWT_BEARER_GRANT})
+# Assertions: accepted clock skew, and the longest lifetime accepted (Google's limit).
+CLOCK_SKEW_SECONDS: Final = 60
+MAX_ASSERTION_LIFETIME_SECONDS: Final = 3600
+ASSERTION_ALGORITHMS: Final = ("RS256", "ES256")
 
 # RFC 6749 §5.1: token responses carry credentials and must never be cached.
 NO_STORE_HEADERS: Final = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -100,7 +115,18 @@ class _AccessToken:
     expires_at: float
     audience: str | None = None
     resource: tuple[str, ...] = ()
+    subject: str | None = None
     revoked: bool = False
+
+
+@dataclass(frozen=True)
+class _PublicKey:
+    """A registered verification key: the JWT `alg` it goes with and its optional `kid`."""
+
+    pem: str = field(repr=False)
+    algorithm: str
+    key_id: str | None = None
+    scopes: tuple[str, ...] | None = None
 
 
 class TokenServerState:
@@ -135,6 +161,11 @@ class TokenServerState:
         self._families: dict[str, _Family] = {}
         self._refresh_tokens: dict[str, _RefreshToken] = {}
         self._access_tokens: dict[str, _AccessToken] = {}
+        # RFC 7523: issuers of JWT-bearer grants (service accounts) and clients that
+        # authenticate with private_key_jwt, each with a public key; jti values already used.
+        self._jwt_issuers: dict[str, _PublicKey] = {}
+        self._client_keys: dict[str, _PublicKey] = {}
+        self._used_jtis: dict[str, float] = {}
 
     # -- configuration -------------------------------------------------------------------
 
@@ -169,10 +200,44 @@ class TokenServerState:
         with self._lock:
             self.clients[client_id] = client_secret
 
+    def add_jwt_issuer(
+        self,
+        issuer: str,
+        public_key_pem: str,
+        *,
+        key_id: str | None = None,
+        algorithm: str = "RS256",
+        scopes: Sequence[str] | None = None,
+    ) -> None:
+        """Accept JWT-bearer grants signed by this issuer's key (a service account's email).
+
+        With `key_id` the assertion's header must name it; with `scopes` only those may be asked.
+        """
+        if algorithm not in ASSERTION_ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ASSERTION_ALGORITHMS}")
+        with self._lock:
+            self._jwt_issuers[issuer] = _PublicKey(
+                public_key_pem, algorithm, key_id, tuple(scopes) if scopes is not None else None
+            )
+
+    def add_client_key(
+        self,
+        client_id: str,
+        public_key_pem: str,
+        *,
+        key_id: str | None = None,
+        algorithm: str = "RS256",
+    ) -> None:
+        """Register a client that authenticates with `private_key_jwt` (RFC 7523 §2.2)."""
+        if algorithm not in ASSERTION_ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ASSERTION_ALGORITHMS}")
+        with self._lock:
+            self._client_keys[client_id] = _PublicKey(public_key_pem, algorithm, key_id)
+
     def issue_refresh_token(self, client_id: str, scope: str = "read") -> str:
         """Start a new refresh-token family for `client_id` and return its first token."""
         with self._lock:
-            if client_id not in self.clients:
+            if client_id not in self.clients and client_id not in self._client_keys:
                 raise ValueError(f"unknown client_id {client_id!r}; call add_client first")
             family_id = uuid.uuid4().hex
             self._families[family_id] = _Family(client_id=client_id, scope=_split_scope(scope))
@@ -189,9 +254,11 @@ class TokenServerState:
     @property
     def requests(self) -> list[dict[str, Any]]:
         """A snapshot of per-request records (no secret values) for /oauth/token POSTs."""
-        # Keys: grant_type, client_id, auth_method ("basic"/"post"/None), fields (names as
-        # sent), scope, audience, resource (list), fault, status, error ("fault:<name>" for
-        # injected faults). Values of secrets and tokens are deliberately never recorded.
+        # Keys: path, tenant (Entra path only), grant_type, client_id, auth_method ("basic",
+        # "post", "private_key_jwt" or None), fields (names as sent), scope, audience, resource
+        # (list), fault, status, error ("fault:<name>" for injected faults), and once verified
+        # `assertion` / `client_assertion`: {"header": {...}, "claims": {...}} of the JWT.
+        # Values of secrets and tokens (assertions included) are deliberately never recorded.
         with self._lock:
             return [dict(entry) for entry in self._requests]
 
@@ -219,6 +286,8 @@ class TokenServerState:
                 }
                 if access.audience is not None:
                     answer["aud"] = access.audience
+                if access.subject is not None:
+                    answer["sub"] = access.subject
                 return answer
             refresh = self._refresh_tokens.get(token)
             if refresh is not None:
@@ -252,6 +321,11 @@ class TokenServerState:
             entry["status"] = status
             entry["error"] = error
 
+    def _annotate(self, entry: dict[str, Any], **fields: Any) -> None:
+        """Add fields to a recorded request (under the lock: tests may be copying it)."""
+        with self._lock:
+            entry.update(fields)
+
     def _authenticate(self, client_id: str, client_secret: str) -> bool:
         with self._lock:
             expected = self.clients.get(client_id)
@@ -259,6 +333,84 @@ class TokenServerState:
         candidate = (expected if expected is not None else secrets.token_urlsafe(16)).encode()
         matches = hmac.compare_digest(candidate, client_secret.encode())
         return expected is not None and matches
+
+    def _verify_assertion(
+        self,
+        assertion: str,
+        *,
+        keys: Literal["issuer", "client"],
+        token_url: str,
+        error: OAuthError,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(header, claims) of an assertion signed by a registered key, checked per RFC 7523 §3.
+
+        `error` is what any failure answers (its description is replaced by the reason).
+        """
+
+        def refuse(reason: str) -> OAuthError:
+            return OAuthError(error.error, reason, status=error.status)
+
+        try:
+            header = jwt.get_unverified_header(assertion)
+            unverified = jwt.get_unverified_claims(assertion)
+        except JOSEError:
+            raise refuse("the assertion is not a JWT") from None
+        if not isinstance(unverified, dict):
+            raise refuse("the assertion's claims are not a JSON object")
+        issuer = unverified.get("iss")
+        with self._lock:
+            registry = self._jwt_issuers if keys == "issuer" else self._client_keys
+            key = registry.get(issuer) if isinstance(issuer, str) else None
+        if key is None:
+            raise refuse("the assertion's issuer has no registered key")
+        if header.get("alg") != key.algorithm:
+            raise refuse(f"the assertion must be signed with {key.algorithm}")
+        if key.key_id is not None and header.get("kid") != key.key_id:
+            raise refuse("the assertion's kid does not name the registered key")
+        try:
+            payload = jws.verify(assertion, key.pem, algorithms=[key.algorithm])
+            claims = json.loads(payload)
+        except (JOSEError, ValueError):
+            raise refuse("the assertion's signature does not verify") from None
+        now = time.time()
+        audience = claims.get("aud")
+        audiences = audience if isinstance(audience, list) else [audience]
+        if token_url not in audiences:
+            raise refuse("the assertion's aud is not this token endpoint")
+        expires_at, issued_at = claims.get("exp"), claims.get("iat")
+        if not _is_number(expires_at):
+            raise refuse("the assertion has no exp")
+        if expires_at <= now - CLOCK_SKEW_SECONDS:
+            raise refuse("the assertion has expired")
+        if issued_at is not None or keys == "issuer":
+            if not _is_number(issued_at):
+                raise refuse("the assertion has no iat")
+            if issued_at > now + CLOCK_SKEW_SECONDS:
+                raise refuse("the assertion's iat is in the future")
+            if expires_at - issued_at > MAX_ASSERTION_LIFETIME_SECONDS:
+                raise refuse(
+                    f"the assertion may live at most {MAX_ASSERTION_LIFETIME_SECONDS} seconds"
+                )
+        jti = claims.get("jti")
+        if keys == "client" and not isinstance(jti, str):
+            raise refuse("the client assertion has no jti")
+        if jti is not None:
+            with self._lock:
+                self._used_jtis = {j: t for j, t in self._used_jtis.items() if t > now}
+                if jti in self._used_jtis:
+                    raise refuse("the assertion's jti was already used")
+                self._used_jtis[str(jti)] = float(expires_at) + CLOCK_SKEW_SECONDS
+        if keys == "issuer":
+            allowed = key.scopes
+            claims_scope = claims.get("scope")
+            if allowed is not None and isinstance(claims_scope, str):
+                if not set(_split_scope(claims_scope)) <= set(allowed):
+                    raise OAuthError("invalid_scope", "the assertion asks for a scope not granted")
+        return {k: header[k] for k in ("alg", "kid", "typ") if k in header}, claims
+
+    def _issue_for_assertion(self, issuer: str, subject: str | None, scope: str) -> dict[str, Any]:
+        with self._lock:
+            return self._new_access_token_locked(issuer, scope, subject=subject)
 
     def _redeem_refresh_token(
         self, client_id: str, refresh_token: str, requested_scope: tuple[str, ...] | None
@@ -318,6 +470,7 @@ class TokenServerState:
         family: _Family | None = None,
         audience: str | None = None,
         resource: tuple[str, ...] = (),
+        subject: str | None = None,
     ) -> dict[str, Any]:
         expires_in = self.expires_in
         now = time.time()
@@ -329,6 +482,7 @@ class TokenServerState:
             expires_at=now + expires_in,
             audience=audience,
             resource=resource,
+            subject=subject,
         )
         if family is not None:
             family.access_tokens.append(token)
@@ -350,11 +504,17 @@ class TokenServerState:
 class _Credentials:
     """Client credentials as presented; the secret is kept out of repr on purpose."""
 
-    method: Literal["basic", "post"] | None
+    method: Literal["basic", "post", "private_key_jwt"] | None
     client_id: str | None
     client_secret: str | None = field(default=None, repr=False)
+    client_assertion: str | None = field(default=None, repr=False)
     basic_attempted: bool = False
     problem: OAuthError | None = None
+
+
+def _is_number(value: Any) -> bool:
+    """A JSON number (NumericDate), not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _split_scope(scope: str) -> tuple[str, ...]:
@@ -407,6 +567,8 @@ def _parse_credentials(request: Request, form: dict[str, list[str]]) -> _Credent
     header = request.headers.get("authorization")
     body_id = _single(form, "client_id")
     body_secret = _single(form, "client_secret")
+    if "client_assertion" in form or "client_assertion_type" in form:
+        return _assertion_credentials(form, body_id, header is not None or body_secret is not None)
     if header is None:
         if body_secret is not None:
             return _Credentials("post", body_id, body_secret)
@@ -443,6 +605,34 @@ def _parse_credentials(request: Request, form: dict[str, list[str]]) -> _Credent
         problem = OAuthError("invalid_request", "client_id in the body differs from HTTP Basic")
         return _Credentials("basic", client_id, basic_attempted=True, problem=problem)
     return _Credentials("basic", client_id, client_secret, basic_attempted=True)
+
+
+def _assertion_credentials(
+    form: dict[str, list[str]], body_id: str | None, other_method: bool
+) -> _Credentials:
+    """`private_key_jwt` credentials (RFC 7523 §2.2); the signature is checked later."""
+    assertion = _single(form, "client_assertion")
+    problem = None
+    if other_method:
+        problem = OAuthError(
+            "invalid_request", "use one client authentication method, not a client_assertion too"
+        )
+    elif _single(form, "client_assertion_type") != CLIENT_ASSERTION_TYPE:
+        problem = OAuthError(
+            "invalid_client",
+            f"client_assertion_type must be {CLIENT_ASSERTION_TYPE}",
+            status=401,
+        )
+    elif assertion is None:
+        problem = OAuthError("invalid_request", "client_assertion_type without client_assertion")
+    client_id = body_id
+    if client_id is None and assertion is not None:
+        try:
+            subject = jwt.get_unverified_claims(assertion).get("sub")
+        except (JOSEError, AttributeError):
+            subject = None
+        client_id = subject if isinstance(subject, str) else None
+    return _Credentials("private_key_jwt", client_id, client_assertion=assertion, problem=problem)
 
 
 def _json(
@@ -490,8 +680,80 @@ def _fault_response(
     return None
 
 
+def _authenticate_client(
+    state: TokenServerState,
+    credentials: _Credentials,
+    token_url: str,
+    entry: dict[str, Any],
+) -> str:
+    """The authenticated client's id: a secret (Basic or body) or a signed client assertion."""
+    if credentials.method is None or credentials.client_id is None:
+        raise OAuthError("invalid_client", "client authentication required", status=401)
+    if credentials.method == "private_key_jwt":
+        assert credentials.client_assertion is not None  # _assertion_credentials checked it
+        failure = OAuthError("invalid_client", "", status=401)
+        header, claims = state._verify_assertion(
+            credentials.client_assertion, keys="client", token_url=token_url, error=failure
+        )
+        # RFC 7523 §3 (as §2.2 uses it): iss and sub are both the client's id.
+        if claims.get("iss") != credentials.client_id or claims.get("sub") != claims.get("iss"):
+            raise OAuthError(
+                "invalid_client",
+                "the client assertion's iss and sub must be the client_id",
+                status=401,
+            )
+        state._annotate(entry, client_assertion={"header": header, "claims": claims})
+        return credentials.client_id
+    if not state._authenticate(credentials.client_id, credentials.client_secret or ""):
+        raise OAuthError(
+            "invalid_client",
+            "client authentication failed",
+            status=401,
+            challenge=credentials.method == "basic",
+        )
+    return credentials.client_id
+
+
+def _jwt_bearer_grant(
+    state: TokenServerState,
+    form: dict[str, list[str]],
+    token_url: str,
+    entry: dict[str, Any],
+) -> dict[str, Any]:
+    """RFC 7523 §2.1: an access token for the issuer (or `sub`) of a signed assertion."""
+    assertion = _single(form, "assertion")
+    if assertion is None:
+        raise OAuthError("invalid_request", "missing assertion")
+    failure = OAuthError("invalid_grant", "")
+    header, claims = state._verify_assertion(
+        assertion, keys="issuer", token_url=token_url, error=failure
+    )
+    state._annotate(entry, assertion={"header": header, "claims": claims})
+    # Google puts the scope in the assertion; RFC 7523 §2.1 in the request. Either will do.
+    scope = claims.get("scope") if isinstance(claims.get("scope"), str) else _single(form, "scope")
+    if not scope:
+        raise OAuthError("invalid_scope", "the assertion or the request must name a scope")
+    subject = claims.get("sub")
+    delegated = subject if isinstance(subject, str) and subject != claims["iss"] else None
+    return state._issue_for_assertion(claims["iss"], delegated, " ".join(_split_scope(scope)))
+
+
+def _check_entra_scope(requested_scope: tuple[str, ...] | None) -> None:
+    """Entra ID's v2.0 client-credentials rule: the scope is a resource's `/.default`."""
+    if not requested_scope:
+        raise OAuthError("invalid_request", "the 'scope' parameter is required")
+    if not all(scope.endswith("/.default") for scope in requested_scope):
+        raise OAuthError("invalid_scope", "client credentials need a scope ending in /.default")
+
+
 def _process(
-    state: TokenServerState, form: dict[str, list[str]], credentials: _Credentials
+    state: TokenServerState,
+    form: dict[str, list[str]],
+    credentials: _Credentials,
+    *,
+    token_url: str,
+    entry: dict[str, Any],
+    tenant: str | None = None,
 ) -> dict[str, Any]:
     """Validate a well-formed token request and perform its grant."""
     if credentials.problem is not None:
@@ -500,16 +762,10 @@ def _process(
     if grant_type is None:
         raise OAuthError("invalid_request", "missing grant_type")
 
-    if credentials.method is None or credentials.client_id is None:
-        raise OAuthError("invalid_client", "client authentication required", status=401)
-    if not state._authenticate(credentials.client_id, credentials.client_secret or ""):
-        raise OAuthError(
-            "invalid_client",
-            "client authentication failed",
-            status=401,
-            challenge=credentials.method == "basic",
-        )
-    client_id = credentials.client_id
+    if grant_type == JWT_BEARER_GRANT and credentials.method is None:
+        # RFC 7523 §3.1: the JWT-bearer grant may come without client authentication.
+        return _jwt_bearer_grant(state, form, token_url, entry)
+    client_id = _authenticate_client(state, credentials, token_url, entry)
 
     if grant_type not in SUPPORTED_GRANTS:
         raise OAuthError("unsupported_grant_type", f"grant_type {grant_type!r} is not supported")
@@ -518,11 +774,15 @@ def _process(
 
     scope_param = _single(form, "scope")
     requested_scope = _split_scope(scope_param) if scope_param is not None else None
+    if grant_type == JWT_BEARER_GRANT:
+        return _jwt_bearer_grant(state, form, token_url, entry)
     if grant_type == "refresh_token":
         refresh_token = _single(form, "refresh_token")
         if refresh_token is None:
             raise OAuthError("invalid_request", "missing refresh_token")
         return state._redeem_refresh_token(client_id, refresh_token, requested_scope)
+    if tenant is not None:
+        _check_entra_scope(requested_scope)
     return state._issue_client_credentials(
         client_id,
         requested_scope,
@@ -532,7 +792,8 @@ def _process(
 
 
 def create_token_server(state: TokenServerState) -> ASGIApp:
-    """Build the ASGI app serving /oauth/token and /oauth/introspect from `state`."""
+    """Build the ASGI app serving /oauth/token, /oauth/introspect and the Entra-style
+    /{tenant}/oauth2/v2.0/token from `state`."""
 
     async def token_endpoint(request: Request) -> Response:
         if request.method != "POST":
@@ -554,7 +815,10 @@ def create_token_server(state: TokenServerState) -> ASGIApp:
         if form_problem is not None:
             credentials = replace(credentials, problem=form_problem)
         fault = state._next_fault()
+        tenant = request.path_params.get("tenant")
         entry: dict[str, Any] = {
+            "path": request.url.path,
+            "tenant": tenant,
             "grant_type": _single(form, "grant_type"),
             "client_id": credentials.client_id,
             "auth_method": credentials.method,
@@ -578,8 +842,12 @@ def create_token_server(state: TokenServerState) -> ASGIApp:
             # Answers normally afterwards, so a client that gave up still loses its token.
             await asyncio.sleep(state.hang_seconds)
 
+        # What an assertion's `aud` must name: this endpoint's own URL, as the client called it.
+        token_url = f"{request.url.scheme}://{request.url.netloc}{request.url.path}"
         try:
-            body = _process(state, form, credentials)
+            body = _process(
+                state, form, credentials, token_url=token_url, entry=entry, tenant=tenant
+            )
         except OAuthError as exc:
             state._finish_request(entry, exc.status, exc.error)
             return _error_response(exc)
@@ -603,6 +871,7 @@ def create_token_server(state: TokenServerState) -> ASGIApp:
             # Every method is routed here so non-POSTs get an RFC-shaped 405, not plain text.
             Route(TOKEN_PATH, token_endpoint, methods=_ALL_METHODS),
             Route(INTROSPECT_PATH, introspect_endpoint, methods=["POST"]),
+            Route(ENTRA_TOKEN_PATH, token_endpoint, methods=_ALL_METHODS),
         ]
     )
     app.state.token_server = state

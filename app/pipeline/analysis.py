@@ -16,6 +16,7 @@ from app.pipeline.nodes import compile_jsonpath
 from app.pipeline.schemas import (
     ACTION_ADAPTER,
     IfNode,
+    SignJwtNode,
     TryNode,
     UpdateObjectNode,
     UpdateSecretNode,
@@ -59,9 +60,15 @@ def binding_paths(nodes: list[Any], root: str = "action") -> Iterator[tuple[str,
                 raise ActionInvalid(f"{path}{where}", str(exc)) from None
 
 
+def signing_keys(nodes: list[Any]) -> list[tuple[str, str]]:
+    """(node path, secret name) of every `sign_jwt` key."""
+    return [(path, node.key_secret) for path, node in walk(nodes) if isinstance(node, SignJwtNode)]
+
+
 def referenced_secrets(nodes: list[Any]) -> set[str]:
-    """Names of every secret the action reads through a binding or writes."""
+    """Names of every secret the action reads (through a binding or as a signing key) or writes."""
     names = {segments[1] for _, segments in binding_paths(nodes) if segments[0] == "secrets"}
+    names |= {name for _, name in signing_keys(nodes)}
     return names | {name for _, name in update_targets(nodes)}
 
 
@@ -73,6 +80,8 @@ def assigned_variables(nodes: list[Any]) -> set[str]:
             names.update(node.values)
         elif isinstance(node, WebRequestNode):
             names.update(node.result_mapping)
+        elif isinstance(node, SignJwtNode):
+            names.add(node.into)
     return names
 
 
@@ -100,6 +109,10 @@ def validate_action(
         if isinstance(node, UpdateSecretNode) and node.secret not in known_secrets:
             raise ActionInvalid(
                 f"{path}.secret", f"unknown secret {node.secret!r} (create it first)"
+            )
+        if isinstance(node, SignJwtNode) and node.key_secret not in known_secrets:
+            raise ActionInvalid(
+                f"{path}.key_secret", f"unknown secret {node.key_secret!r} (create it first)"
             )
         if isinstance(node, WebRequestNode):
             for variable, expression in node.result_mapping.items():

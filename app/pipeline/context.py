@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -99,6 +100,9 @@ class RunContext:
     secrets: dict[str, Any]
     request: RequestData = field(default_factory=RequestData)
     clock: Callable[[], float] = time.time
+    # The run's overall deadline on `time.monotonic()`; retries never start past it.
+    deadline: float = field(default_factory=lambda: time.monotonic() + 120.0)
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     response: OutboundResponse | None = None
     response_json: Any = None
     writes: dict[str, PendingWrite] = field(default_factory=dict)

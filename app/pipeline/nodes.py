@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 import time
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -14,7 +16,14 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 from jsonpath_ng import JSONPath
 from jsonpath_ng.ext import parse as parse_jsonpath
 
-from app.errors import BadUpstreamResponse, BindingError, RunFailed, Thrown, UpstreamFailed
+from app.errors import (
+    BadUpstreamResponse,
+    BindingError,
+    RunFailed,
+    Thrown,
+    UpstreamFailed,
+    UpstreamTimeout,
+)
 from app.outbound import describe_target
 from app.pipeline.bindings import as_text
 from app.pipeline.conditions import evaluate, has_value
@@ -29,6 +38,7 @@ from app.pipeline.schemas import (
     UpdateSecretNode,
     WebRequestNode,
 )
+from app.pipeline.signing import SignJwt
 
 logger = logging.getLogger("tokenfarm.run")
 OAUTH_DESCRIPTION_LIMIT = 300
@@ -92,6 +102,22 @@ def parse_expiry(expires_in: Any, expires_at: Any, now: float) -> datetime | Non
         except (ValueError, OverflowError):
             raise BindingError("'expires_at' must be an ISO 8601 time or epoch seconds") from None
     return _from_epoch(_as_seconds(expires_at, "expires_at"), "expires_at")
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a `Retry-After` header (delta-seconds or an HTTP date), if valid."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)
 
 
 def _with_query(url: str, query: dict[str, Any]) -> str:
@@ -176,29 +202,109 @@ class WebRequest:
             if node.body.content_type:
                 _set_header(headers, "Content-Type", node.body.content_type, replace=False)
         _check_headers(headers)
-        response = await ctx.outbound.send(
-            node.method,
-            _with_query(url, query),
-            headers=headers,
-            auth=auth,
-            data=data,
-            json=json_body,
-            content=content,
-            timeout_seconds=node.timeout_seconds,
-            follow_redirects=node.follow_redirects,
-        )
-        ctx.response = response
-        ctx.response_json = self._json_or_none(response.content)
-        entry["status"] = response.status
         target = describe_target(node.method, url)
-        if not (200 <= response.status < 300 or response.status in node.accept_statuses):
-            raise UpstreamFailed(
-                f"{target} answered {response.status}{self._oauth_detail(ctx)}",
-                upstream_status=response.status,
+        full_url = _with_query(url, query)
+        retries: list[dict[str, Any]] = []
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = await ctx.outbound.send(
+                    node.method,
+                    full_url,
+                    headers=headers,
+                    auth=auth,
+                    data=data,
+                    json=json_body,
+                    content=content,
+                    timeout_seconds=self._timeout(ctx),
+                    follow_redirects=node.follow_redirects,
+                )
+            except RunFailed as exc:
+                failure: RunFailed = exc
+            else:
+                ctx.response = response
+                ctx.response_json = self._json_or_none(response.content)
+                entry["status"] = response.status
+                if 200 <= response.status < 300 or response.status in node.accept_statuses:
+                    break
+                failure = UpstreamFailed(
+                    f"{target} answered {response.status}{self._oauth_detail(ctx)}",
+                    upstream_status=response.status,
+                    oauth_error=self._oauth_error(ctx),
+                    retry_after_seconds=parse_retry_after(
+                        response.headers.get("retry-after"), ctx.clock()
+                    ),
+                )
+            delay = self._retry_delay(ctx, failure, attempt)
+            if delay is None:
+                if retries:
+                    entry["retries"] = retries
+                    failure.extra["attempts"] = attempt
+                    if any(r["error"] == "upstream_timeout" for r in retries) and (
+                        getattr(failure, "oauth_error", None) == "invalid_grant"
+                    ):
+                        # The timed-out attempt may have reached the server and rotated the
+                        # token; its answer was lost, so the retry presented a spent one.
+                        failure.message += (
+                            " (after an attempt that timed out: the server may have rotated "
+                            "the token in the answer that was lost)"
+                        )
+                raise failure
+            retries.append(
+                {
+                    "attempt": attempt,
+                    "error": failure.error_type,
+                    "error_class": failure.error_class,
+                    "status": getattr(failure, "upstream_status", None),
+                    "delay_seconds": round(delay, 3),
+                }
             )
+            logger.info(
+                "run %s %s: %s (%s), retrying in %.2f s",
+                ctx.run_id,
+                path,
+                failure.error_type,
+                failure.error_class,
+                delay,
+            )
+            await ctx.sleep(delay)
+        if retries:
+            entry["retries"] = retries
         if node.result_mapping:
             self._map_result(ctx, target, response.content_type)
             entry["mapped"] = sorted(node.result_mapping)
+
+    def _timeout(self, ctx: RunContext) -> float | None:
+        """The node's timeout, shortened so that no attempt runs past the run's deadline."""
+        remaining = ctx.deadline - time.monotonic()
+        if remaining <= 0:
+            raise UpstreamTimeout("the run's deadline passed before the request could be sent")
+        timeout = self.node.timeout_seconds or ctx.outbound.default_timeout_seconds
+        return min(timeout, remaining)
+
+    def _retry_delay(self, ctx: RunContext, failure: RunFailed, attempt: int) -> float | None:
+        """Seconds to wait before the next attempt, or None when the failure is final."""
+        policy = self.node.retry
+        if failure.error_class == "permanent" or attempt >= policy.attempts:
+            return None
+        retry_after = getattr(failure, "retry_after_seconds", None)
+        if retry_after is not None:
+            if retry_after > policy.max_delay_seconds:
+                failure.message += (
+                    f" (it asked to retry after {retry_after:g} s, more than the retry "
+                    f"policy's max_delay_seconds of {policy.max_delay_seconds:g})"
+                )
+                return None
+            delay = retry_after
+        else:
+            # Exponential backoff with "equal jitter": half fixed, half random.
+            ceiling = min(policy.max_delay_seconds, policy.base_delay_seconds * 2 ** (attempt - 1))
+            delay = ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - not crypto
+        if time.monotonic() + delay >= ctx.deadline:
+            failure.message += " (no time left in the run's deadline for another attempt)"
+            return None
+        return delay
 
     @staticmethod
     def _json_or_none(content: bytes) -> Any:
@@ -208,6 +314,14 @@ class WebRequest:
             return json.loads(content)
         except ValueError:
             return None
+
+    @staticmethod
+    def _oauth_error(ctx: RunContext) -> str | None:
+        """The RFC 6749 §5.2 `error` code of the last answer, if it carries one."""
+        body = ctx.response_json
+        if isinstance(body, dict) and isinstance(body.get("error"), str):
+            return str(body["error"])[:100]
+        return None
 
     @staticmethod
     def _oauth_detail(ctx: RunContext) -> str:
@@ -349,6 +463,7 @@ NODE_RUNNERS: dict[str, type[Any]] = {
     "throw": Throw,
     "end_execution": End,
     "log": Log,
+    "sign_jwt": SignJwt,
 }
 
 

@@ -246,6 +246,48 @@ class LogNode(NodeBase):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+JwtAlgorithm = Literal["RS256", "ES256", "HS256"]
+# JOSE header parameter names (RFC 7515 §4): `kid`, `typ`, `x5t#S256`, ...
+JWT_HEADER_NAME_PATTERN = r"^[A-Za-z0-9_.#:-]{1,64}$"
+# A field of a JSON secret (`private_key` of a Google service-account key file).
+SECRET_FIELD_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"  # noqa: S105 - a pattern, not a secret
+
+
+class SignJwtNode(NodeBase):
+    """Signs a JWT with a key from a secret into a variable (RFC 7523: the JWT-bearer grant and
+    `private_key_jwt` client authentication). `iat`, `exp` and `jti` are filled in unless the
+    claims give them; a claim or header value that renders to null is left out."""
+
+    type: Literal["sign_jwt"]
+    algorithm: JwtAlgorithm
+    key_secret: str = Field(
+        pattern=SECRET_NAME_PATTERN,
+        description="The secret holding the key: a PEM private key (RS256, ES256 on P-256) "
+        "or a shared secret of 32+ bytes (HS256).",
+    )
+    key_field: str | None = Field(
+        None,
+        pattern=SECRET_FIELD_PATTERN,
+        description="The field of a JSON secret that holds the key (e.g. `private_key`).",
+    )
+    header: dict[Annotated[str, Field(pattern=JWT_HEADER_NAME_PATTERN)], Any] = Field(
+        default_factory=dict, description="Extra header parameters, e.g. `kid`; not `alg`."
+    )
+    claims: dict[Annotated[str, Field(min_length=1, max_length=256)], Any] = Field(
+        default_factory=dict
+    )
+    expires_in_seconds: int = Field(
+        300, ge=1, le=86400, description="`exp` is this many seconds from now (unless given)."
+    )
+    into: str = Field(pattern=VARIABLE_NAME_PATTERN, description="The variable that gets the JWT.")
+
+    @model_validator(mode="after")
+    def _algorithm_is_the_nodes(self) -> SignJwtNode:
+        if "alg" in self.header:
+            raise ValueError("the header's 'alg' comes from 'algorithm'; leave it out")
+        return self
+
+
 Node = Annotated[
     UpdateObjectNode
     | WebRequestNode
@@ -254,7 +296,8 @@ Node = Annotated[
     | TryNode
     | ThrowNode
     | EndExecutionNode
-    | LogNode,
+    | LogNode
+    | SignJwtNode,
     Field(discriminator="type"),
 ]
 
@@ -267,6 +310,7 @@ NODE_TYPES = (
     "throw",
     "end_execution",
     "log",
+    "sign_jwt",
 )
 
 for _model in (AllOf, AnyOf, NotOf, IfNode, TryNode):

@@ -24,6 +24,7 @@ class Run(SQLModel, table=True):
     status: str = Field(max_length=16, index=True)
     http_status: int
     error_type: str | None = Field(default=None, max_length=64)
+    error_class: str | None = Field(default=None, max_length=16)
     error_message: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     started_at: datetime = Field(default_factory=utcnow, sa_column=timestamp_column(False))
     finished_at: datetime | None = Field(default=None, sa_column=timestamp_column())
@@ -31,6 +32,9 @@ class Run(SQLModel, table=True):
     trace: list[dict[str, Any]] = Field(
         default_factory=list, sa_column=Column(JSON, nullable=False)
     )
+    # The writes of a run whose upstream answered, encrypted, kept until they are stored: if
+    # storing fails or the process dies first, `tokenfarm runs recover` writes them from here.
+    recovery: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class RunSecret(SQLModel, table=True):

@@ -16,8 +16,10 @@ from app.handlers import ErrorResponse
 from app.pipeline.context import RequestData
 from app.pipeline.schemas import SECRET_NAME_PATTERN
 from app.runs.log import RunLog
+from app.runs.recovery import Recovery
 from app.runs.runner import RunOutcome
 from app.runs.schemas import (
+    RecoveryResult,
     RefreshResult,
     RunDetail,
     RunResult,
@@ -39,8 +41,8 @@ RUN_RESPONSES: dict[int | str, dict[str, Any]] = {
         403: "A permission is missing (nothing was called)",
         404: "No such service, endpoint or secret",
         405: "The endpoint does not accept this method",
-        409: "A target secret is locked, missing or not environment-specific, or changed "
-        "during the run (a failed run also carries `run_id` and `status`)",
+        409: "A target secret is locked, missing, not environment-specific or `needs_reauth`, "
+        "or changed during the run (a failed run also carries `run_id` and `status`)",
         502: "The upstream failed or answered something unusable (with `run_id` and `status`)",
         504: "The upstream timed out (with `run_id` and `status`)",
     }.items()
@@ -77,6 +79,8 @@ def _run_fields(outcome: RunOutcome) -> dict[str, Any]:
         "status": outcome.status,
         "error": outcome.error_body,
         "response": None if failed else outcome.response,
+        "coalesced": outcome.coalesced,
+        "adopted": outcome.adopted,
     }
 
 
@@ -126,8 +130,17 @@ async def refresh_secret(
     session: SessionDep,
     keyring: KeyringDep,
     settings: SettingsDep,
+    force: bool = Query(
+        False,
+        description="Run even though a target is `needs_reauth` (after fixing the grant some "
+        "other way than setting a value).",
+    ),
 ) -> JSONResponse:
-    """Run the secret's `refresh_endpoint`; answers the run and the secret's new version."""
+    """Run the secret's `refresh_endpoint`; answers the run and the secret's new version.
+
+    Concurrent calls share one run. A secret whose grant was refused (`needs_reauth`) answers
+    409 without calling anything until a value is set by hand or `force=true` is passed.
+    """
     if not actor.may_hold_any("services.run:"):
         # Refused before the lookup, so no one without run rights learns which secrets exist.
         refuse(actor, "services.run:SLUG")
@@ -142,7 +155,9 @@ async def refresh_secret(
     ensure_can_run(actor, slug, readable_id)
     # The request's session must not hold a transaction open across the outbound call.
     await session.commit()
-    outcome = await runner.run_endpoint(slug, readable_id, actor=actor, trigger="refresh")
+    outcome = await runner.run_endpoint(
+        slug, readable_id, actor=actor, trigger="refresh", force=force
+    )
     await session.commit()
     state = await store.describe(await store.get(secret))
     result = RefreshResult.model_validate(
@@ -194,3 +209,31 @@ async def get_run(
 ) -> RunDetail:
     """One run with its per-node trace (every secret value redacted)."""
     return await RunLog(session).get(run_id)
+
+
+@router.post(
+    "/v1/runs/{run_id}/recover",
+    dependencies=[Depends(require("secrets.manage"))],
+    responses={
+        404: {"model": ErrorResponse, "description": "No such run in the log"},
+        409: {
+            "model": ErrorResponse,
+            "description": "Nothing to recover, the run may still be in flight, or a secret "
+            "changed since the run began (pass force=true to overwrite it)",
+        },
+    },
+)
+async def recover_run(
+    run_id: Annotated[str, Path(pattern=RUN_ID_PATTERN, description="A run's `run_id`.")],
+    actor: CurrentActor,
+    session: SessionDep,
+    keyring: KeyringDep,
+    settings: SettingsDep,
+    force: bool = Query(
+        False, description="Write even over a secret that changed since the run began."
+    ),
+) -> RecoveryResult:
+    """Write what a run's upstream answered when storing it failed; needs `secrets.manage`."""
+    return await Recovery(session, keyring, settings).recover(
+        run_id, actor=actor.label, force=force
+    )

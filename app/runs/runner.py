@@ -1,24 +1,30 @@
 """The run service: load an endpoint and its secrets, check every write target, walk the action,
 then store every write at once (compare-and-set) and record the run.
 
-No database transaction stays open across an outbound call: loading and storing are two short
-transactions around the engine.
+No database transaction holding data stays open across an outbound call: loading and storing are
+short transactions around the engine. Runs of one endpoint are single-flight: concurrent callers
+without request data share one execution (in this process), and on PostgreSQL a transaction-scoped
+advisory lock, held on a connection of its own, makes replicas take turns; a replica that waited
+and finds the targets already refreshed adopts that result instead of calling the upstream again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlmodel import col
 
 from app.auth.actor import Actor
 from app.config import Settings
@@ -28,12 +34,15 @@ from app.errors import (
     Conflict,
     InternalError,
     MethodNotAllowed,
+    NeedsReauth,
     PermissionDenied,
     RunFailed,
     SecretLocked,
     SecretNotEnvironmentSpecific,
     StorageFailed,
+    Superseded,
     TokenfarmError,
+    UpstreamFailed,
 )
 from app.outbound import Outbound
 from app.pipeline.analysis import referenced_secrets, update_targets
@@ -41,6 +50,7 @@ from app.pipeline.context import RequestData, RunContext
 from app.pipeline.nodes import execute
 from app.pipeline.schemas import parse_action
 from app.runs.models import Run, RunSecret
+from app.secrets.models import SecretVersion
 from app.secrets.store import LoadedSecret, SecretStore
 from app.services.models import Endpoint, Service
 from app.services.store import ServiceStore
@@ -48,14 +58,18 @@ from app.services.store import ServiceStore
 logger = logging.getLogger("tokenfarm.run")
 
 
-def storable(text: str | None) -> str | None:
+def storable(message: str | None) -> str | None:
     """Text every database stores: messages quote upstream answers, and PostgreSQL refuses NUL."""
-    return None if text is None else text.replace("\x00", "\ufffd")
+    return None if message is None else message.replace("\x00", "\ufffd")
 
 
 @dataclass
 class RunOutcome:
-    """What a run ended with, already redacted."""
+    """What a run ended with, already redacted.
+
+    `adopted`: nothing was called because another run (on another replica) had just refreshed
+    the targets; `coalesced`: this caller shared a run another caller started.
+    """
 
     run_id: str
     status: str
@@ -64,14 +78,31 @@ class RunOutcome:
     error_body: dict[str, Any] | None = None
     response: Any = None
     written: list[str] = field(default_factory=list)
+    adopted: bool = False
+    coalesced: bool = False
 
 
 @dataclass
 class Turn:
-    """The single-flight lock of one endpoint and how many runs hold or await it."""
+    """The lock of one endpoint and how many runs hold or await it."""
 
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     users: int = 0
+
+
+@dataclass
+class Flight:
+    """A run that concurrent callers share; `targets` is known once its endpoint is loaded."""
+
+    task: asyncio.Task[RunOutcome] | None = None
+    targets: set[str] | None = None
+    loaded: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def admits(self, actor: Actor) -> bool:
+        """A caller may share the run only if it could have written every target itself."""
+        return self.targets is not None and all(
+            actor.can(f"secrets.update_from_service:{name}") for name in self.targets
+        )
 
 
 @dataclass
@@ -84,6 +115,17 @@ class PreparedRun:
     targets: list[tuple[str, str]]
     secrets: dict[str, LoadedSecret | None]
 
+    @property
+    def target_names(self) -> set[str]:
+        """The secrets the action may write."""
+        return {name for _, name in self.targets}
+
+
+def advisory_key(slug: str, readable_id: str) -> int:
+    """A stable signed 64-bit key for PostgreSQL's advisory locks, one per endpoint."""
+    digest = hashlib.blake2b(f"tokenfarm/run/{slug}/{readable_id}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
 
 class Runner:
     """Runs endpoints; one instance per app, shared by every request."""
@@ -95,29 +137,188 @@ class Runner:
         outbound: Outbound,
         settings: Settings,
         clock: Any = time.time,
+        lock_engine: AsyncEngine | None = None,
     ) -> None:
         self.session_factory = session_factory
         self.keyring = keyring
         self.outbound = outbound
         self.settings = settings
         self.clock = clock
-        # Single flight per endpoint (in this process): two concurrent refreshes would both
-        # spend the same rotating refresh token, and the reuse revokes its whole family.
+        # PostgreSQL only: a pool of its own for the advisory locks, so that runs waiting for
+        # their turn never starve the short data transactions of a connection.
+        self.lock_engine = lock_engine
+        # Two concurrent refreshes would both spend the same rotating refresh token, and the
+        # reuse revokes its whole family: runs of one endpoint take turns, and callers without
+        # request data share the run in flight.
         self._turns: dict[tuple[str, str], Turn] = {}
+        self._flights: dict[tuple[str, str, bool], Flight] = {}
+        self._tasks: set[asyncio.Task[RunOutcome]] = set()
+
+    # --- entry points ----------------------------------------------------------------------
+
+    async def run_endpoint(
+        self,
+        slug: str,
+        readable_id: str,
+        *,
+        actor: Actor,
+        trigger: str,
+        method: str | None = None,
+        request: RequestData | None = None,
+        force: bool = False,
+    ) -> RunOutcome:
+        """Run one endpoint end to end; NotFound/MethodNotAllowed are raised, all else is a run.
+
+        A run without request data (a refresh, a read, a schedule) joins the run of the same
+        endpoint already in flight, if there is one. Every run goes on to its end even if its
+        caller goes away: its upstream may already have rotated a token.
+        """
+        if request is not None:
+            # It reads the caller's request, so it is nobody else's run.
+            return await self._detached(
+                self._in_turn(slug, readable_id, actor, trigger, method, request, force, None)
+            )
+        key = (slug, readable_id, force)
+        flight = self._flights.get(key)
+        if flight is not None and flight.task is not None:
+            await flight.loaded.wait()
+            if flight.admits(actor) or flight.targets is None:
+                outcome = await asyncio.shield(flight.task)
+                return replace(outcome, coalesced=True)
+            # It lacks a permission the run needs: it runs (and is refused) on its own.
+            return await self._detached(
+                self._in_turn(slug, readable_id, actor, trigger, method, None, force, None)
+            )
+        flight = Flight()
+        self._flights[key] = flight
+
+        def landed(_: asyncio.Task[RunOutcome]) -> None:
+            flight.loaded.set()
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+
+        task = self._spawn(
+            self._in_turn(slug, readable_id, actor, trigger, method, None, force, flight)
+        )
+        flight.task = task
+        task.add_done_callback(landed)
+        return await asyncio.shield(task)
+
+    async def drain(self, timeout_seconds: float) -> None:
+        """Wait (at shutdown) for runs in flight to store what their upstream answered."""
+        pending = [task for task in self._tasks if not task.done()]
+        if pending:
+            logger.info("waiting for %d run(s) in flight", len(pending))
+            await asyncio.wait(pending, timeout=timeout_seconds)
+
+    def _spawn(self, work: Coroutine[Any, Any, RunOutcome]) -> asyncio.Task[RunOutcome]:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+
+        def forget(done: asyncio.Task[RunOutcome]) -> None:
+            self._tasks.discard(done)
+            if not done.cancelled():
+                done.exception()  # retrieved: every caller may have gone away
+
+        task.add_done_callback(forget)
+        return task
+
+    async def _detached(self, work: Coroutine[Any, Any, RunOutcome]) -> RunOutcome:
+        return await asyncio.shield(self._spawn(work))
 
     @asynccontextmanager
-    async def _turn(self, slug: str, readable_id: str) -> AsyncIterator[None]:
-        """Wait for this endpoint's earlier runs; entries go away once nobody waits."""
+    async def _turn(self, slug: str, readable_id: str) -> AsyncIterator[bool]:
+        """Wait for this endpoint's earlier runs (yields whether it had to)."""
         key = (slug, readable_id)
         turn = self._turns.setdefault(key, Turn())
         turn.users += 1
         try:
+            waited = turn.lock.locked()
             async with turn.lock:
-                yield
+                yield waited
         finally:
             turn.users -= 1
             if not turn.users:
                 del self._turns[key]
+
+    @asynccontextmanager
+    async def _replicas_turn(self, slug: str, readable_id: str) -> AsyncIterator[bool]:
+        """On PostgreSQL, hold the endpoint's advisory lock (yields whether it is held)."""
+        if self.lock_engine is None:
+            yield False
+            return
+        wait_ms = int(self.settings.run_deadline_seconds * 1000)
+        try:
+            async with self.lock_engine.connect() as connection, connection.begin():
+                await connection.execute(text(f"SET LOCAL lock_timeout = {wait_ms}"))
+                await connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"),
+                    {"key": advisory_key(slug, readable_id)},
+                )
+                yield True
+        except DBAPIError as exc:
+            if (
+                "lock timeout" in str(exc.orig).lower()
+                or "LockNotAvailable" in type(exc.orig).__name__
+            ):
+                raise Conflict(
+                    f"endpoint {slug}/{readable_id} is still running on another replica after "
+                    f"{self.settings.run_deadline_seconds:g} s; try again later"
+                ) from None
+            raise
+
+    async def _in_turn(
+        self,
+        slug: str,
+        readable_id: str,
+        actor: Actor,
+        trigger: str,
+        method: str | None,
+        request: RequestData | None,
+        force: bool,
+        flight: Flight | None,
+    ) -> RunOutcome:
+        """Load, wait for the endpoint's turn (in this process, then across replicas), run.
+
+        Whatever was loaded before waiting is read again once it is this run's turn: the run
+        that went first may have rotated the refresh token. A run without request data whose
+        targets were refreshed meanwhile adopts that result instead of calling again.
+        """
+        try:
+            snapshot = await self._prepare(slug, readable_id, method)
+            if flight is not None:
+                flight.targets = snapshot.target_names
+                flight.loaded.set()
+            async with (
+                self._turn(slug, readable_id) as waited,
+                self._replicas_turn(slug, readable_id) as locked,
+            ):
+                prepared = snapshot
+                if waited or locked:
+                    prepared = await self._prepare(slug, readable_id, method)
+                    adopted = (
+                        await self._adopt(snapshot, prepared.secrets)
+                        if request is None and self._may_write(prepared, actor)
+                        else None
+                    )
+                    if adopted is not None:
+                        return adopted
+                return await self._run(prepared, actor, trigger, request, force)
+        except SQLAlchemyError as exc:
+            logger.error("run of %s/%s: the database failed: %s", slug, readable_id, type(exc))
+            failure = StorageFailed("the database could not be reached; nothing was called")
+            return RunOutcome(
+                run_id=str(uuid.uuid4()),
+                status="failed",
+                http_status=failure.status_code,
+                error=failure,
+                error_body=failure.to_body(),
+            )
+        finally:
+            if flight is not None:
+                flight.loaded.set()
+
+    # --- loading and checking ----------------------------------------------------------------
 
     async def _prepare(self, slug: str, readable_id: str, method: str | None) -> PreparedRun:
         """Load the endpoint and its secrets in one short read-only transaction."""
@@ -134,8 +335,52 @@ class Runner:
             secrets = await store.load_for_run(referenced_secrets(nodes))
             return PreparedRun(service, endpoint, nodes, update_targets(nodes), secrets)
 
+    async def _adopt(
+        self, snapshot: PreparedRun, now: dict[str, LoadedSecret | None]
+    ) -> RunOutcome | None:
+        """The result of a run that refreshed the targets since `snapshot` was loaded, if any.
+
+        Only a run's write counts: a value set by hand meanwhile is not a refresh.
+        """
+        changed = _changed(snapshot.secrets, now, snapshot.target_names)
+        if not changed:
+            return None
+        async with self.session_factory() as session:
+            for name in sorted(changed):
+                loaded = now[name]
+                if loaded is None:
+                    continue
+                row = (
+                    await session.execute(
+                        select(col(SecretVersion.source), col(SecretVersion.run_id)).where(
+                            col(SecretVersion.secret_id) == loaded.secret.id,
+                            col(SecretVersion.environment) == loaded.environment,
+                            col(SecretVersion.version) == loaded.version,
+                        )
+                    )
+                ).one_or_none()
+                if row is not None and row.source == "run" and row.run_id:
+                    logger.info(
+                        "run of %s/%s adopted run %s: %s was refreshed meanwhile",
+                        snapshot.service.slug,
+                        snapshot.endpoint.readable_id,
+                        row.run_id,
+                        name,
+                    )
+                    return RunOutcome(
+                        run_id=row.run_id, status="succeeded", http_status=200, adopted=True
+                    )
+        return None
+
     @staticmethod
-    def _preflight(prepared: PreparedRun, actor: Actor) -> None:
+    def _may_write(prepared: PreparedRun, actor: Actor) -> bool:
+        """Whether the actor holds the update permission of every target (else it is refused)."""
+        return all(
+            actor.can(f"secrets.update_from_service:{name}") for name in prepared.target_names
+        )
+
+    @staticmethod
+    def _preflight(prepared: PreparedRun, actor: Actor, force: bool) -> None:
         """Refuse the run before any node runs if a write target could not be stored."""
         for path, name in prepared.targets:
             if not actor.can(f"secrets.update_from_service:{name}"):
@@ -160,38 +405,28 @@ class Runner:
                     "environment-specific secrets",
                     secret=name,
                 )
+        for name in sorted(prepared.target_names):
+            loaded = prepared.secrets.get(name)
+            if not force and loaded is not None and loaded.secret.status == "needs_reauth":
+                raise NeedsReauth(
+                    f"secret {name!r} needs re-authorization: the token endpoint refused its "
+                    "grant (invalid_grant). Set a new value by hand (for example the refresh "
+                    "token, with PUT /v1/secrets/NAME/value), or call again with ?force=true; "
+                    "nothing was called",
+                    secret=name,
+                )
 
-    async def run_endpoint(
-        self,
-        slug: str,
-        readable_id: str,
-        *,
-        actor: Actor,
-        trigger: str,
-        method: str | None = None,
-        request: RequestData | None = None,
-    ) -> RunOutcome:
-        """Run one endpoint end to end; NotFound/MethodNotAllowed are raised, all else is a run.
-
-        Runs of one endpoint take turns, each loading the secrets its predecessor wrote.
-        """
-        async with self._turn(slug, readable_id):
-            return await self._run(
-                slug, readable_id, actor=actor, trigger=trigger, method=method, request=request
-            )
+    # --- running -------------------------------------------------------------------------------
 
     async def _run(
         self,
-        slug: str,
-        readable_id: str,
-        *,
+        prepared: PreparedRun,
         actor: Actor,
         trigger: str,
-        method: str | None,
         request: RequestData | None,
+        force: bool,
     ) -> RunOutcome:
-        """One run: load, check, walk the action, store the outcome."""
-        prepared = await self._prepare(slug, readable_id, method)
+        """One run: check, walk the action, store the outcome."""
         run_id = str(uuid.uuid4())
         started_at = utcnow()
         started = time.perf_counter()
@@ -207,29 +442,35 @@ class Runner:
             secrets=secret_values,
             request=request or RequestData(),
             clock=self.clock,
+            deadline=time.monotonic() + self.settings.run_deadline_seconds,
         )
         for value in secret_values.values():
             ctx.redactor.add(value)
         error: TokenfarmError | None = None
         try:
-            self._preflight(prepared, actor)
+            self._preflight(prepared, actor, force)
             await execute(prepared.nodes, ctx)
         except TokenfarmError as exc:
             error = exc
         except Exception as exc:
             # Only the class name: an exception message may quote a value.
             logger.error(
-                "run %s of %s/%s crashed: %s", run_id, slug, readable_id, type(exc).__name__
+                "run %s of %s/%s crashed: %s",
+                run_id,
+                prepared.service.slug,
+                prepared.endpoint.readable_id,
+                type(exc).__name__,
             )
             error = InternalError(
                 f"the run failed unexpectedly ({type(exc).__name__}); see the server log"
             )
-        outcome = await self._finish(prepared, ctx, error, trigger, started_at, started)
+        record = RunRecord(prepared, ctx, trigger, started_at, started)
+        outcome = await self._finish(record, error)
         logger.info(
             "run %s of %s/%s by %s (%s): %s in %.1f ms%s",
             run_id,
-            slug,
-            readable_id,
+            prepared.service.slug,
+            prepared.endpoint.readable_id,
             actor.label,
             trigger,
             outcome.status,
@@ -238,31 +479,39 @@ class Runner:
         )
         return outcome
 
-    async def _finish(
-        self,
-        prepared: PreparedRun,
-        ctx: RunContext,
-        error: TokenfarmError | None,
-        trigger: str,
-        started_at: datetime,
-        started: float,
-    ) -> RunOutcome:
+    # --- storing -------------------------------------------------------------------------------
+
+    async def _finish(self, record: RunRecord, error: TokenfarmError | None) -> RunOutcome:
         """Store the writes (all or none) with the run record, or record the failure."""
+        ctx = record.ctx
         outcome = RunOutcome(run_id=ctx.run_id, status="succeeded", http_status=200)
+        kept = False  # whether the encrypted writes are safely in the run row
         try:
+            if error is None and ctx.writes:
+                # First keep what the upstream answered, so that no rotated token is lost if
+                # the process dies or the database fails before the writes are stored.
+                async with self.session_factory() as session, session.begin():
+                    self._record(session, record, outcome, status="storing", recovery=True)
+                kept = True
             if error is None:
                 try:
                     async with self.session_factory() as session, session.begin():
-                        outcome.written = await self._store_writes(session, prepared, ctx)
+                        outcome.written = await self._store_writes(session, record)
                         outcome.response = ctx.redactor.value(ctx.result)
-                        if prepared.endpoint.enable_log:
-                            self._record(
-                                session, prepared, ctx, outcome, trigger, started_at, started
-                            )
+                        if record.prepared.endpoint.enable_log:
+                            await self._save_record(session, record, outcome, kept)
+                        elif kept:
+                            await self._drop_record(session, ctx.run_id)
                     return outcome
-                except TokenfarmError as exc:
+                except (TokenfarmError, SQLAlchemyError) as exc:
                     # The transaction rolled back: none of this run's writes stayed.
-                    error, outcome.written = exc, []
+                    outcome.written = []
+                    error = self._storing_failed(ctx.run_id, exc, kept)
+            elif isinstance(error, UpstreamFailed) and error.oauth_error == "invalid_grant":
+                adopted_or_error = await self._lost_race(record)
+                if isinstance(adopted_or_error, RunOutcome):
+                    return adopted_or_error
+                error = adopted_or_error or error
             outcome.status, outcome.http_status, outcome.error = "failed", error.status_code, error
             outcome.error_body = ctx.redactor.value(error.to_body())
             async with self.session_factory() as session, session.begin():
@@ -270,28 +519,65 @@ class Runner:
                     # Only a failure of the refresh itself marks the secret: not a refused
                     # pre-flight (a caller without permission must not flag it) nor a lost
                     # compare-and-set (someone else wrote it).
-                    await self._mark_targets_failed(session, prepared, outcome.error_body)
-                self._record(session, prepared, ctx, outcome, trigger, started_at, started)
+                    await self._mark_targets_failed(session, record.prepared, error)
+                await self._save_record(session, record, outcome, kept)
         except SQLAlchemyError as exc:
             logger.error("run %s: storing the outcome failed: %s", ctx.run_id, type(exc).__name__)
-            failure = StorageFailed("the run's outcome could not be stored; nothing was written")
+            failure = self._storing_failed(ctx.run_id, exc, kept)
             outcome = RunOutcome(
                 run_id=ctx.run_id,
                 status="failed",
                 http_status=failure.status_code,
                 error=failure,
-                error_body=failure.to_body(),
+                error_body=ctx.redactor.value(failure.to_body()),
             )
         return outcome
 
-    async def _store_writes(
-        self, session: AsyncSession, prepared: PreparedRun, ctx: RunContext
-    ) -> list[str]:
+    @staticmethod
+    def _storing_failed(run_id: str, exc: Exception, kept: bool) -> TokenfarmError:
+        """The error of a run whose writes could not be stored, saying how to recover them."""
+        if isinstance(exc, TokenfarmError):
+            error = exc
+        else:
+            error = StorageFailed("the run's outcome could not be stored; nothing was written")
+        if kept:
+            error.message += (
+                f"; the upstream's answer is kept encrypted in run {run_id}: write it with "
+                f"`tokenfarm runs recover {run_id}` or POST /v1/runs/{run_id}/recover"
+            )
+            error.extra["recoverable"] = True
+        return error
+
+    async def _lost_race(self, record: RunRecord) -> RunOutcome | TokenfarmError | None:
+        """After `invalid_grant`: did a secret the run read change since it began?
+
+        Then the grant was spent or replaced by someone else, not revoked: adopt the result of a
+        run that refreshed the targets meanwhile, else report the race without marking anything.
+        None: nothing changed, the grant really was refused.
+        """
+        prepared = record.prepared
+        async with self.session_factory() as session:
+            store = SecretStore(session, self.keyring, self.settings)
+            now = await store.load_for_run(set(prepared.secrets))
+        changed = _changed(prepared.secrets, now, set(prepared.secrets))
+        if not changed:
+            return None
+        adopted = await self._adopt(prepared, now)
+        if adopted is not None:
+            return adopted
+        return Superseded(
+            f"{', '.join(sorted(changed))} changed while the run was in flight and the token "
+            "endpoint refused the grant the run began with (invalid_grant); try again",
+            secrets=sorted(changed),
+        )
+
+    async def _store_writes(self, session: AsyncSession, record: RunRecord) -> list[str]:
         """Write every pending secret compare-and-set on the version the run started from."""
         store = SecretStore(session, self.keyring, self.settings)
         now = utcnow()
+        ctx = record.ctx
         for name, write in ctx.writes.items():
-            loaded = prepared.secrets[name]
+            loaded = record.prepared.secrets[name]
             assert loaded is not None  # the pre-flight check guarantees it
             secret = await store.get(name)
             await store.set_value(
@@ -306,50 +592,129 @@ class Runner:
             secret.last_refreshed_at = now
             secret.status = "ok"
             secret.last_error = None
+            secret.failure_count = 0
         return list(ctx.writes)
 
     async def _mark_targets_failed(
-        self, session: AsyncSession, prepared: PreparedRun, error_body: dict[str, Any]
+        self, session: AsyncSession, prepared: PreparedRun, error: RunFailed
     ) -> None:
-        """Note the failure on every secret the run meant to write (its value stays as it was)."""
+        """Note the failure on every secret the run meant to write (its value stays as it was).
+
+        `invalid_grant` means a person must authorize again: `needs_reauth` stops further runs
+        until a value is set by hand. Anything else is `failing`, with a count.
+        """
         store = SecretStore(session, self.keyring, self.settings)
-        for name in {name for _, name in prepared.targets}:
+        revoked = isinstance(error, UpstreamFailed) and error.oauth_error == "invalid_grant"
+        summary = f"{error.error_type} ({error.error_class}): {error.message}"
+        for name in sorted(prepared.target_names):
             loaded = prepared.secrets.get(name)
             if loaded is None or loaded.secret.locked or not loaded.secret.environment_specific:
                 continue
             secret = await store.get(name)
-            secret.status = "failing"
-            secret.last_error = storable(f"{error_body['type']}: {error_body['message']}"[:2000])
+            if revoked:
+                secret.status = "needs_reauth"
+            elif secret.status != "needs_reauth":
+                secret.status = "failing"
+            secret.failure_count += 1
+            secret.last_error = storable(summary[:2000])
 
     def _record(
         self,
         session: AsyncSession,
-        prepared: PreparedRun,
-        ctx: RunContext,
+        record: RunRecord,
         outcome: RunOutcome,
-        trigger: str,
-        started_at: datetime,
-        started: float,
-    ) -> None:
-        """Add the run row, its redacted trace and the secrets it targeted."""
-        error = outcome.error_body or {}
-        session.add(
-            Run(
-                id=ctx.run_id,
-                service_slug=prepared.service.slug,
-                endpoint_readable_id=prepared.endpoint.readable_id,
-                trigger=trigger,
-                actor=ctx.actor.label,
-                status=outcome.status,
-                http_status=outcome.http_status,
-                error_type=storable(error.get("type")),
-                error_message=storable(error.get("message")),
-                started_at=started_at,
-                finished_at=utcnow(),
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                trace=ctx.redactor.value(ctx.trace),
-            )
+        *,
+        status: str,
+        recovery: bool = False,
+    ) -> Run:
+        """Add the run row and the secrets it targeted."""
+        run = Run(
+            id=record.ctx.run_id,
+            service_slug=record.prepared.service.slug,
+            endpoint_readable_id=record.prepared.endpoint.readable_id,
+            trigger=record.trigger,
+            actor=record.ctx.actor.label,
+            status=status,
+            http_status=outcome.http_status,
+            started_at=record.started_at,
+            trace=[],
+            recovery=self._recovery(record) if recovery else None,
         )
-        for name in sorted({name for _, name in prepared.targets}):
-            written = name in outcome.written
-            session.add(RunSecret(run_id=ctx.run_id, secret_name=name, written=written))
+        session.add(run)
+        for name in sorted(record.prepared.target_names):
+            session.add(RunSecret(run_id=record.ctx.run_id, secret_name=name, written=False))
+        return run
+
+    def _recovery(self, record: RunRecord) -> str:
+        """The pending writes, encrypted like every value, with the versions they replace."""
+        writes = []
+        for name, write in record.ctx.writes.items():
+            loaded = record.prepared.secrets[name]
+            assert loaded is not None
+            writes.append(
+                {
+                    "secret": name,
+                    "environment": loaded.environment,
+                    "value": write.value,
+                    "expires_at": write.expires_at.isoformat() if write.expires_at else None,
+                    "base_version": loaded.version,
+                }
+            )
+        return self.keyring.encrypt({"writes": writes})
+
+    async def _save_record(
+        self, session: AsyncSession, record: RunRecord, outcome: RunOutcome, kept: bool
+    ) -> None:
+        """Complete the run row (added now, or kept since the upstream answered)."""
+        ctx = record.ctx
+        run = await session.get(Run, ctx.run_id) if kept else None
+        if run is None:
+            run = self._record(session, record, outcome, status=outcome.status)
+        error = outcome.error_body or {}
+        run.status = outcome.status
+        run.http_status = outcome.http_status
+        run.error_type = storable(error.get("type"))
+        run.error_class = error.get("error_class")
+        run.error_message = storable(error.get("message"))
+        run.finished_at = utcnow()
+        run.duration_ms = round((time.perf_counter() - record.started) * 1000, 2)
+        run.trace = ctx.redactor.value(ctx.trace)
+        if outcome.status == "succeeded":
+            run.recovery = None
+        await session.flush()
+        for name in outcome.written:
+            written = await session.get(RunSecret, (ctx.run_id, name))
+            if written is not None:
+                written.written = True
+
+    @staticmethod
+    async def _drop_record(session: AsyncSession, run_id: str) -> None:
+        """Forget the kept answer of a stored run that isn't logged (enable_log is off)."""
+        run = await session.get(Run, run_id)
+        if run is not None:
+            await session.delete(run)
+
+
+@dataclass
+class RunRecord:
+    """What recording a run needs besides its outcome."""
+
+    prepared: PreparedRun
+    ctx: RunContext
+    trigger: str
+    started_at: datetime
+    started: float
+
+
+def _changed(
+    before: dict[str, LoadedSecret | None], after: dict[str, LoadedSecret | None], names: set[str]
+) -> set[str]:
+    """Which of `names` hold another version now than before."""
+    changed = set()
+    for name in names:
+        old, new = before.get(name), after.get(name)
+        old_version = old.version if old else None
+        new_version = new.version if new else None
+        if old_version != new_version:
+            changed.add(name)
+    return changed

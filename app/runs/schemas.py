@@ -9,7 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.handlers import ErrorDetail
 
-RunStatus = Literal["succeeded", "failed"]
+RunResultStatus = Literal["succeeded", "failed"]
+# `storing`: the upstream answered and the writes are being stored (a run that stays so died
+# meanwhile, and can be recovered); `recovered`: its kept answer was written afterwards.
+RunStatus = Literal["succeeded", "failed", "storing", "recovered"]
 RunTrigger = Literal["api", "refresh", "read", "schedule"]
 
 
@@ -38,10 +41,18 @@ class RunResult(BaseModel):
     )
 
     run_id: str
-    status: RunStatus
+    status: RunResultStatus
     error: ErrorDetail | None = Field(None, description="Why the run failed (null when it didn't).")
     response: Any = Field(
         None, description="What `end_execution` returned (secret values redacted)."
+    )
+    coalesced: bool = Field(
+        False, description="This call shared a run that a concurrent caller started."
+    )
+    adopted: bool = Field(
+        False,
+        description="Nothing was called: another run (on another replica) had just refreshed "
+        "the targets while this one waited; `run_id` is that run.",
     )
 
 
@@ -80,7 +91,15 @@ class RunSummary(BaseModel):
     status: RunStatus
     http_status: int
     error_type: str | None
+    error_class: str | None = Field(
+        None, description="`permanent`, `transient` or `rate_limited` for failed refreshes."
+    )
     error_message: str | None
+    recoverable: bool = Field(
+        False,
+        description="The upstream answered but the writes were not stored: POST "
+        "/v1/runs/{id}/recover (or `tokenfarm runs recover ID`) writes them.",
+    )
     secrets: list[str] = Field(description="The secrets the run's `update_secret` nodes target.")
     started_at: datetime
     finished_at: datetime | None
@@ -104,3 +123,18 @@ class RunDetail(RunSummary):
     """A run with its redacted per-node trace."""
 
     trace: list[TraceEntry]
+
+
+class RecoveredSecret(BaseModel):
+    """A secret written by a recovery."""
+
+    secret: str
+    version: int
+
+
+class RecoveryResult(BaseModel):
+    """The answer of recovering a run."""
+
+    run_id: str
+    status: Literal["recovered"]
+    written: list[RecoveredSecret]

@@ -26,6 +26,9 @@ class Secret(SQLModel, table=True):
     refresh_endpoint: str | None = Field(default=None, max_length=300)
     status: str = Field(default="ok", max_length=32)
     last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    failure_count: int = Field(
+        default=0, description="Failed refreshes in a row; a success resets it."
+    )
     last_refreshed_at: datetime | None = Field(default=None, sa_column=timestamp_column())
     created_at: datetime = Field(default_factory=utcnow, sa_column=timestamp_column(False))
     updated_at: datetime = Field(default_factory=utcnow, sa_column=timestamp_column(False))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -128,7 +128,12 @@ class SecretRead(BaseModel):
     environment_specific: bool
     locked: bool
     refresh_endpoint: str | None
-    status: str
+    status: Literal["ok", "failing", "needs_reauth"] = Field(
+        description="`failing`: the last refreshes failed (see `failure_count`, `last_error`); "
+        "`needs_reauth`: the token endpoint refused the grant (invalid_grant), so refreshes stop "
+        "until a value is set by hand."
+    )
+    failure_count: int = Field(description="Failed refreshes in a row; a success resets it.")
     last_error: str | None
     last_refreshed_at: datetime | None
     environment: str = Field(description="The environment the version and expiry below are for.")

@@ -19,7 +19,8 @@ from app.config import Settings
 from app.crypto import Keyring
 from app.db import utcnow
 from app.errors import AlreadyExists, Conflict, InvalidInput, NotFound, VersionConflict
-from app.pipeline.schemas import SECRET_NAME_PATTERN
+from app.pipeline.analysis import referenced_secrets
+from app.pipeline.schemas import SECRET_NAME_PATTERN, parse_action
 from app.secrets.models import ALL_ENVIRONMENTS, Secret, SecretValue, SecretVersion
 from app.secrets.schemas import (
     SecretCreate,
@@ -94,6 +95,11 @@ class SecretStore:
             )
         ).scalar_one_or_none()
 
+    async def current_version(self, secret: Secret, environment: str | None = None) -> int:
+        """The version of the current value in an environment (0: none yet)."""
+        current = await self._current(secret, self.value_environment(secret, environment))
+        return current.version if current else 0
+
     async def describe(self, secret: Secret) -> SecretRead:
         """Metadata of a secret for the current environment."""
         environment = self.value_environment(secret)
@@ -107,6 +113,7 @@ class SecretStore:
             locked=secret.locked,
             refresh_endpoint=secret.refresh_endpoint,
             status=secret.status,
+            failure_count=secret.failure_count,
             last_error=secret.last_error,
             last_refreshed_at=secret.last_refreshed_at,
             environment=environment,
@@ -320,15 +327,48 @@ class SecretStore:
             raise VersionConflict(
                 f"secret {secret.name!r} was written concurrently; nothing was written"
             ) from None
-        if source in ("manual", "create", "rollback"):
+        if source in ("manual", "create", "rollback", "recovery"):
             # A value set by hand is a fresh start: whatever was wrong before no longer applies.
             secret.status = "ok"
             secret.last_error = None
+            secret.failure_count = 0
+            await self._resume_dependents(secret)
         await self.session.flush()
         await self._prune(secret, env)
         return ValueWritten(
             name=secret.name, version=version, environment=env, expires_at=expires_at
         )
+
+    async def _resume_dependents(self, secret: Secret) -> None:
+        """A new value by hand (say, a refresh token after consent) lets the secrets refreshed
+        through an endpoint that uses it leave `needs_reauth`."""
+        waiting = (
+            (
+                await self.session.execute(
+                    select(Secret).where(
+                        col(Secret.status) == "needs_reauth",
+                        col(Secret.refresh_endpoint).is_not(None),
+                        col(Secret.id) != secret.id,
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+        for dependent in waiting:
+            assert dependent.refresh_endpoint is not None
+            slug, readable_id = dependent.refresh_endpoint.split("/", 1)
+            action = (
+                await self.session.execute(
+                    select(col(Endpoint.action))
+                    .join(Service, col(Service.id) == col(Endpoint.service_id))
+                    .where(col(Service.slug) == slug, col(Endpoint.readable_id) == readable_id)
+                )
+            ).scalar_one_or_none()
+            if action is not None and secret.name in referenced_secrets(parse_action(action)):
+                dependent.status = "ok"
+                dependent.failure_count = 0
+                dependent.last_error = None
 
     async def _prune(self, secret: Secret, environment: str) -> None:
         """Keep the newest `versions_kept` versions per secret and environment."""

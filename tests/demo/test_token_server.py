@@ -9,12 +9,14 @@ import json
 import socket
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import quote_plus
 
 import httpx
 import pytest
+from jose import jwt
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -23,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.demo.loopback import LoopbackServer
 from app.demo.token_server import TokenServerState, create_token_server
+from tests.signing_keys import KeyPair, ec_key, rsa_key
 
 CLIENT_ID = "tokenfarm-test"
 CLIENT_SECRET = "s3cr3t-value-that-must-not-leak"
@@ -728,3 +731,338 @@ class TestObservability:
             worker.join()
         assert errors == []
         assert state.token_requests == 40
+
+
+# --- RFC 7523: the JWT-bearer grant, private_key_jwt, and the Entra ID path -------------------
+
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ISSUER = "robot@tokenfarm-test.iam.gserviceaccount.com"
+KEY_CLIENT = "key-client"
+
+
+def signed(
+    key: KeyPair | str, claims: dict[str, Any], algorithm: str = "RS256", **header: Any
+) -> str:
+    """A JWT signed with a test key (a KeyPair's private key, or an HMAC secret)."""
+    secret = key.private_pem if isinstance(key, KeyPair) else key
+    return str(jwt.encode(claims, secret, algorithm=algorithm, headers=header or None))
+
+
+def grant_claims(token_url: str, **overrides: Any) -> dict[str, Any]:
+    """What a Google-style assertion says: iss, scope, aud, iat, exp."""
+    now = int(time.time())
+    claims = {"iss": ISSUER, "scope": "read", "aud": token_url, "iat": now, "exp": now + 300}
+    claims.update(overrides)
+    return {name: value for name, value in claims.items() if value is not None}
+
+
+def client_claims(token_url: str, **overrides: Any) -> dict[str, Any]:
+    """What a private_key_jwt client assertion says (RFC 7523 §3)."""
+    now = int(time.time())
+    claims = {
+        "iss": KEY_CLIENT,
+        "sub": KEY_CLIENT,
+        "aud": token_url,
+        "exp": now + 60,
+        "jti": uuid.uuid4().hex,
+    }
+    claims.update(overrides)
+    return {name: value for name, value in claims.items() if value is not None}
+
+
+class TestJwtBearerGrant:
+    @pytest.fixture
+    def token_url(self, state: TokenServerState, server: LoopbackServer) -> str:
+        state.add_jwt_issuer(ISSUER, rsa_key("sa").public_pem, key_id="kid-1")
+        return f"{server.url}{TOKEN}"
+
+    def grant(self, http: httpx.Client, assertion: str, **extra: str) -> httpx.Response:
+        return http.post(TOKEN, data={"grant_type": JWT_BEARER, "assertion": assertion, **extra})
+
+    def test_a_signed_assertion_gets_an_access_token(
+        self, state: TokenServerState, http: httpx.Client, token_url: str
+    ) -> None:
+        assertion = signed(rsa_key("sa"), grant_claims(token_url), kid="kid-1")
+        response = self.grant(http, assertion)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert set(body) == {"access_token", "token_type", "expires_in", "scope"}
+        assert body["scope"] == "read"
+        answer = introspect(http, body["access_token"])
+        assert answer["active"] is True
+        assert answer["client_id"] == ISSUER
+        assert "sub" not in answer
+        (entry,) = state.requests
+        assert entry["grant_type"] == JWT_BEARER
+        assert entry["auth_method"] is None
+        assert entry["assertion"]["header"] == {"alg": "RS256", "kid": "kid-1", "typ": "JWT"}
+        assert entry["assertion"]["claims"]["iss"] == ISSUER
+        assert entry["assertion"]["claims"]["aud"] == token_url
+        assert assertion not in repr(state.requests)
+
+    def test_sub_acts_for_a_user(self, http: httpx.Client, token_url: str) -> None:
+        claims = grant_claims(token_url, sub="alice@example.com")
+        response = self.grant(http, signed(rsa_key("sa"), claims, kid="kid-1"))
+        assert response.status_code == 200, response.text
+        assert introspect(http, response.json()["access_token"])["sub"] == "alice@example.com"
+
+    def test_scope_may_come_in_the_request(self, http: httpx.Client, token_url: str) -> None:
+        claims = grant_claims(token_url, scope=None)
+        response = self.grant(http, signed(rsa_key("sa"), claims, kid="kid-1"), scope="write")
+        assert response.status_code == 200, response.text
+        assert response.json()["scope"] == "write"
+
+    def test_an_audience_list_naming_the_endpoint_is_accepted(
+        self, http: httpx.Client, token_url: str
+    ) -> None:
+        claims = grant_claims(token_url, aud=["https://other.example", token_url])
+        assert self.grant(http, signed(rsa_key("sa"), claims, kid="kid-1")).status_code == 200
+
+    @pytest.mark.parametrize(
+        ("change", "reason"),
+        [
+            ({"aud": "https://elsewhere.example/token"}, "aud"),
+            ({"exp": int(time.time()) - 600, "iat": int(time.time()) - 900}, "expired"),
+            ({"exp": None}, "no exp"),
+            ({"iat": None}, "no iat"),
+            ({"iat": int(time.time()) + 600, "exp": int(time.time()) + 900}, "future"),
+            ({"exp": int(time.time()) + 7200}, "at most 3600"),
+            ({"iss": "stranger@example.com"}, "no registered key"),
+        ],
+    )
+    def test_bad_claims_are_invalid_grant(
+        self,
+        state: TokenServerState,
+        http: httpx.Client,
+        token_url: str,
+        change: dict[str, Any],
+        reason: str,
+    ) -> None:
+        claims = grant_claims(token_url, **change)
+        response = self.grant(http, signed(rsa_key("sa"), claims, kid="kid-1"))
+        assert_oauth_error(response, 400, "invalid_grant")
+        assert reason in response.json()["error_description"]
+        assert "assertion" not in state.requests[0]
+
+    def test_a_signature_by_another_key_is_invalid_grant(
+        self, http: httpx.Client, token_url: str
+    ) -> None:
+        response = self.grant(
+            http, signed(rsa_key("intruder"), grant_claims(token_url), kid="kid-1")
+        )
+        assert_oauth_error(response, 400, "invalid_grant")
+        assert "signature" in response.json()["error_description"]
+
+    def test_another_algorithm_is_invalid_grant(self, http: httpx.Client, token_url: str) -> None:
+        # alg confusion: an HMAC over the public key must never pass for RS256.
+        forged = signed("x" * 40, grant_claims(token_url), algorithm="HS256", kid="kid-1")
+        assert_oauth_error(self.grant(http, forged), 400, "invalid_grant")
+
+    def test_a_wrong_kid_is_invalid_grant(self, http: httpx.Client, token_url: str) -> None:
+        response = self.grant(http, signed(rsa_key("sa"), grant_claims(token_url), kid="old"))
+        assert_oauth_error(response, 400, "invalid_grant")
+
+    def test_a_replayed_jti_is_invalid_grant(self, http: httpx.Client, token_url: str) -> None:
+        assertion = signed(rsa_key("sa"), grant_claims(token_url, jti="once"), kid="kid-1")
+        assert self.grant(http, assertion).status_code == 200
+        assert_oauth_error(self.grant(http, assertion), 400, "invalid_grant")
+
+    def test_no_scope_at_all_is_invalid_scope(self, http: httpx.Client, token_url: str) -> None:
+        claims = grant_claims(token_url, scope=None)
+        assert_oauth_error(
+            self.grant(http, signed(rsa_key("sa"), claims, kid="kid-1")), 400, "invalid_scope"
+        )
+
+    def test_a_scope_beyond_the_registered_ones_is_invalid_scope(
+        self, state: TokenServerState, http: httpx.Client, token_url: str
+    ) -> None:
+        state.add_jwt_issuer(ISSUER, rsa_key("sa").public_pem, scopes=["read"])
+        claims = grant_claims(token_url, scope="read admin")
+        assert_oauth_error(self.grant(http, signed(rsa_key("sa"), claims)), 400, "invalid_scope")
+
+    def test_missing_assertion_is_invalid_request(self, http: httpx.Client) -> None:
+        response = http.post(TOKEN, data={"grant_type": JWT_BEARER})
+        assert_oauth_error(response, 400, "invalid_request")
+
+    def test_garbage_is_invalid_grant(self, http: httpx.Client, token_url: str) -> None:
+        assert_oauth_error(self.grant(http, "not.a.jwt"), 400, "invalid_grant")
+
+
+class TestPrivateKeyJwt:
+    @pytest.fixture
+    def token_url(self, state: TokenServerState, server: LoopbackServer) -> str:
+        state.add_client_key(KEY_CLIENT, rsa_key("client").public_pem)
+        return f"{server.url}{TOKEN}"
+
+    def authenticate(
+        self, http: httpx.Client, assertion: str, grant: str = "client_credentials", **extra: str
+    ) -> httpx.Response:
+        data = {
+            "grant_type": grant,
+            "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": assertion,
+            **extra,
+        }
+        return http.post(TOKEN, data=data)
+
+    def test_a_signed_client_assertion_authenticates(
+        self, state: TokenServerState, http: httpx.Client, token_url: str
+    ) -> None:
+        assertion = signed(rsa_key("client"), client_claims(token_url))
+        response = self.authenticate(http, assertion, client_id=KEY_CLIENT)
+        assert response.status_code == 200, response.text
+        assert introspect(http, response.json()["access_token"])["client_id"] == KEY_CLIENT
+        (entry,) = state.requests
+        assert entry["auth_method"] == "private_key_jwt"
+        assert entry["client_id"] == KEY_CLIENT
+        assert entry["client_assertion"]["claims"]["iss"] == KEY_CLIENT
+        assert entry["client_assertion"]["claims"]["aud"] == token_url
+        assert assertion not in repr(state.requests)
+
+    def test_client_id_may_be_left_to_the_assertion(
+        self, http: httpx.Client, token_url: str
+    ) -> None:
+        response = self.authenticate(http, signed(rsa_key("client"), client_claims(token_url)))
+        assert response.status_code == 200, response.text
+
+    def test_it_works_for_the_refresh_grant(
+        self, state: TokenServerState, http: httpx.Client, token_url: str
+    ) -> None:
+        refresh_token = state.issue_refresh_token(KEY_CLIENT)
+        assertion = signed(rsa_key("client"), client_claims(token_url))
+        response = self.authenticate(http, assertion, "refresh_token", refresh_token=refresh_token)
+        assert response.status_code == 200, response.text
+        assert response.json()["refresh_token"] != refresh_token
+
+    def test_an_es256_client_key(
+        self, state: TokenServerState, http: httpx.Client, token_url: str
+    ) -> None:
+        state.add_client_key(KEY_CLIENT, ec_key("client").public_pem, algorithm="ES256")
+        assertion = signed(ec_key("client"), client_claims(token_url), algorithm="ES256")
+        assert self.authenticate(http, assertion).status_code == 200
+
+    @pytest.mark.parametrize(
+        "change",
+        [
+            {"aud": "https://elsewhere.example/token"},
+            {"exp": int(time.time()) - 600},
+            {"exp": None},
+            {"jti": None},
+            {"sub": "someone-else"},
+            {"iss": "someone-else", "sub": "someone-else"},
+        ],
+    )
+    def test_bad_claims_are_invalid_client(
+        self, http: httpx.Client, token_url: str, change: dict[str, Any]
+    ) -> None:
+        assertion = signed(rsa_key("client"), client_claims(token_url, **change))
+        response = self.authenticate(http, assertion, client_id=KEY_CLIENT)
+        assert_oauth_error(response, 401, "invalid_client")
+        assert "www-authenticate" not in response.headers
+
+    def test_a_signature_by_another_key_is_invalid_client(
+        self, http: httpx.Client, token_url: str
+    ) -> None:
+        assertion = signed(rsa_key("intruder"), client_claims(token_url))
+        assert_oauth_error(self.authenticate(http, assertion), 401, "invalid_client")
+
+    def test_a_reused_jti_is_invalid_client(self, http: httpx.Client, token_url: str) -> None:
+        assertion = signed(rsa_key("client"), client_claims(token_url))
+        assert self.authenticate(http, assertion).status_code == 200
+        assert_oauth_error(self.authenticate(http, assertion), 401, "invalid_client")
+
+    def test_a_wrong_assertion_type_is_invalid_client(
+        self, http: httpx.Client, token_url: str
+    ) -> None:
+        assertion = signed(rsa_key("client"), client_claims(token_url))
+        response = http.post(
+            TOKEN,
+            data={
+                "grant_type": "client_credentials",
+                "client_assertion_type": "urn:example:saml",
+                "client_assertion": assertion,
+            },
+        )
+        assert_oauth_error(response, 401, "invalid_client")
+
+    def test_an_assertion_and_basic_together_are_invalid_request(
+        self, http: httpx.Client, token_url: str
+    ) -> None:
+        assertion = signed(rsa_key("client"), client_claims(token_url))
+        data = {
+            "grant_type": "client_credentials",
+            "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": assertion,
+        }
+        response = http.post(TOKEN, data=data, auth=(CLIENT_ID, CLIENT_SECRET))
+        assert_oauth_error(response, 400, "invalid_request")
+
+    def test_a_key_client_has_no_secret_to_guess(self, http: httpx.Client, token_url: str) -> None:
+        response = http.post(
+            TOKEN, data={"grant_type": "client_credentials"}, auth=(KEY_CLIENT, "")
+        )
+        assert_oauth_error(response, 401, "invalid_client")
+
+
+class TestEntraPath:
+    TENANT = "8f1c2d3e-0000-4000-8000-123456789abc"
+
+    def path(self, tenant: str | None = None) -> str:
+        return f"/{tenant or self.TENANT}/oauth2/v2.0/token"
+
+    def post_credentials(self, **extra: str) -> dict[str, str]:
+        return {
+            "grant_type": "client_credentials",
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            **extra,
+        }
+
+    def test_client_credentials_with_a_default_scope(
+        self, state: TokenServerState, http: httpx.Client
+    ) -> None:
+        scope = "https://graph.microsoft.com/.default"
+        response = http.post(self.path(), data=self.post_credentials(scope=scope))
+        assert response.status_code == 200, response.text
+        assert response.headers["cache-control"] == "no-store"
+        assert response.json()["scope"] == scope
+        (entry,) = state.requests
+        assert entry["tenant"] == self.TENANT
+        assert entry["path"] == self.path()
+        assert entry["auth_method"] == "post"
+
+    def test_the_standard_path_has_no_tenant(
+        self, state: TokenServerState, http: httpx.Client
+    ) -> None:
+        http.post(TOKEN, data={"grant_type": "client_credentials"}, auth=(CLIENT_ID, CLIENT_SECRET))
+        assert state.requests[0]["tenant"] is None
+        assert state.requests[0]["path"] == TOKEN
+
+    def test_scope_is_required(self, http: httpx.Client) -> None:
+        assert_oauth_error(
+            http.post(self.path(), data=self.post_credentials()), 400, "invalid_request"
+        )
+
+    def test_a_scope_without_default_is_invalid_scope(self, http: httpx.Client) -> None:
+        data = self.post_credentials(scope="User.Read")
+        assert_oauth_error(http.post(self.path(), data=data), 400, "invalid_scope")
+
+    def test_a_client_assertion_names_the_tenant_endpoint(
+        self, state: TokenServerState, http: httpx.Client, server: LoopbackServer
+    ) -> None:
+        state.add_client_key(KEY_CLIENT, rsa_key("client").public_pem)
+        scope = "https://graph.microsoft.com/.default"
+        for aud, status in ((f"{server.url}{TOKEN}", 401), (f"{server.url}{self.path()}", 200)):
+            data = {
+                "grant_type": "client_credentials",
+                "scope": scope,
+                "client_assertion_type": ASSERTION_TYPE,
+                "client_assertion": signed(rsa_key("client"), client_claims(aud)),
+            }
+            assert http.post(self.path(), data=data).status_code == status
+
+    def test_faults_apply_here_too(self, state: TokenServerState, http: httpx.Client) -> None:
+        state.queue_faults("http_503")
+        scope = "https://graph.microsoft.com/.default"
+        assert http.post(self.path(), data=self.post_credentials(scope=scope)).status_code == 503

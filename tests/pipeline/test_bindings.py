@@ -26,7 +26,7 @@ SA_KEY = json.dumps(
 @pytest.fixture
 async def ctx() -> AsyncIterator[RunContext]:
     """A run context with variables, secrets, a caller's request and a last response."""
-    outbound = Outbound()
+    outbound = Outbound(egress_allow="127.0.0.0/8,::1")
     context = RunContext(
         run_id="run-1",
         actor=Actor(kind="system", name="test", permissions=frozenset()),

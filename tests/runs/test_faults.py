@@ -110,19 +110,29 @@ async def failed_run(
 
 
 FAULTS = [
-    # fault, status, error type, part of the message
-    ("http_500", 502, "upstream_error", "answered 500"),
-    ("html", 502, "bad_upstream_response", "not a JSON object (text/html)"),
-    ("broken_json", 502, "bad_upstream_response", "not a JSON object (application/json)"),
-    ("no_access_token", 502, "thrown", "no access_token"),
-    ("invalid_client", 502, "upstream_error", "invalid_client"),
-    ("hang", 504, "upstream_timeout", "no answer within 1 s"),
+    # fault, status, error type, part of the message, error class, token requests
+    # (transient failures are tried three times: the retry policy of `canonical_action`)
+    ("http_500", 502, "upstream_error", "answered 500", "transient", 3),
+    ("html", 502, "bad_upstream_response", "not a JSON object (text/html)", "permanent", 1),
+    (
+        "broken_json",
+        502,
+        "bad_upstream_response",
+        "not a JSON object (application/json)",
+        "permanent",
+        1,
+    ),
+    ("no_access_token", 502, "thrown", "no access_token", "permanent", 1),
+    ("invalid_client", 502, "upstream_error", "invalid_client", "permanent", 1),
+    ("hang", 504, "upstream_timeout", "no answer within 1 s", "transient", 3),
 ]
 
 
 class TestUpstreamFaults:
     @pytest.mark.parametrize(
-        ("fault", "status", "error_type", "fragment"), FAULTS, ids=[f[0] for f in FAULTS]
+        ("fault", "status", "error_type", "fragment", "error_class", "requests"),
+        FAULTS,
+        ids=[f[0] for f in FAULTS],
     )
     async def test_fault_keeps_secrets_and_is_reported_without_values(
         self,
@@ -133,6 +143,8 @@ class TestUpstreamFaults:
         status: int,
         error_type: str,
         fragment: str,
+        error_class: str,
+        requests: int,
     ) -> None:
         primed = await prime(client, token_server)
         before = await snapshot(client)
@@ -145,15 +157,17 @@ class TestUpstreamFaults:
         assert body["status"] == "failed"
         assert body["error"]["type"] == error_type
         assert fragment in body["error"]["message"]
+        assert body["error"]["error_class"] == error_class
         assert body["secret"] == "ACCESS_TOKEN"
         assert body["version"] == before["ACCESS_TOKEN"].version
-        assert token_server.state.token_requests == 1
+        assert token_server.state.token_requests == requests
         assert await snapshot(client) == before
 
         listing, detail = await failed_run(client, body["run_id"])
         run = detail.json()
         assert run["http_status"] == status
         assert run["error_type"] == error_type
+        assert run["error_class"] == error_class
         assert run["trigger"] == "refresh"
         assert sorted(run["secrets"]) == list(TARGETS)
         failing = [entry for entry in run["trace"] if entry["outcome"] == "failed"]
@@ -161,7 +175,8 @@ class TestUpstreamFaults:
 
         metadata = await client.get("/v1/secrets/ACCESS_TOKEN")
         assert metadata.json()["status"] == "failing"
-        assert metadata.json()["last_error"].startswith(f"{error_type}: ")
+        assert metadata.json()["failure_count"] == 1
+        assert metadata.json()["last_error"].startswith(f"{error_type} ({error_class}): ")
 
         assert_no_canary(
             [*primed.canaries, TRUNCATED_TOKEN],
@@ -186,6 +201,7 @@ class TestUpstreamFaults:
         metadata = (await client.get("/v1/secrets/ACCESS_TOKEN")).json()
         assert metadata["status"] == "ok"
         assert metadata["last_error"] is None
+        assert metadata["failure_count"] == 0
 
 
 async def make_refresh_token_shared(client: httpx.AsyncClient) -> None:
@@ -286,6 +302,8 @@ class TestRefreshRoute:
             "status",
             "error",
             "response",
+            "coalesced",
+            "adopted",
             "secret",
             "version",
             "expires_at",

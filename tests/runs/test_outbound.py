@@ -37,7 +37,7 @@ class Trickle(httpx.AsyncByteStream):
 def outbound_for(response: httpx.Response, **options: int) -> Outbound:
     """An Outbound whose every request gets `response`."""
     transport = httpx.MockTransport(lambda request: response)
-    return Outbound(httpx.AsyncClient(transport=transport), **options)
+    return Outbound(httpx.AsyncClient(transport=transport), egress_allow="upstream.test", **options)
 
 
 class TestFailuresBecomeDomainErrors:
@@ -84,7 +84,7 @@ class TestFailuresBecomeDomainErrors:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         # Nothing listens on the port now.
-        outbound = Outbound()
+        outbound = Outbound(egress_allow="127.0.0.0/8")
         try:
             with pytest.raises(UpstreamUnreachable) as raised:
                 await outbound.send("POST", f"http://127.0.0.1:{port}/token?key={CANARY}")

@@ -35,7 +35,7 @@ class TestCanonicalRefresh:
 
 
 class TestSingleFlight:
-    async def test_concurrent_refreshes_never_spend_the_same_refresh_token(
+    async def test_concurrent_refreshes_share_one_run(
         self, client: httpx.AsyncClient, token_server: TokenServer
     ) -> None:
         await setup_oauth(client, token_server)
@@ -46,8 +46,10 @@ class TestSingleFlight:
         )
 
         assert first.status_code == second.status_code == 200, (first.text, second.text)
-        assert sorted([first.json()["version"], second.json()["version"]]) == [1, 2]
-        assert [r.get("error") for r in token_server.state.requests] == [None, None]
+        assert first.json()["version"] == second.json()["version"] == 1
+        assert first.json()["run_id"] == second.json()["run_id"]
+        assert sorted([first.json()["coalesced"], second.json()["coalesced"]]) == [False, True]
+        assert [r.get("error") for r in token_server.state.requests] == [None]
         assert token_server.state.is_active(await secret_value(client, "REFRESH_TOKEN"))
         assert token_server.state.is_active(await secret_value(client, "ACCESS_TOKEN"))
 

@@ -1,0 +1,186 @@
+"""Secret health: `needs_reauth` after `invalid_grant`, `failing` with a count, and lost races."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from tests.conftest import CLIENT_ID, TokenServer, secret_value, setup_oauth
+
+
+async def metadata(client: httpx.AsyncClient, name: str) -> dict[str, Any]:
+    """A secret's metadata as the API reports it."""
+    response = await client.get(f"/v1/secrets/{name}")
+    assert response.status_code == 200, response.text
+    found: dict[str, Any] = response.json()
+    return found
+
+
+async def refused_grant(client: httpx.AsyncClient, server: TokenServer) -> None:
+    """Set up the canonical refresh, rotate once, then have the token server refuse the grant."""
+    await setup_oauth(client, server)
+    assert (await client.get("/refresh/ACCESS_TOKEN")).status_code == 200
+    server.state.queue_faults("invalid_grant")
+    response = await client.get("/refresh/ACCESS_TOKEN")
+    assert response.status_code == 502, response.text
+    assert response.json()["error"]["oauth_error"] == "invalid_grant"
+    server.state.reset_counters()
+
+
+class TestNeedsReauth:
+    async def test_invalid_grant_marks_every_target(
+        self, client: httpx.AsyncClient, token_server: TokenServer
+    ) -> None:
+        await refused_grant(client, token_server)
+
+        for name in ("ACCESS_TOKEN", "REFRESH_TOKEN"):
+            found = await metadata(client, name)
+            assert found["status"] == "needs_reauth"
+            assert found["failure_count"] == 1
+            assert "invalid_grant" in found["last_error"]
+        # What the run read but doesn't write is not its business.
+        assert (await metadata(client, "CLIENT_SECRET"))["status"] == "ok"
+
+    async def test_refresh_then_answers_409_without_calling_upstream(
+        self, client: httpx.AsyncClient, token_server: TokenServer
+    ) -> None:
+        await refused_grant(client, token_server)
+
+        response = await client.get("/refresh/ACCESS_TOKEN")
+
+        assert response.status_code == 409, response.text
+        error = response.json()["error"]
+        assert error["type"] == "needs_reauth"
+        assert "PUT /v1/secrets/" in error["message"]
+        assert "force=true" in error["message"]
+        assert token_server.state.token_requests == 0
+        # A refused call doesn't count as another failed refresh.
+        assert (await metadata(client, "ACCESS_TOKEN"))["failure_count"] == 1
+
+    async def test_force_calls_the_upstream_anyway(
+        self, client: httpx.AsyncClient, token_server: TokenServer
+    ) -> None:
+        await refused_grant(client, token_server)
+
+        response = await client.get("/refresh/ACCESS_TOKEN", params={"force": "true"})
+
+        # The grant was refused only once (a queued fault): the stored token still works.
+        assert response.status_code == 200, response.text
+        assert token_server.state.token_requests == 1
+        for name in ("ACCESS_TOKEN", "REFRESH_TOKEN"):
+            found = await metadata(client, name)
+            assert (found["status"], found["failure_count"], found["last_error"]) == (
+                "ok",
+                0,
+                None,
+            )
+
+    async def test_a_value_set_by_hand_resumes_refreshing(
+        self, client: httpx.AsyncClient, token_server: TokenServer
+    ) -> None:
+        await refused_grant(client, token_server)
+        # The person authorizes again and stores the new refresh token.
+        fresh = token_server.state.issue_refresh_token(CLIENT_ID)
+        response = await client.put("/v1/secrets/REFRESH_TOKEN/value", json={"value": fresh})
+        assert response.status_code == 200, response.text
+        assert (await metadata(client, "ACCESS_TOKEN"))["status"] == "ok"
+
+        response = await client.get("/refresh/ACCESS_TOKEN")
+
+        assert response.status_code == 200, response.text
+        assert token_server.state.is_active(await secret_value(client, "ACCESS_TOKEN"))
+        assert token_server.state.is_active(await secret_value(client, "REFRESH_TOKEN"))
+
+    async def test_a_value_of_an_unrelated_secret_resumes_nothing(
+        self, client: httpx.AsyncClient, token_server: TokenServer
+    ) -> None:
+        await refused_grant(client, token_server)
+        response = await client.post("/v1/secrets", json={"name": "OTHER", "value": "x"})
+        assert response.status_code == 201, response.text
+
+        assert (await metadata(client, "ACCESS_TOKEN"))["status"] == "needs_reauth"
+
+
+class TestFailing:
+    async def test_repeated_failures_are_counted_and_a_success_resets(
+        self, client: httpx.AsyncClient, token_server: TokenServer
+    ) -> None:
+        await setup_oauth(client, token_server)
+        token_server.state.fault = "invalid_client"
+        for count in (1, 2, 3):
+            assert (await client.get("/refresh/ACCESS_TOKEN")).status_code == 502
+            found = await metadata(client, "ACCESS_TOKEN")
+            assert (found["status"], found["failure_count"]) == ("failing", count)
+            assert found["last_error"].startswith("upstream_error (permanent): ")
+            assert "invalid_client" in found["last_error"]
+        token_server.state.fault = None
+
+        assert (await client.get("/refresh/ACCESS_TOKEN")).status_code == 200
+
+        found = await metadata(client, "ACCESS_TOKEN")
+        assert (found["status"], found["failure_count"], found["last_error"]) == ("ok", 0, None)
+
+
+class TestLostRace:
+    async def test_refresh_token_replaced_mid_run_is_not_marked_dead(
+        self, client: httpx.AsyncClient, token_server: TokenServer
+    ) -> None:
+        """invalid_grant, but the stored refresh token changed since the run began."""
+        await setup_oauth(client, token_server)
+        token_server.state.latency_seconds = 0.5
+        token_server.state.queue_faults("invalid_grant")
+        fresh = token_server.state.issue_refresh_token(CLIENT_ID)
+
+        async def replace_refresh_token() -> None:
+            await asyncio.sleep(0.2)  # the run has loaded the old one and is waiting upstream
+            response = await client.put("/v1/secrets/REFRESH_TOKEN/value", json={"value": fresh})
+            assert response.status_code == 200, response.text
+
+        response, _ = await asyncio.gather(
+            client.get("/refresh/ACCESS_TOKEN"), replace_refresh_token()
+        )
+
+        assert response.status_code == 409, response.text
+        error = response.json()["error"]
+        assert error["type"] == "superseded"
+        assert error["secrets"] == ["REFRESH_TOKEN"]
+        for name in ("ACCESS_TOKEN", "REFRESH_TOKEN"):
+            assert (await metadata(client, name))["status"] == "ok"
+        assert await secret_value(client, "REFRESH_TOKEN") == fresh
+        token_server.state.latency_seconds = 0
+        assert (await client.get("/refresh/ACCESS_TOKEN")).status_code == 200
+
+    async def test_targets_refreshed_by_another_run_are_adopted(
+        self, client: httpx.AsyncClient, token_server: TokenServer
+    ) -> None:
+        """invalid_grant because another run (another replica) rotated the token first."""
+        await setup_oauth(client, token_server)
+        # A second endpoint with the same action refreshes the same secrets, so it doesn't
+        # take turns with the first: this is how a race between replicas looks.
+        service = (await client.get("/v1/services/oauth")).json()
+        twin = {**service["endpoints"][0], "readable_id": "twin", "enable_log": True}
+        service["endpoints"].append(twin)
+        response = await client.put(
+            "/v1/services/oauth",
+            json={key: service[key] for key in ("name", "variables", "endpoints")},
+        )
+        assert response.status_code == 200, response.text
+        token_server.state.latency_seconds = 0.4
+
+        async def twin_run() -> httpx.Response:
+            await asyncio.sleep(0.1)
+            return await client.get("/api/services/oauth/twin")
+
+        first, second = await asyncio.gather(client.get("/refresh/ACCESS_TOKEN"), twin_run())
+
+        results = sorted([first, second], key=lambda r: r.json().get("adopted", False))
+        assert results[0].status_code == 200, results[0].text
+        assert results[1].status_code == 200, results[1].text
+        assert results[1].json()["adopted"] is True
+        # The winner spent the refresh token; the loser's reuse revoked the family at this
+        # strict server, which is what happens: the point is that tokenfarm doesn't mark the
+        # secret dead for a grant someone else spent.
+        for name in ("ACCESS_TOKEN", "REFRESH_TOKEN"):
+            assert (await metadata(client, name))["status"] == "ok"

@@ -1,0 +1,147 @@
+"""Single flight: a burst of refreshes costs one token request, in one process and across three.
+
+The token server answers after 300 ms, so every caller of a burst arrives while the first run is
+still waiting for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.config import Settings
+from tests.auth.conftest import Callers
+from tests.auth.conftest import callers as callers  # the fixture, for this module
+from tests.burst import burst_get
+from tests.conftest import TokenServer, secret_value, setup_oauth
+from tests.processes import server_process
+
+BURST = 100
+
+
+def assert_one_rotation(responses: list[httpx.Response], server: TokenServer) -> None:
+    """Every caller succeeded with the same run, and the token server saw one clean request."""
+    assert Counter(r.status_code for r in responses) == {200: len(responses)}, [
+        r.text for r in responses if r.status_code != 200
+    ][:3]
+    assert server.state.token_requests == 1, server.state.requests
+    assert len({r.json()["run_id"] for r in responses}) == 1, Counter(
+        (r.json()["run_id"], r.json()["adopted"], r.json()["coalesced"]) for r in responses
+    )
+    assert {r.json()["version"] for r in responses} == {1}
+    assert server.state.token_requests == 1
+    assert [r["error"] for r in server.state.requests] == [None]
+
+
+class TestInOneProcess:
+    async def test_a_burst_of_refreshes_costs_one_token_request(
+        self, client: httpx.AsyncClient, token_server: TokenServer
+    ) -> None:
+        await setup_oauth(client, token_server)
+        token_server.state.latency_seconds = 0.3
+
+        responses = await asyncio.gather(
+            *(client.get("/refresh/ACCESS_TOKEN") for _ in range(BURST))
+        )
+
+        assert_one_rotation(list(responses), token_server)
+        assert sum(r.json()["coalesced"] for r in responses) == BURST - 1
+        assert token_server.state.is_active(await secret_value(client, "ACCESS_TOKEN"))
+        assert token_server.state.is_active(await secret_value(client, "REFRESH_TOKEN"))
+
+    async def test_a_caller_without_the_update_permission_does_not_share_the_run(
+        self, client: httpx.AsyncClient, token_server: TokenServer, callers: Callers
+    ) -> None:
+        await setup_oauth(client, token_server)
+        token_server.state.latency_seconds = 0.3
+        runner_only = await callers.holding("services.run:oauth")
+
+        async def late() -> httpx.Response:
+            await asyncio.sleep(0.1)  # the owner's run is in flight
+            return await runner_only.get("/refresh/ACCESS_TOKEN")
+
+        owner, refused = await asyncio.gather(client.get("/refresh/ACCESS_TOKEN"), late())
+
+        assert owner.status_code == 200, owner.text
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["error"]["type"] == "permission_denied"
+        assert refused.json()["run_id"] != owner.json()["run_id"]
+        assert token_server.state.token_requests == 1
+
+    async def test_runs_after_the_burst_refresh_again(
+        self, client: httpx.AsyncClient, token_server: TokenServer
+    ) -> None:
+        await setup_oauth(client, token_server)
+
+        first = await client.get("/refresh/ACCESS_TOKEN")
+        second = await client.get("/refresh/ACCESS_TOKEN")
+
+        assert (first.json()["version"], second.json()["version"]) == (1, 2)
+        assert second.json()["coalesced"] is False
+        assert token_server.state.token_requests == 2
+
+    async def test_a_caller_that_goes_away_does_not_stop_the_run(
+        self, client: httpx.AsyncClient, token_server: TokenServer
+    ) -> None:
+        """The upstream may already have rotated the token: the run must store it anyway."""
+        await setup_oauth(client, token_server)
+        token_server.state.latency_seconds = 0.3
+
+        caller = asyncio.ensure_future(client.get("/refresh/ACCESS_TOKEN"))
+        await asyncio.sleep(0.1)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        await asyncio.sleep(0.5)
+
+        assert token_server.state.token_requests == 1
+        assert token_server.state.is_active(await secret_value(client, "REFRESH_TOKEN"))
+        assert token_server.state.is_active(await secret_value(client, "ACCESS_TOKEN"))
+
+
+# Replicas and row locks need PostgreSQL: only that backend of `database_url`.
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+class TestAcrossReplicas:
+    async def test_three_replicas_on_postgresql_cost_one_token_request(
+        self,
+        client: httpx.AsyncClient,
+        token_server: TokenServer,
+        settings: Settings,
+        database_url: str,
+        tmp_path: Path,
+    ) -> None:
+        await setup_oauth(client, token_server)
+        token_server.state.latency_seconds = 0.3
+        assert settings.encryption_keys and settings.jwt_secret
+        env = {
+            "TOKENFARM_ENVIRONMENT": "test",
+            "TOKENFARM_DATABASE_URL": database_url,
+            "TOKENFARM_DATA_DIR": str(tmp_path),
+            "TOKENFARM_ENCRYPTION_KEYS": settings.encryption_keys,
+            "TOKENFARM_JWT_SECRET": settings.jwt_secret,
+            "TOKENFARM_EGRESS_ALLOW": "127.0.0.0/8",
+            "TOKENFARM_LOG_LEVEL": "WARNING",
+        }
+        with ExitStack() as stack:
+            bases = [stack.enter_context(server_process(env, "--no-migrate"))[0] for _ in range(3)]
+            responses = await burst_get(
+                [f"{bases[i % 3]}/refresh/ACCESS_TOKEN" for i in range(BURST)],
+                {"Authorization": client.headers["Authorization"]},
+            )
+
+        assert Counter(r.status for r in responses) == {200: BURST}, responses[:3]
+        assert token_server.state.token_requests == 1, token_server.state.requests
+        assert [r["error"] for r in token_server.state.requests] == [None]
+        assert len({r.body["run_id"] for r in responses}) == 1
+        assert {r.body["version"] for r in responses} == {1}
+        # Two replicas waited for the advisory lock and adopted the first one's run.
+        assert any(r.body["adopted"] for r in responses)
+        assert token_server.state.is_active(await secret_value(client, "ACCESS_TOKEN"))
+        assert token_server.state.is_active(await secret_value(client, "REFRESH_TOKEN"))
