@@ -36,9 +36,7 @@ class Recovery:
     async def recover(self, run_id: str, *, actor: str, force: bool = False) -> RecoveryResult:
         """Write the kept answer of run `run_id`; the run becomes `recovered`."""
         run = (
-            await self.session.execute(
-                select(Run).where(col(Run.id) == run_id).with_for_update()
-            )
+            await self.session.execute(select(Run).where(col(Run.id) == run_id).with_for_update())
         ).scalar_one_or_none()
         if run is None:
             raise NotFound(f"no run {run_id!r} in the log")
