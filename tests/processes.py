@@ -13,6 +13,8 @@ from contextlib import contextmanager
 
 import httpx
 
+from app.config import Settings
+
 
 def run_cli(
     *args: str, env: dict[str, str], timeout: float = 60
@@ -79,3 +81,18 @@ def kill_hard(process: subprocess.Popen[bytes]) -> None:
     """SIGKILL: the process gets no chance to finish anything."""
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=10)
+
+
+def replica_env(settings: Settings, database_url: str, data_dir: str) -> dict[str, str]:
+    """The environment of another process serving the same database as the test's app: the
+    same keys, so it reads the same secrets and accepts the same login tokens."""
+    assert settings.encryption_keys and settings.jwt_secret
+    return {
+        "TOKENFARM_ENVIRONMENT": "test",
+        "TOKENFARM_DATABASE_URL": database_url,
+        "TOKENFARM_DATA_DIR": data_dir,
+        "TOKENFARM_ENCRYPTION_KEYS": settings.encryption_keys,
+        "TOKENFARM_JWT_SECRET": settings.jwt_secret,
+        "TOKENFARM_EGRESS_ALLOW": "127.0.0.0/8",
+        "TOKENFARM_LOG_LEVEL": "WARNING",
+    }

@@ -134,16 +134,21 @@ class SecretStore:
 
     # --- metadata --------------------------------------------------------------------------
 
-    async def _check_refresh_endpoint(self, refresh_endpoint: str) -> None:
+    async def _endpoint_action(self, refresh_endpoint: str) -> list[dict[str, Any]] | None:
+        """The stored action of the endpoint `SLUG/READABLE_ID`, or None when there is none."""
         slug, readable_id = refresh_endpoint.split("/", 1)
-        found = (
+        action: list[dict[str, Any]] | None = (
             await self.session.execute(
-                select(col(Endpoint.id))
+                select(col(Endpoint.action))
                 .join(Service, col(Service.id) == col(Endpoint.service_id))
                 .where(col(Service.slug) == slug, col(Endpoint.readable_id) == readable_id)
             )
         ).scalar_one_or_none()
-        if found is None:
+        return action
+
+    async def _check_refresh_endpoint(self, refresh_endpoint: str) -> None:
+        if await self._endpoint_action(refresh_endpoint) is None:
+            slug, readable_id = refresh_endpoint.split("/", 1)
             raise InvalidInput(
                 f"refresh_endpoint {refresh_endpoint!r}: no endpoint {readable_id!r} "
                 f"in service {slug!r}"
@@ -357,14 +362,7 @@ class SecretStore:
         )
         for dependent in waiting:
             assert dependent.refresh_endpoint is not None
-            slug, readable_id = dependent.refresh_endpoint.split("/", 1)
-            action = (
-                await self.session.execute(
-                    select(col(Endpoint.action))
-                    .join(Service, col(Service.id) == col(Endpoint.service_id))
-                    .where(col(Service.slug) == slug, col(Endpoint.readable_id) == readable_id)
-                )
-            ).scalar_one_or_none()
+            action = await self._endpoint_action(dependent.refresh_endpoint)
             if action is not None and secret.name in referenced_secrets(parse_action(action)):
                 dependent.status = "ok"
                 dependent.failure_count = 0

@@ -17,7 +17,7 @@ from tests.auth.conftest import Callers
 from tests.auth.conftest import callers as callers  # the fixture, for this module
 from tests.burst import burst_get
 from tests.conftest import TokenServer, secret_value, setup_oauth
-from tests.processes import kill_hard, run_cli, server_process
+from tests.processes import kill_hard, replica_env, run_cli, server_process
 
 
 async def rotate_once(client: httpx.AsyncClient, server: TokenServer) -> None:
@@ -166,15 +166,7 @@ class TestKilledProcess:
     ) -> None:
         await rotate_once(client, token_server)
         spent_refresh = await secret_value(client, "REFRESH_TOKEN")
-        assert settings.encryption_keys and settings.jwt_secret
-        env = {
-            "TOKENFARM_ENVIRONMENT": "test",
-            "TOKENFARM_DATABASE_URL": database_url,
-            "TOKENFARM_DATA_DIR": str(tmp_path),
-            "TOKENFARM_ENCRYPTION_KEYS": settings.encryption_keys,
-            "TOKENFARM_JWT_SECRET": settings.jwt_secret,
-            "TOKENFARM_EGRESS_ALLOW": "127.0.0.0/8",
-        }
+        env = replica_env(settings, database_url, str(tmp_path))
         blocker = await asyncpg.connect(database_url)
         try:
             with server_process(env, "--no-migrate") as (base, process):

@@ -19,7 +19,7 @@ from tests.auth.conftest import Callers
 from tests.auth.conftest import callers as callers  # the fixture, for this module
 from tests.burst import burst_get
 from tests.conftest import TokenServer, secret_value, setup_oauth
-from tests.processes import server_process
+from tests.processes import replica_env, server_process
 
 BURST = 100
 
@@ -119,16 +119,7 @@ class TestAcrossReplicas:
     ) -> None:
         await setup_oauth(client, token_server)
         token_server.state.latency_seconds = 0.3
-        assert settings.encryption_keys and settings.jwt_secret
-        env = {
-            "TOKENFARM_ENVIRONMENT": "test",
-            "TOKENFARM_DATABASE_URL": database_url,
-            "TOKENFARM_DATA_DIR": str(tmp_path),
-            "TOKENFARM_ENCRYPTION_KEYS": settings.encryption_keys,
-            "TOKENFARM_JWT_SECRET": settings.jwt_secret,
-            "TOKENFARM_EGRESS_ALLOW": "127.0.0.0/8",
-            "TOKENFARM_LOG_LEVEL": "WARNING",
-        }
+        env = replica_env(settings, database_url, str(tmp_path))
         with ExitStack() as stack:
             bases = [stack.enter_context(server_process(env, "--no-migrate"))[0] for _ in range(3)]
             responses = await burst_get(
