@@ -103,6 +103,41 @@ def serve(
     uvicorn.run(app, host=host, port=port, proxy_headers=False)
 
 
+async def _schedule_alone() -> None:
+    import signal
+
+    from app.crypto import load_keyring
+    from app.runtime import runtime, scheduling
+
+    settings = get_settings()
+    keyring = load_keyring(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with runtime(settings, keyring) as parts, scheduling(parts, settings):
+        await stop.wait()
+
+
+@cli.command()
+def scheduler(
+    migrate_first: Annotated[
+        bool, typer.Option("--migrate/--no-migrate", help="Migrate before starting.")
+    ] = False,
+) -> None:
+    """Run only the scheduler (schedules and expiry-driven refresh), until SIGTERM or Ctrl-C.
+
+    Run it beside `tokenfarm serve` replicas started with TOKENFARM_SCHEDULER_ENABLED=false, or
+    run several: on PostgreSQL they share the work and each due run happens once.
+    """
+    try:
+        if migrate_first:
+            _migrate()
+        asyncio.run(_schedule_alone())
+    except TokenfarmError as exc:
+        _fail(exc.message)
+
+
 async def _seed_demo(token_url: str, refresh_token: str) -> str:
     from app.crypto import load_keyring
     from app.db import create_engine, session_factory

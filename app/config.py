@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.outbound import EgressAllowList
@@ -66,12 +66,45 @@ class Settings(BaseSettings):
     )
     jwt_ttl_seconds: int = Field(3600, ge=60, le=86_400, description="Lifetime of a login token.")
 
+    scheduler_enabled: bool = Field(
+        True, description="Run the scheduler inside `tokenfarm serve` (off: run it on its own)."
+    )
+    scheduler_concurrency: int = Field(
+        10, ge=1, le=1000, description="Runs one scheduler process starts at the same time."
+    )
+    scheduler_poll_seconds: float = Field(
+        1.0, gt=0, le=60, description="How often the scheduler looks for due work."
+    )
+    scheduler_lease_seconds: float | None = Field(
+        None,
+        gt=0,
+        le=7200,
+        description="How long a replica's claim on a due run lasts before another replica takes "
+        "it over (default: the run deadline plus 60 s; must exceed the run deadline).",
+    )
+
     @field_validator("egress_allow")
     @classmethod
     def _egress_allow_is_valid(cls, value: str) -> str:
         """A bad entry stops start-up with a `ConfigurationError` that names it."""
         EgressAllowList.parse(value)
         return value
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_run(self) -> Settings:
+        """A claim that ran out while its run still went on would let another replica run it."""
+        lease = self.scheduler_lease_seconds
+        if lease is not None and lease <= self.run_deadline_seconds:
+            raise ValueError(
+                f"TOKENFARM_SCHEDULER_LEASE_SECONDS ({lease:g}) must exceed "
+                f"TOKENFARM_RUN_DEADLINE_SECONDS ({self.run_deadline_seconds:g})"
+            )
+        return self
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long a scheduler's claim lasts."""
+        return self.scheduler_lease_seconds or self.run_deadline_seconds + 60
 
     @property
     def resolved_database_url(self) -> str:

@@ -126,6 +126,6 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def timestamp_column(nullable: bool = True) -> Any:
+def timestamp_column(nullable: bool = True, *, index: bool = False) -> Any:
     """A `UTCDateTime` column for a SQLModel field."""
-    return Column(UTCDateTime(), nullable=nullable)
+    return Column(UTCDateTime(), nullable=nullable, index=index)

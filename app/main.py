@@ -1,4 +1,4 @@
-"""The FastAPI application: lifespan (database, keys, outbound client, runner) and routers."""
+"""The FastAPI application: lifespan (database, outbound client, runner, scheduler) and routers."""
 
 from __future__ import annotations
 
@@ -13,14 +13,13 @@ from app.auth.router import router as accounts_router
 from app.auth.tokens import TokenService, load_jwt_secret
 from app.config import Settings, get_settings
 from app.crypto import load_keyring
-from app.db import create_engine, create_lock_engine, session_factory
 from app.handlers import install_error_handlers
 from app.health import router as health_router
 from app.logs import configure_logging
-from app.outbound import Outbound
 from app.presets.router import router as presets_router
 from app.runs.router import router as runs_router
-from app.runs.runner import Runner
+from app.runtime import runtime, scheduling
+from app.schedules.router import router as schedules_router
 from app.secrets.router import router as secrets_router
 from app.services.router import router as services_router
 
@@ -42,26 +41,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings.resolved_database_url)
-        outbound = Outbound(
-            default_timeout_seconds=settings.http_timeout_seconds,
-            egress_allow=settings.egress_allow,
-        )
-        factory = session_factory(engine)
-        app.state.engine = engine
-        app.state.session_factory = factory
-        lock_engine = create_lock_engine(engine)
-        runner = Runner(factory, keyring, outbound, settings, lock_engine=lock_engine)
-        app.state.runner = runner
-        try:
-            yield
-        finally:
-            # A run in flight may hold a rotated token its upstream just sent: let it store it.
-            await runner.drain(timeout_seconds=settings.http_timeout_seconds)
-            await outbound.aclose()
-            if lock_engine is not None:
-                await lock_engine.dispose()
-            await engine.dispose()
+        async with runtime(settings, keyring) as parts:
+            app.state.engine = parts.engine
+            app.state.session_factory = parts.session_factory
+            app.state.runner = parts.runner
+            if not settings.scheduler_enabled:
+                yield
+                return
+            async with scheduling(parts, settings) as scheduler:
+                app.state.scheduler = scheduler
+                yield
 
     app = FastAPI(
         title="tokenfarm",
@@ -82,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services_router,
         presets_router,
         runs_router,
+        schedules_router,
     ):
         app.include_router(router)
     return app

@@ -4,6 +4,7 @@ from sqlmodel import SQLModel
 
 from app.auth.models import ApiKey, Role, ServiceAccount, ServiceAccountRole, User, UserRole
 from app.runs.models import Run, RunSecret
+from app.schedules.models import Schedule
 from app.secrets.models import Secret, SecretValue, SecretVersion
 from app.services.models import Endpoint, Service
 
@@ -15,6 +16,7 @@ __all__ = [
     "Role",
     "Run",
     "RunSecret",
+    "Schedule",
     "Secret",
     "SecretValue",
     "SecretVersion",

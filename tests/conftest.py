@@ -165,6 +165,8 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         jwt_secret=secrets.token_urlsafe(48),
         log_level="DEBUG",
         egress_allow="127.0.0.0/8,::1",
+        # Tests drive the scheduler themselves (tests/schedules), with a clock they move.
+        scheduler_enabled=False,
     )
 
 

@@ -95,4 +95,5 @@ def replica_env(settings: Settings, database_url: str, data_dir: str) -> dict[st
         "TOKENFARM_JWT_SECRET": settings.jwt_secret,
         "TOKENFARM_EGRESS_ALLOW": "127.0.0.0/8",
         "TOKENFARM_LOG_LEVEL": "WARNING",
+        "TOKENFARM_SCHEDULER_ENABLED": "false",
     }

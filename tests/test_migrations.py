@@ -142,7 +142,13 @@ class TestMigrations:
             "uq_secret_version_secret_id_environment_version",
         }
         assert names["run_secret"] == {"pk_run_secret", "fk_run_secret_run_id_run"}
-        assert names["run"] == {"pk_run", "ix_run_service_slug", "ix_run_status"}
+        assert names["run"] == {
+            "pk_run",
+            "ix_run_service_slug",
+            "ix_run_status",
+            "ix_run_schedule_name",
+        }
+        assert names["schedule"] == {"pk_schedule", "ix_schedule_name", "ix_schedule_next_run_at"}
 
     def test_sync_upgrade_works_outside_an_event_loop(self, tmp_path: Path) -> None:
         url = f"sqlite:///{tmp_path / 'sync.db'}"

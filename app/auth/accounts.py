@@ -144,6 +144,12 @@ class AccountStore:
         permissions = await self._permissions(await self._account_role_ids(account))
         return Actor(kind="service_account", name=account.name, permissions=permissions)
 
+    async def actor_for_service_account(self, name: str) -> Actor:
+        """A service account as the actor of a run it is configured for (`run_as`, `refresh_as`)."""
+        account = await self.service_account(name)
+        permissions = await self._permissions(await self._account_role_ids(account))
+        return Actor(kind="service_account", name=account.name, permissions=permissions)
+
     # --- roles -----------------------------------------------------------------------------
 
     async def _role_or_none(self, name: str) -> Role | None:

@@ -37,6 +37,7 @@ class RunLog:
             "service": run.service_slug,
             "endpoint": run.endpoint_readable_id,
             "trigger": run.trigger,
+            "schedule": run.schedule_name,
             "actor": run.actor,
             "status": run.status,
             "http_status": run.http_status,
@@ -58,6 +59,7 @@ class RunLog:
         secret: str | None = None,
         status: str | None = None,
         trigger: str | None = None,
+        schedule: str | None = None,
         limit: int = 50,
     ) -> list[RunSummary]:
         """The newest runs first, filtered."""
@@ -70,6 +72,8 @@ class RunLog:
             query = query.where(col(Run.status) == status)
         if trigger:
             query = query.where(col(Run.trigger) == trigger)
+        if schedule:
+            query = query.where(col(Run.schedule_name) == schedule)
         if secret:
             targeted = select(col(RunSecret.run_id)).where(col(RunSecret.secret_name) == secret)
             query = query.where(col(Run.id).in_(targeted))

@@ -20,6 +20,7 @@ class Run(SQLModel, table=True):
     service_slug: str = Field(max_length=64, index=True)
     endpoint_readable_id: str = Field(max_length=64)
     trigger: str = Field(max_length=16)
+    schedule_name: str | None = Field(default=None, max_length=64, index=True)
     actor: str = Field(max_length=255)
     status: str = Field(max_length=16, index=True)
     http_status: int

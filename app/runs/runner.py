@@ -166,6 +166,8 @@ class Runner:
         method: str | None = None,
         request: RequestData | None = None,
         force: bool = False,
+        run_id: str | None = None,
+        schedule_name: str | None = None,
     ) -> RunOutcome:
         """Run one endpoint end to end; NotFound/MethodNotAllowed are raised, all else is a run.
 
@@ -173,11 +175,11 @@ class Runner:
         endpoint already in flight, if there is one. Every run goes on to its end even if its
         caller goes away: its upstream may already have rotated a token.
         """
-        if request is not None:
-            # It reads the caller's request, so it is nobody else's run.
-            return await self._detached(
-                self._in_turn(slug, readable_id, actor, trigger, method, request, force, None)
-            )
+        job = Job(actor, trigger, method, request, force, run_id, schedule_name)
+        if request is not None or schedule_name is not None:
+            # It reads the caller's request, or it is a schedule's tick that must be recorded as
+            # that tick: it is nobody else's run.
+            return await self._detached(self._in_turn(slug, readable_id, job, None))
         key = (slug, readable_id, force)
         flight = self._flights.get(key)
         if flight is not None and flight.task is not None:
@@ -186,9 +188,7 @@ class Runner:
                 outcome = await asyncio.shield(flight.task)
                 return replace(outcome, coalesced=True)
             # It lacks a permission the run needs: it runs (and is refused) on its own.
-            return await self._detached(
-                self._in_turn(slug, readable_id, actor, trigger, method, None, force, None)
-            )
+            return await self._detached(self._in_turn(slug, readable_id, job, None))
         flight = Flight()
         self._flights[key] = flight
 
@@ -197,9 +197,7 @@ class Runner:
             if self._flights.get(key) is flight:
                 del self._flights[key]
 
-        task = self._spawn(
-            self._in_turn(slug, readable_id, actor, trigger, method, None, force, flight)
-        )
+        task = self._spawn(self._in_turn(slug, readable_id, job, flight))
         flight.task = task
         task.add_done_callback(landed)
         return await asyncio.shield(task)
@@ -268,15 +266,7 @@ class Runner:
             raise
 
     async def _in_turn(
-        self,
-        slug: str,
-        readable_id: str,
-        actor: Actor,
-        trigger: str,
-        method: str | None,
-        request: RequestData | None,
-        force: bool,
-        flight: Flight | None,
+        self, slug: str, readable_id: str, job: Job, flight: Flight | None
     ) -> RunOutcome:
         """Load, wait for the endpoint's turn (in this process, then across replicas), run.
 
@@ -285,7 +275,7 @@ class Runner:
         targets were refreshed meanwhile adopts that result instead of calling again.
         """
         try:
-            snapshot = await self._prepare(slug, readable_id, method)
+            snapshot = await self._prepare(slug, readable_id, job.method)
             if flight is not None:
                 flight.targets = snapshot.target_names
                 flight.loaded.set()
@@ -295,20 +285,24 @@ class Runner:
             ):
                 prepared = snapshot
                 if waited or locked:
-                    prepared = await self._prepare(slug, readable_id, method)
+                    prepared = await self._prepare(slug, readable_id, job.method)
+                    # A call with request data, or a schedule's tick (each is logged as its
+                    # own run), never stands in for another run.
                     adopted = (
                         await self._adopt(snapshot, prepared.secrets)
-                        if request is None and self._may_write(prepared, actor)
+                        if job.request is None
+                        and job.schedule_name is None
+                        and self._may_write(prepared, job.actor)
                         else None
                     )
                     if adopted is not None:
                         return adopted
-                return await self._run(prepared, actor, trigger, request, force)
+                return await self._run(prepared, job)
         except SQLAlchemyError as exc:
             logger.error("run of %s/%s: the database failed: %s", slug, readable_id, type(exc))
             failure = StorageFailed("the database could not be reached; nothing was called")
             return RunOutcome(
-                run_id=str(uuid.uuid4()),
+                run_id=job.run_id or str(uuid.uuid4()),
                 status="failed",
                 http_status=failure.status_code,
                 error=failure,
@@ -418,16 +412,10 @@ class Runner:
 
     # --- running -------------------------------------------------------------------------------
 
-    async def _run(
-        self,
-        prepared: PreparedRun,
-        actor: Actor,
-        trigger: str,
-        request: RequestData | None,
-        force: bool,
-    ) -> RunOutcome:
+    async def _run(self, prepared: PreparedRun, job: Job) -> RunOutcome:
         """One run: check, walk the action, store the outcome."""
-        run_id = str(uuid.uuid4())
+        actor = job.actor
+        run_id = job.run_id or str(uuid.uuid4())
         started_at = utcnow()
         started = time.perf_counter()
         variables = {v["name"]: v.get("default") for v in prepared.service.variables}
@@ -440,7 +428,7 @@ class Runner:
             outbound=self.outbound,
             variables=variables,
             secrets=secret_values,
-            request=request or RequestData(),
+            request=job.request or RequestData(),
             clock=self.clock,
             deadline=time.monotonic() + self.settings.run_deadline_seconds,
         )
@@ -448,7 +436,7 @@ class Runner:
             ctx.redactor.add(value)
         error: TokenfarmError | None = None
         try:
-            self._preflight(prepared, actor, force)
+            self._preflight(prepared, actor, job.force)
             await execute(prepared.nodes, ctx)
         except TokenfarmError as exc:
             error = exc
@@ -464,7 +452,7 @@ class Runner:
             error = InternalError(
                 f"the run failed unexpectedly ({type(exc).__name__}); see the server log"
             )
-        record = RunRecord(prepared, ctx, trigger, started_at, started)
+        record = RunRecord(prepared, ctx, job.trigger, started_at, started, job.schedule_name)
         outcome = await self._finish(record, error)
         logger.info(
             "run %s of %s/%s by %s (%s): %s in %.1f ms%s",
@@ -472,7 +460,7 @@ class Runner:
             prepared.service.slug,
             prepared.endpoint.readable_id,
             actor.label,
-            trigger,
+            job.trigger,
             outcome.status,
             (time.perf_counter() - started) * 1000,
             f" [{outcome.error_body['type']}]" if outcome.error_body else "",
@@ -498,7 +486,7 @@ class Runner:
                     async with self.session_factory() as session, session.begin():
                         outcome.written = await self._store_writes(session, record)
                         outcome.response = ctx.redactor.value(ctx.result)
-                        if record.prepared.endpoint.enable_log:
+                        if record.logged:
                             await self._save_record(session, record, outcome, kept)
                         elif kept:
                             await self._drop_record(session, ctx.run_id)
@@ -633,6 +621,7 @@ class Runner:
             service_slug=record.prepared.service.slug,
             endpoint_readable_id=record.prepared.endpoint.readable_id,
             trigger=record.trigger,
+            schedule_name=record.schedule_name,
             actor=record.ctx.actor.label,
             status=status,
             http_status=outcome.http_status,
@@ -704,6 +693,25 @@ class RunRecord:
     trigger: str
     started_at: datetime
     started: float
+    schedule_name: str | None = None
+
+    @property
+    def logged(self) -> bool:
+        """Whether a successful run is recorded: with enable_log, and every schedule's tick."""
+        return self.prepared.endpoint.enable_log or self.schedule_name is not None
+
+
+@dataclass
+class Job:
+    """Who runs an endpoint, why, and with what."""
+
+    actor: Actor
+    trigger: str
+    method: str | None
+    request: RequestData | None
+    force: bool
+    run_id: str | None = None
+    schedule_name: str | None = None
 
 
 def _changed(

@@ -13,7 +13,8 @@ RunResultStatus = Literal["succeeded", "failed"]
 # `storing`: the upstream answered and the writes are being stored (a run that stays so died
 # meanwhile, and can be recovered); `recovered`: its kept answer was written afterwards.
 RunStatus = Literal["succeeded", "failed", "storing", "recovered"]
-RunTrigger = Literal["api", "refresh", "read", "schedule"]
+# `schedule`: a cron schedule's tick; `expiry`: the scheduler refreshing a secret before it expires.
+RunTrigger = Literal["api", "refresh", "read", "schedule", "expiry"]
 
 
 RUN_ID_EXAMPLE = "0b5c7a9e-3f1d-4c2a-9e8b-6d4f2a1c7e90"
@@ -87,6 +88,7 @@ class RunSummary(BaseModel):
     service: str
     endpoint: str
     trigger: RunTrigger
+    schedule: str | None = Field(None, description="The schedule whose tick it was.")
     actor: str
     status: RunStatus
     http_status: int

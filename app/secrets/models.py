@@ -29,6 +29,10 @@ class Secret(SQLModel, table=True):
     failure_count: int = Field(
         default=0, description="Failed refreshes in a row; a success resets it."
     )
+    # Expiry-driven refresh: runs as this service account, this long before the value expires
+    # (None: 10 % of the value's lifetime, at least 30 s).
+    refresh_as: str | None = Field(default=None, max_length=64)
+    refresh_before_expiry_seconds: int | None = Field(default=None)
     last_refreshed_at: datetime | None = Field(default=None, sa_column=timestamp_column())
     created_at: datetime = Field(default_factory=utcnow, sa_column=timestamp_column(False))
     updated_at: datetime = Field(default_factory=utcnow, sa_column=timestamp_column(False))
@@ -49,6 +53,10 @@ class SecretValue(SQLModel, table=True):
     ciphertext: str = Field(sa_column=Column(Text, nullable=False))
     expires_at: datetime | None = Field(default=None, sa_column=timestamp_column())
     updated_at: datetime = Field(default_factory=utcnow, sa_column=timestamp_column(False))
+    # When the scheduler refreshes this value (None: never on its own), and its claim on it.
+    next_refresh_at: datetime | None = Field(default=None, sa_column=timestamp_column(index=True))
+    claimed_by: str | None = Field(default=None, max_length=64)
+    claim_expires_at: datetime | None = Field(default=None, sa_column=timestamp_column())
 
 
 class SecretVersion(SQLModel, table=True):

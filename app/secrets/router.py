@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from typing import Any
 
+from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi.responses import JSONResponse
+
+from app.auth.accounts import AccountStore
+from app.auth.actor import Actor
 from app.auth.dependencies import CurrentActor, ensure, require
 from app.config import Environment
-from app.dependencies import KeyringDep, SessionDep, SettingsDep
+from app.dependencies import KeyringDep, RunnerDep, SessionDep, SettingsDep
+from app.errors import Conflict, NotFound, PermissionDenied
+from app.handlers import ErrorResponse
+from app.runs.router import ensure_can_run
+from app.runs.runner import Runner, RunOutcome
+from app.secrets.models import Secret
 from app.secrets.schemas import (
+    MAX_MIN_VALID_SECONDS,
     RollbackRequest,
     SecretCreate,
     SecretRead,
@@ -30,6 +41,25 @@ def _store(session: SessionDep, keyring: KeyringDep, settings: SettingsDep) -> S
 
 
 StoreDep = Depends(_store)
+MIN_VALID_QUERY = Query(
+    None,
+    ge=0,
+    le=MAX_MIN_VALID_SECONDS,
+    description="Refresh first (through the `refresh_endpoint`) when the value would expire "
+    "within this many seconds.",
+)
+READ_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        403: "A permission is missing: `secrets.read:NAME`, or for a refresh `services.run:SLUG` "
+        "(of the caller, or of the secret's `refresh_as` account); a refused run adds `run_id`",
+        404: "No such secret, it has no value, or its `refresh_endpoint` no longer exists",
+        409: "The value would expire within `min_valid_seconds` and can't be refreshed here, or "
+        "the refresh was refused (`needs_reauth`, locked; then with `run_id` and `status`)",
+        502: "The refresh failed upstream (with `run_id` and `status`; the value is unchanged)",
+        504: "The refresh timed out (with `run_id` and `status`; the value is unchanged)",
+    }.items()
+}
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, dependencies=MANAGE)
@@ -37,7 +67,7 @@ async def create_secret(
     data: SecretCreate, actor: CurrentActor, store: SecretStore = StoreDep
 ) -> SecretRead:
     """Create a secret, optionally with its first value."""
-    secret = await store.create(data, actor.label)
+    secret = await store.create(data, actor.label, caller=actor)
     return await store.describe(secret)
 
 
@@ -54,9 +84,11 @@ async def get_secret(name: str, store: SecretStore = StoreDep) -> SecretRead:
 
 
 @router.patch("/{name}", dependencies=MANAGE)
-async def update_secret(name: str, data: SecretUpdate, store: SecretStore = StoreDep) -> SecretRead:
-    """Change a secret's description, lock, refresh endpoint or environment-specific flag."""
-    secret = await store.update(await store.get(name), data)
+async def update_secret(
+    name: str, data: SecretUpdate, actor: CurrentActor, store: SecretStore = StoreDep
+) -> SecretRead:
+    """Change a secret's description, lock, refresh settings or environment-specific flag."""
+    secret = await store.update(await store.get(name), data, caller=actor)
     return await store.describe(secret)
 
 
@@ -83,16 +115,96 @@ async def set_secret_value(
     )
 
 
-@router.get("/{name}/value")
+@router.get("/{name}/value", response_model=SecretValueRead, responses=READ_RESPONSES)
 async def read_secret_value(
     name: str,
     actor: CurrentActor,
+    runner: RunnerDep,
     environment: Environment | None = ENVIRONMENT_QUERY,
+    min_valid_seconds: int | None = MIN_VALID_QUERY,
     store: SecretStore = StoreDep,
-) -> SecretValueRead:
-    """Read the current value; needs `secrets.read:NAME`."""
+) -> SecretValueRead | JSONResponse:
+    """Read the current value; needs `secrets.read:NAME`.
+
+    With `min_valid_seconds`, a value that would expire sooner is refreshed first through the
+    secret's `refresh_endpoint` (as its `refresh_as` account, else as the caller, who then needs
+    `services.run:SLUG`); concurrent readers share one refresh. A failed refresh answers the
+    run's error and `run_id`, and leaves the value as it was.
+    """
     ensure(actor, f"secrets.read:{name}")
-    return await store.read_value(await store.get(name), environment)
+    secret = await store.get(name)
+    if min_valid_seconds is not None and await store.expires_within(
+        secret, min_valid_seconds, environment
+    ):
+        failed = await _refresh_for_read(
+            store, secret, actor, runner, environment, min_valid_seconds
+        )
+        if failed is not None:
+            return _failed_refresh(failed)
+    return await store.read_value(secret, environment)
+
+
+async def _refresh_for_read(
+    store: SecretStore,
+    secret: Secret,
+    caller: Actor,
+    runner: Runner,
+    environment: str | None,
+    seconds: int,
+) -> RunOutcome | None:
+    """Run the secret's `refresh_endpoint` for a reader; answers the outcome only if it failed."""
+    name = secret.name
+    if not secret.refresh_endpoint:
+        raise Conflict(
+            f"secret {name!r} expires within {seconds} s and has no refresh_endpoint to refresh "
+            f"it; bind one with PATCH /v1/secrets/{name} "
+            '{"refresh_endpoint": "SLUG/READABLE_ID"}, or read without min_valid_seconds'
+        )
+    wanted = store.value_environment(secret, environment)
+    if wanted != store.value_environment(secret):
+        raise Conflict(
+            f"secret {name!r} expires within {seconds} s in environment {wanted!r}; this "
+            f"deployment refreshes only its own environment ({store.settings.environment!r})"
+        )
+    slug, readable_id = secret.refresh_endpoint.split("/", 1)
+    run_as = await _refresh_actor(store, secret, caller, slug, readable_id)
+    # The request's session must not hold a transaction open across the outbound call.
+    await store.session.commit()
+    outcome = await runner.run_endpoint(slug, readable_id, actor=run_as, trigger="read")
+    await store.session.commit()
+    return outcome if outcome.error_body is not None else None
+
+
+async def _refresh_actor(
+    store: SecretStore, secret: Secret, caller: Actor, slug: str, readable_id: str
+) -> Actor:
+    """Who a refresh on read runs as: the secret's `refresh_as` account, else the caller."""
+    if secret.refresh_as is None:
+        ensure_can_run(caller, slug, readable_id)
+        return caller
+    try:
+        account = await AccountStore(store.session).actor_for_service_account(secret.refresh_as)
+    except NotFound:
+        raise Conflict(
+            f"secret {secret.name!r} is refreshed as service account {secret.refresh_as!r}, "
+            f"which no longer exists; set another refresh_as with PATCH /v1/secrets/{secret.name}"
+        ) from None
+    if not (
+        account.can(f"services.run:{slug}") or account.can(f"services.run:{slug}/{readable_id}")
+    ):
+        permission = f"services.run:{slug}"
+        raise PermissionDenied(
+            f"secret {secret.name!r} is refreshed as service account {account.name!r}, which "
+            f"needs the permission {permission!r} or 'services.run:{slug}/{readable_id}'",
+            permission=permission,
+        )
+    return account
+
+
+def _failed_refresh(outcome: RunOutcome) -> JSONResponse:
+    """A failed refresh as the run routes answer it: the run's status, error and `run_id`."""
+    body = {"error": outcome.error_body, "run_id": outcome.run_id, "status": outcome.status}
+    return JSONResponse(body, status_code=outcome.http_status)
 
 
 @router.get("/{name}/versions", dependencies=MANAGE)

@@ -17,11 +17,14 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
+from app.auth.schemas import ACCOUNT_NAME_PATTERN
 from app.config import Environment
 from app.pipeline.schemas import SECRET_NAME_PATTERN
 from app.text import Description
 
 REFRESH_ENDPOINT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}/[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+MAX_REFRESH_BEFORE_EXPIRY_SECONDS = 30 * 24 * 3600
+MAX_MIN_VALID_SECONDS = 24 * 3600
 SecretJSON = str | int | float | bool | dict[str, Any] | list[Any]
 MAX_VERSION = 2**31 - 1  # versions are INTEGER columns; a larger number could never exist
 
@@ -57,6 +60,15 @@ RefreshEndpoint = Annotated[
         REFRESH_ENDPOINT_PATTERN,
         "must be 'SLUG/READABLE_ID' of an endpoint (e.g. 'oauth/refresh-token')",
     ),
+]
+RefreshAs = Annotated[
+    str,
+    Field(pattern=ACCOUNT_NAME_PATTERN, examples=["oauth-refresher"]),
+    _must_match(ACCOUNT_NAME_PATTERN, "must be a service account name (e.g. oauth-refresher)"),
+]
+RefreshBeforeExpirySeconds = Annotated[
+    int,
+    Field(ge=1, le=MAX_REFRESH_BEFORE_EXPIRY_SECONDS, examples=[300]),
 ]
 
 
@@ -96,6 +108,12 @@ class SecretCreate(StrictModel):
     )
     locked: bool = Field(False, description="A locked secret is never written by a run.")
     refresh_endpoint: RefreshEndpoint | None = None
+    refresh_as: RefreshAs | None = Field(
+        None, description="Service account that expiry-driven refreshes run as (`act_as:ACCOUNT`)."
+    )
+    refresh_before_expiry_seconds: RefreshBeforeExpirySeconds | None = Field(
+        None, description="Refresh this long before expiry; null: 10 % of the lifetime, >= 30 s."
+    )
     value: SecretJSON | SkipJsonSchema[None] = Field(
         None, description="The first value (never shown again here)."
     )
@@ -118,6 +136,14 @@ class SecretUpdate(StrictModel):
     environment_specific: bool | None = None
     locked: bool | None = None
     refresh_endpoint: RefreshEndpoint | None = Field(None, description="null unbinds it.")
+    refresh_as: RefreshAs | None = Field(
+        None,
+        description="Service account that expiry-driven refreshes run as (needs "
+        "`act_as:ACCOUNT`); null: none, the secret is refreshed only on demand.",
+    )
+    refresh_before_expiry_seconds: RefreshBeforeExpirySeconds | None = Field(
+        None, description="Refresh this long before expiry; null: 10 % of the lifetime, >= 30 s."
+    )
 
 
 class SecretRead(BaseModel):
@@ -128,6 +154,13 @@ class SecretRead(BaseModel):
     environment_specific: bool
     locked: bool
     refresh_endpoint: str | None
+    refresh_as: str | None = Field(
+        description="Service account that expiry-driven refreshes run as (null: none)."
+    )
+    refresh_before_expiry_seconds: int | None = Field(
+        description="How long before expiry the scheduler refreshes (null: 10 % of the "
+        "lifetime, at least 30 s)."
+    )
     status: Literal["ok", "failing", "needs_reauth"] = Field(
         description="`failing`: the last refreshes failed (see `failure_count`, `last_error`); "
         "`needs_reauth`: the token endpoint refused the grant (invalid_grant), so refreshes stop "
@@ -140,6 +173,10 @@ class SecretRead(BaseModel):
     has_value: bool
     version: int | None
     expires_at: datetime | None
+    next_refresh_at: datetime | None = Field(
+        description="When the scheduler refreshes this environment's value (null: never on its "
+        "own: no refresh_as, refresh_endpoint or expiry, or `needs_reauth`)."
+    )
     environments: list[str] = Field(description="Environments that hold a value.")
     created_at: datetime
     updated_at: datetime

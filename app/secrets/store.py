@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -15,12 +15,22 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from app.auth.accounts import AccountStore
+from app.auth.actor import Actor
 from app.config import Settings
 from app.crypto import Keyring
 from app.db import utcnow
-from app.errors import AlreadyExists, Conflict, InvalidInput, NotFound, VersionConflict
+from app.errors import (
+    AlreadyExists,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    VersionConflict,
+)
 from app.pipeline.analysis import referenced_secrets
 from app.pipeline.schemas import SECRET_NAME_PATTERN, parse_action
+from app.secrets.expiry import ValueTiming, plan_next_refresh
 from app.secrets.models import ALL_ENVIRONMENTS, Secret, SecretValue, SecretVersion
 from app.secrets.schemas import (
     SecretCreate,
@@ -31,6 +41,17 @@ from app.secrets.schemas import (
     ValueWritten,
 )
 from app.services.models import Endpoint, Service
+
+# Writes that start afresh: whatever went wrong before no longer applies.
+FRESH_START_SOURCES = ("manual", "create", "rollback", "recovery")
+# Metadata a value's refresh plan depends on: changing any of it re-plans every value.
+PLANNED_BY = (
+    "refresh_endpoint",
+    "refresh_as",
+    "refresh_before_expiry_seconds",
+    "locked",
+    "environment_specific",
+)
 
 
 @dataclass
@@ -100,6 +121,16 @@ class SecretStore:
         current = await self._current(secret, self.value_environment(secret, environment))
         return current.version if current else 0
 
+    async def expires_within(
+        self, secret: Secret, seconds: float, environment: str | None = None
+    ) -> bool:
+        """Whether the value in an environment expires within `seconds` from now, or already has
+        (False without a value or an expiry)."""
+        current = await self._current(secret, self.value_environment(secret, environment))
+        if current is None or current.expires_at is None:
+            return False
+        return current.expires_at <= utcnow() + timedelta(seconds=seconds)
+
     async def describe(self, secret: Secret) -> SecretRead:
         """Metadata of a secret for the current environment."""
         environment = self.value_environment(secret)
@@ -112,6 +143,8 @@ class SecretStore:
             environment_specific=secret.environment_specific,
             locked=secret.locked,
             refresh_endpoint=secret.refresh_endpoint,
+            refresh_as=secret.refresh_as,
+            refresh_before_expiry_seconds=secret.refresh_before_expiry_seconds,
             status=secret.status,
             failure_count=secret.failure_count,
             last_error=secret.last_error,
@@ -120,6 +153,7 @@ class SecretStore:
             has_value=current is not None,
             version=current.version if current else None,
             expires_at=current.expires_at if current else None,
+            next_refresh_at=current.next_refresh_at if current else None,
             environments=sorted(v.environment for v in values),
             created_at=secret.created_at,
             updated_at=secret.updated_at,
@@ -154,8 +188,30 @@ class SecretStore:
                 f"in service {slug!r}"
             )
 
-    async def create(self, data: SecretCreate, actor: str) -> Secret:
-        """A new secret, with its first value when one is given."""
+    async def _check_refresh_as(self, account: str, caller: Actor | None) -> None:
+        """Refreshes run as `account`: the caller must hold `act_as:ACCOUNT`, and it must exist.
+
+        `caller` None is the system itself (config as code, the demo), which may name any account.
+        """
+        permission = f"act_as:{account}"
+        if caller is not None and not caller.can(permission):
+            # Checked first: no one learns which accounts exist without being allowed to use them.
+            raise PermissionDenied(
+                f"refresh_as {account!r} needs the permission {permission!r}",
+                permission=permission,
+            )
+        try:
+            await AccountStore(self.session).service_account(account)
+        except NotFound:
+            raise InvalidInput(
+                f"refresh_as: service account {account!r} does not exist", path="refresh_as"
+            ) from None
+
+    async def create(self, data: SecretCreate, actor: str, caller: Actor | None = None) -> Secret:
+        """A new secret, with its first value when one is given.
+
+        `caller` is who asks (None: the system); naming a `refresh_as` needs its `act_as`.
+        """
         existing = await self.session.execute(
             select(col(Secret.id)).where(col(Secret.name) == data.name)
         )
@@ -163,6 +219,8 @@ class SecretStore:
             raise AlreadyExists(f"secret {data.name!r} already exists")
         if data.refresh_endpoint:
             await self._check_refresh_endpoint(data.refresh_endpoint)
+        if data.refresh_as:
+            await self._check_refresh_as(data.refresh_as, caller)
         if data.value is None and (data.environment or data.expires_at):
             raise InvalidInput("'environment' and 'expires_at' go with a 'value'")
         secret = Secret(
@@ -171,6 +229,8 @@ class SecretStore:
             environment_specific=data.environment_specific,
             locked=data.locked,
             refresh_endpoint=data.refresh_endpoint,
+            refresh_as=data.refresh_as,
+            refresh_before_expiry_seconds=data.refresh_before_expiry_seconds,
         )
         self.session.add(secret)
         try:
@@ -189,11 +249,18 @@ class SecretStore:
             )
         return secret
 
-    async def update(self, secret: Secret, data: SecretUpdate) -> Secret:
-        """Change metadata; an `environment_specific` switch needs a secret without values."""
+    async def update(
+        self, secret: Secret, data: SecretUpdate, caller: Actor | None = None
+    ) -> Secret:
+        """Change metadata; an `environment_specific` switch needs a secret without values.
+
+        `caller` is who asks (None: the system); naming a `refresh_as` needs its `act_as`.
+        """
         changes = data.model_dump(exclude_unset=True)
         if changes.get("refresh_endpoint"):
             await self._check_refresh_endpoint(changes["refresh_endpoint"])
+        if changes.get("refresh_as"):
+            await self._check_refresh_as(changes["refresh_as"], caller)
         switch = changes.get("environment_specific")
         if switch is not None and switch != secret.environment_specific:
             count = select(func.count()).select_from(SecretValue)
@@ -211,7 +278,22 @@ class SecretStore:
             setattr(secret, field, value)
         secret.updated_at = utcnow()
         await self.session.flush()
+        if any(field in changes for field in PLANNED_BY):
+            await self.replan(secret)
         return secret
+
+    async def replan(self, secret: Secret) -> None:
+        """Plan the next refresh of every value of the secret afresh (its metadata changed, it
+        left `needs_reauth`, or a refresh failed)."""
+        now = utcnow()
+        query = (
+            select(SecretValue)
+            .where(col(SecretValue.secret_id) == _id(secret))
+            .execution_options(populate_existing=True)
+        )
+        for value in (await self.session.execute(query)).scalars():
+            value.next_refresh_at = plan_next_refresh(secret, value, now)
+        await self.session.flush()
 
     async def delete(self, secret: Secret) -> None:
         """Delete a secret with all its values and history."""
@@ -284,6 +366,13 @@ class SecretStore:
                 f"became {current_version}); nothing was written"
             )
         version = current_version + 1
+        if source in FRESH_START_SOURCES or source == "run":
+            # A value set by hand is a fresh start, and one a run wrote is a refresh that worked
+            # (the runner marks its targets so too): the plan below must not see an old status.
+            secret.status = "ok"
+            secret.last_error = None
+            secret.failure_count = 0
+        next_refresh_at = plan_next_refresh(secret, ValueTiming(expires_at, now), now)
         if current is None:
             self.session.add(
                 SecretValue(
@@ -293,6 +382,7 @@ class SecretStore:
                     ciphertext=ciphertext,
                     expires_at=expires_at,
                     updated_at=now,
+                    next_refresh_at=next_refresh_at,
                 )
             )
         else:
@@ -303,7 +393,11 @@ class SecretStore:
                     col(SecretValue.id) == current.id, col(SecretValue.version) == current_version
                 )
                 .values(
-                    version=version, ciphertext=ciphertext, expires_at=expires_at, updated_at=now
+                    version=version,
+                    ciphertext=ciphertext,
+                    expires_at=expires_at,
+                    updated_at=now,
+                    next_refresh_at=next_refresh_at,
                 )
                 .execution_options(synchronize_session=False)
             )
@@ -332,11 +426,7 @@ class SecretStore:
             raise VersionConflict(
                 f"secret {secret.name!r} was written concurrently; nothing was written"
             ) from None
-        if source in ("manual", "create", "rollback", "recovery"):
-            # A value set by hand is a fresh start: whatever was wrong before no longer applies.
-            secret.status = "ok"
-            secret.last_error = None
-            secret.failure_count = 0
+        if source in FRESH_START_SOURCES:
             await self._resume_dependents(secret)
         await self.session.flush()
         await self._prune(secret, env)
@@ -367,6 +457,7 @@ class SecretStore:
                 dependent.status = "ok"
                 dependent.failure_count = 0
                 dependent.last_error = None
+                await self.replan(dependent)
 
     async def _prune(self, secret: Secret, environment: str) -> None:
         """Keep the newest `versions_kept` versions per secret and environment."""

@@ -14,7 +14,7 @@ from tests.auth.conftest import Callers, add_user, assert_refused, error_of
 from tests.auth.test_route_guards import PUBLIC, route_guards
 from tests.conftest import create_secret
 
-UNRELATED = "schedules.manage"  # a real permission that no route here accepts
+UNRELATED = "act_as:spare"  # a real permission that no route accepts on its own
 
 
 @dataclass(frozen=True)
@@ -178,6 +178,50 @@ MATRIX = [
         # A run that stored its writes has nothing to recover: 409 is past the guard.
         allowed_status=409,
     ),
+    # --- schedules ----------------------------------------------------------------------------
+    case(
+        "POST",
+        "/v1/schedules",
+        "*",  # it needs two: schedules.manage and act_as:RUN_AS (tests/schedules has each)
+        "service",
+        "accounts",
+        wrong="schedules.manage",
+        named="act_as:spare",
+        body={
+            "name": "new-schedule",
+            "service": "demo",
+            "endpoint": "ping",
+            "cron": "0 * * * *",
+            "run_as": "spare",
+        },
+    ),
+    case("GET", "/v1/schedules", "schedules.manage", "schedule"),
+    case(
+        "GET", "/v1/schedules/nightly", "schedules.manage", "schedule", route="/v1/schedules/{name}"
+    ),
+    case(
+        "PATCH",
+        "/v1/schedules/nightly",
+        "schedules.manage",
+        "schedule",
+        body={"description": "changed"},
+        route="/v1/schedules/{name}",
+    ),
+    case(
+        "DELETE",
+        "/v1/schedules/nightly",
+        "schedules.manage",
+        "schedule",
+        route="/v1/schedules/{name}",
+    ),
+    case(
+        "GET",
+        "/v1/schedules/nightly/runs",
+        "runs.read",
+        "schedule",
+        wrong="schedules.manage",
+        route="/v1/schedules/{name}/runs",
+    ),
     # --- presets ------------------------------------------------------------------------------
     case("GET", "/v1/presets", "services.manage", wrong="secrets.manage"),
     case(
@@ -282,7 +326,7 @@ async def prepare(
 ) -> dict[str, str]:
     """Create, as the owner, what the case's route acts on; answers values for the path."""
     values: dict[str, str] = {}
-    if needs & {"service", "run", "secrets"}:  # a secret is bound to demo/ping
+    if needs & {"service", "run", "secrets", "schedule"}:  # a secret is bound to demo/ping
         response = await owner.post("/v1/services", json={"slug": "demo", **SERVICE})
         assert response.status_code == 201, response.text
     if "secrets" in needs:
@@ -302,6 +346,20 @@ async def prepare(
         response = await owner.post(
             "/v1/service-accounts/spare/api-keys", json={"name": "spare-key"}
         )
+        assert response.status_code == 201, response.text
+    if "schedule" in needs:
+        response = await owner.post("/v1/roles", json={"name": "runner"})
+        assert response.status_code == 201, response.text
+        response = await owner.post("/v1/service-accounts", json={"name": "night-bot"})
+        assert response.status_code == 201, response.text
+        schedule = {
+            "name": "nightly",
+            "service": "demo",
+            "endpoint": "ping",
+            "cron": "0 3 * * *",
+            "run_as": "night-bot",
+        }
+        response = await owner.post("/v1/schedules", json=schedule)
         assert response.status_code == 201, response.text
     if "user" in needs:
         await add_user(app, "weak@example.com", password_hash)

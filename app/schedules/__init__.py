@@ -1,0 +1,1 @@
+"""Schedules and the scheduler: cron-driven runs and expiry-driven refreshes."""
