@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.engine = parts.engine
             app.state.session_factory = parts.session_factory
             app.state.runner = parts.runner
+            app.state.events = parts.events
             if not settings.scheduler_enabled:
                 yield
                 return

@@ -18,6 +18,7 @@ import asyncio
 import ipaddress
 import re
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,14 +31,23 @@ from app.errors import (
     BindingError,
     ConfigurationError,
     EgressRefused,
+    RunFailed,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from app.events import Events, UpstreamCall
 
 MAX_RESPONSE_BYTES = 1024 * 1024
 MAX_REDIRECTS = 5
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 ALLOW_SETTING = "TOKENFARM_EGRESS_ALLOW"
+OUTCOME_OF_ERROR = {
+    "upstream_timeout": "timeout",
+    "upstream_unreachable": "network",
+    "egress_refused": "refused",
+    "bad_upstream_response": "bad_response",
+    "binding_error": "refused",
+}
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -249,7 +259,9 @@ class Outbound:
         resolver: Resolver | None = None,
         default_timeout_seconds: float = 30.0,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
+        events: Events | None = None,
     ) -> None:
+        self.events = events
         # Requests go to the checked IP, and httpcore pools connections by IP: a kept-alive TLS
         # connection verified for one host name could carry the next request for another name
         # at the same address. Refreshes are rare, so a fresh connection each time costs little.
@@ -271,7 +283,31 @@ class Outbound:
         """Close the shared client (at shutdown)."""
         await self._client.aclose()
 
-    async def send(
+    async def send(self, method: str, url: str, **options: Any) -> OutboundResponse:
+        """Send one request (see `_send`) and report it as an `UpstreamCall` event."""
+        started = time.perf_counter()
+        status: int | None = None
+        outcome = "ok"
+        try:
+            response = await self._send(method, url, **options)
+            status = response.status
+            if status >= 400:
+                outcome = "http_error"
+            return response
+        except RunFailed as exc:
+            outcome = OUTCOME_OF_ERROR.get(exc.error_type, "network")
+            raise
+        finally:
+            if self.events is not None:
+                try:
+                    host = urlsplit(url).hostname or "?"
+                except ValueError:
+                    host = "?"
+                self.events.emit(
+                    UpstreamCall(method, host, status, outcome, time.perf_counter() - started)
+                )
+
+    async def _send(
         self,
         method: str,
         url: str,

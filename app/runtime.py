@@ -15,6 +15,7 @@ from app.clock import Clock, SystemClock
 from app.config import Settings
 from app.crypto import Keyring
 from app.db import create_engine, create_lock_engine, session_factory
+from app.events import Events
 from app.outbound import Outbound
 from app.runs.runner import Runner
 from app.schedules.scheduler import Scheduler
@@ -28,24 +29,28 @@ class Runtime:
     session_factory: async_sessionmaker[AsyncSession]
     outbound: Outbound
     runner: Runner
+    events: Events
 
 
 @asynccontextmanager
 async def runtime(settings: Settings, keyring: Keyring) -> AsyncIterator[Runtime]:
     """Open the database and the outbound client; on exit, let runs in flight store what their
     upstream sent before closing them."""
+    events = Events()
     engine = create_engine(settings.resolved_database_url)
     outbound = Outbound(
         default_timeout_seconds=settings.http_timeout_seconds,
         egress_allow=settings.egress_allow,
+        events=events,
     )
     factory = session_factory(engine)
     lock_engine = create_lock_engine(engine)
-    runner = Runner(factory, keyring, outbound, settings, lock_engine=lock_engine)
+    runner = Runner(factory, keyring, outbound, settings, lock_engine=lock_engine, events=events)
     try:
-        yield Runtime(engine, factory, outbound, runner)
+        yield Runtime(engine, factory, outbound, runner, events)
     finally:
         await runner.drain(timeout_seconds=settings.http_timeout_seconds)
+        await events.drain(timeout_seconds=settings.http_timeout_seconds)
         await outbound.aclose()
         if lock_engine is not None:
             await lock_engine.dispose()
@@ -57,7 +62,9 @@ async def scheduling(
     parts: Runtime, settings: Settings, clock: Clock | None = None
 ) -> AsyncIterator[Scheduler]:
     """Run the scheduler in the background for the duration of the block."""
-    scheduler = Scheduler(parts.session_factory, parts.runner, settings, clock or SystemClock())
+    scheduler = Scheduler(
+        parts.session_factory, parts.runner, settings, clock or SystemClock(), events=parts.events
+    )
     stop = asyncio.Event()
     task = asyncio.ensure_future(scheduler.serve(stop))
     try:

@@ -44,6 +44,7 @@ from app.errors import (
     TokenfarmError,
     UpstreamFailed,
 )
+from app.events import Events, RunFinished, SecretStatusChanged
 from app.outbound import Outbound
 from app.pipeline.analysis import referenced_secrets, update_targets
 from app.pipeline.context import RequestData, RunContext
@@ -138,12 +139,14 @@ class Runner:
         settings: Settings,
         clock: Any = time.time,
         lock_engine: AsyncEngine | None = None,
+        events: Events | None = None,
     ) -> None:
         self.session_factory = session_factory
         self.keyring = keyring
         self.outbound = outbound
         self.settings = settings
         self.clock = clock
+        self.events = events
         # PostgreSQL only: a pool of its own for the advisory locks, so that runs waiting for
         # their turn never starve the short data transactions of a connection.
         self.lock_engine = lock_engine
@@ -454,6 +457,7 @@ class Runner:
             )
         record = RunRecord(prepared, ctx, job.trigger, started_at, started, job.schedule_name)
         outcome = await self._finish(record, error)
+        self._announce(record, outcome)
         logger.info(
             "run %s of %s/%s by %s (%s): %s in %.1f ms%s",
             run_id,
@@ -466,6 +470,29 @@ class Runner:
             f" [{outcome.error_body['type']}]" if outcome.error_body else "",
         )
         return outcome
+
+    def _announce(self, record: RunRecord, outcome: RunOutcome) -> None:
+        """Tell listeners (metrics, notifications) how the run went, after it is stored."""
+        if self.events is None:
+            return
+        if outcome.run_id == record.ctx.run_id and not outcome.adopted:
+            error = outcome.error_body or {}
+            self.events.emit(
+                RunFinished(
+                    service=record.prepared.service.slug,
+                    endpoint=record.prepared.endpoint.readable_id,
+                    trigger=record.trigger,
+                    status=outcome.status,
+                    error_type=error.get("type"),
+                    error_class=error.get("error_class"),
+                    duration_seconds=time.perf_counter() - record.started,
+                    run_id=outcome.run_id,
+                )
+            )
+        if outcome.http_status != StorageFailed.status_code:
+            # A failed store rolled the changes back with everything else.
+            for change in record.changes:
+                self.events.emit(change)
 
     # --- storing -------------------------------------------------------------------------------
 
@@ -494,6 +521,7 @@ class Runner:
                 except (TokenfarmError, SQLAlchemyError) as exc:
                     # The transaction rolled back: none of this run's writes stayed.
                     outcome.written = []
+                    record.changes.clear()
                     error = self._storing_failed(ctx.run_id, exc, kept)
             elif isinstance(error, UpstreamFailed) and error.oauth_error == "invalid_grant":
                 adopted_or_error = await self._lost_race(record)
@@ -507,7 +535,7 @@ class Runner:
                     # Only a failure of the refresh itself marks the secret: not a refused
                     # pre-flight (a caller without permission must not flag it) nor a lost
                     # compare-and-set (someone else wrote it).
-                    await self._mark_targets_failed(session, record.prepared, error)
+                    await self._mark_targets_failed(session, record, error)
                 await self._save_record(session, record, outcome, kept)
         except SQLAlchemyError as exc:
             logger.error("run %s: storing the outcome failed: %s", ctx.run_id, type(exc).__name__)
@@ -581,16 +609,23 @@ class Runner:
             secret.status = "ok"
             secret.last_error = None
             secret.failure_count = 0
+            if loaded.secret.status != "ok":
+                record.changes.append(
+                    SecretStatusChanged(
+                        name, loaded.secret.status, "ok", 0, None, ctx.run_id, utcnow()
+                    )
+                )
         return list(ctx.writes)
 
     async def _mark_targets_failed(
-        self, session: AsyncSession, prepared: PreparedRun, error: RunFailed
+        self, session: AsyncSession, record: RunRecord, error: RunFailed
     ) -> None:
         """Note the failure on every secret the run meant to write (its value stays as it was).
 
         `invalid_grant` means a person must authorize again: `needs_reauth` stops further runs
         until a value is set by hand. Anything else is `failing`, with a count.
         """
+        prepared = record.prepared
         store = SecretStore(session, self.keyring, self.settings)
         revoked = isinstance(error, UpstreamFailed) and error.oauth_error == "invalid_grant"
         summary = f"{error.error_type} ({error.error_class}): {error.message}"
@@ -599,12 +634,25 @@ class Runner:
             if loaded is None or loaded.secret.locked or not loaded.secret.environment_specific:
                 continue
             secret = await store.get(name)
+            old = secret.status
             if revoked:
                 secret.status = "needs_reauth"
             elif secret.status != "needs_reauth":
                 secret.status = "failing"
             secret.failure_count += 1
             secret.last_error = storable(summary[:2000])
+            if secret.status != old:
+                record.changes.append(
+                    SecretStatusChanged(
+                        name,
+                        old,
+                        secret.status,
+                        secret.failure_count,
+                        secret.last_error,
+                        record.ctx.run_id,
+                        utcnow(),
+                    )
+                )
 
     def _record(
         self,
@@ -694,6 +742,8 @@ class RunRecord:
     started_at: datetime
     started: float
     schedule_name: str | None = None
+    # Health changes of the targets, announced once the transaction holding them has committed.
+    changes: list[SecretStatusChanged] = field(default_factory=list)
 
     @property
     def logged(self) -> bool:

@@ -30,6 +30,7 @@ from app.auth.accounts import AccountStore
 from app.clock import Clock
 from app.config import Settings
 from app.errors import TokenfarmError
+from app.events import Events, SchedulerLag
 from app.runs.models import Run
 from app.runs.runner import Runner, RunOutcome
 from app.schedules.cron import next_fire
@@ -77,7 +78,9 @@ class Scheduler:
         settings: Settings,
         clock: Clock,
         name: str | None = None,
+        events: Events | None = None,
     ) -> None:
+        self.events = events
         self.session_factory = session_factory
         self.runner = runner
         self.settings = settings
@@ -147,6 +150,11 @@ class Scheduler:
                 # The claim runs out and another pass (or replica) deals with it.
                 logger.error("scheduler %s: %r failed: %s", self.name, job, type(exc).__name__)
 
+    def _lag(self, kind: str, now: datetime, due_at: datetime | None) -> None:
+        """Report how late due work is being started."""
+        if self.events is not None and due_at is not None:
+            self.events.emit(SchedulerLag(kind, max(0.0, (now - due_at).total_seconds())))
+
     # --- schedules ------------------------------------------------------------------------------
 
     def _environment_filter(self) -> Any:
@@ -175,6 +183,7 @@ class Scheduler:
             for row in (await session.execute(query)).scalars().all():
                 if row.claimed_by is None:
                     assert row.next_run_at is not None
+                    self._lag("schedule", now, row.next_run_at)
                     values: dict[str, Any] = {
                         "claimed_tick_at": row.next_run_at,
                         "claimed_run_id": str(uuid.uuid4()),
@@ -340,6 +349,7 @@ class Scheduler:
                 col(Secret.name),
                 col(Secret.refresh_endpoint),
                 col(Secret.refresh_as),
+                col(SecretValue.next_refresh_at),
             )
             .join(Secret, col(Secret.id) == col(SecretValue.secret_id))
             .where(
@@ -357,7 +367,7 @@ class Scheduler:
             query = query.with_for_update(of=SecretValue, skip_locked=True)  # type: ignore[arg-type]
         jobs: list[RefreshJob] = []
         async with self.session_factory() as session, session.begin():
-            for value_id, name, refresh_endpoint, refresh_as in (
+            for value_id, name, refresh_endpoint, refresh_as, due_at in (
                 await session.execute(query)
             ).all():
                 claimed = await session.execute(
@@ -367,6 +377,7 @@ class Scheduler:
                     .execution_options(synchronize_session=False)
                 )
                 if claimed.rowcount == 1:  # type: ignore[attr-defined]
+                    self._lag("refresh", now, due_at)
                     # The query picked only rows that have all three.
                     assert value_id is not None and refresh_endpoint and refresh_as
                     jobs.append(RefreshJob(value_id, name, refresh_endpoint, refresh_as))
