@@ -17,7 +17,15 @@ from app.errors import InvalidInput, PermissionDenied
 from app.pipeline.schemas import SECRET_NAME_PATTERN
 from app.services.schemas import READABLE_ID_PATTERN, SLUG_PATTERN
 
-PLAIN = ("secrets.manage", "services.manage", "schedules.manage", "runs.read", "accounts.manage")
+PLAIN = (
+    "secrets.manage",
+    "services.manage",
+    "schedules.manage",
+    "runs.read",
+    "accounts.manage",
+    "webhooks.manage",
+    "metrics.read",
+)
 
 
 def _bare(pattern: str) -> str:
