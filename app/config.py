@@ -38,6 +38,11 @@ class Settings(BaseSettings):
         description="Comma-separated Fernet keys; the first encrypts, all decrypt.",
     )
     log_level: str = Field("INFO", description="Python logging level.")
+    log_format: Literal["json", "text"] | None = Field(
+        None,
+        description="`json` (one object per line) or `text`; default: text in development, "
+        "json elsewhere.",
+    )
     http_timeout_seconds: float = Field(
         30.0, gt=0, le=300, description="Default timeout of an outbound request."
     )
@@ -100,6 +105,13 @@ class Settings(BaseSettings):
                 f"TOKENFARM_RUN_DEADLINE_SECONDS ({self.run_deadline_seconds:g})"
             )
         return self
+
+    @property
+    def resolved_log_format(self) -> Literal["json", "text"]:
+        """The log format: as set, else text in development and JSON elsewhere."""
+        if self.log_format is not None:
+            return self.log_format
+        return "text" if self.environment == "development" else "json"
 
     @property
     def lease_seconds(self) -> float:

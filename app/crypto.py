@@ -37,6 +37,7 @@ class Keyring:
                     f"encryption key #{position} is not a valid Fernet key "
                     f"(32 url-safe base64-encoded bytes): {KEYGEN_HINT}"
                 ) from None
+        self._first = fernets[0]
         self._fernet = MultiFernet(fernets)
 
     def __repr__(self) -> str:
@@ -59,6 +60,14 @@ class Keyring:
     def rotate(self, ciphertext: str) -> str:
         """The same value, re-encrypted with the first key."""
         return self._fernet.rotate(ciphertext.encode()).decode()
+
+    def is_current(self, ciphertext: str) -> bool:
+        """Whether a ciphertext was made with the first key (key rotation can leave it as it is)."""
+        try:
+            self._first.decrypt(ciphertext.encode())
+        except InvalidToken:
+            return False
+        return True
 
 
 def development_secret(path: Path, generate: Callable[[], str], variable: str) -> str:

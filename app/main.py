@@ -12,10 +12,15 @@ from app.auth.router import auth_router
 from app.auth.router import router as accounts_router
 from app.auth.tokens import TokenService, load_jwt_secret
 from app.config import Settings, get_settings
+from app.configuration.router import router as configuration_router
 from app.crypto import load_keyring
 from app.handlers import install_error_handlers
 from app.health import router as health_router
 from app.logs import configure_logging
+from app.metrics import Metrics
+from app.metrics import router as metrics_router
+from app.middleware import RequestIdMiddleware
+from app.notifications.router import router as webhooks_router
 from app.presets.router import router as presets_router
 from app.runs.router import router as runs_router
 from app.runtime import runtime, scheduling
@@ -35,17 +40,21 @@ Secret values leave only through `GET /v1/secrets/{name}/value`.
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The app; keys are checked at once so a misconfigured service never starts."""
     settings = settings or get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.resolved_log_format)
     keyring = load_keyring(settings)
     tokens = TokenService(load_jwt_secret(settings), settings.jwt_ttl_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # uvicorn set up its own loggers after this app was made: take them over again.
+        configure_logging(settings.log_level, settings.resolved_log_format)
         async with runtime(settings, keyring) as parts:
+            parts.events.subscribe(app.state.metrics.observe)
             app.state.engine = parts.engine
             app.state.session_factory = parts.session_factory
             app.state.runner = parts.runner
             app.state.events = parts.events
+            app.state.notifier = parts.notifier
             if not settings.scheduler_enabled:
                 yield
                 return
@@ -63,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.keyring = keyring
     app.state.tokens = tokens
     app.state.database_url = settings.resolved_database_url
+    app.state.metrics = Metrics()
     install_error_handlers(app)
     for router in (
         health_router,
@@ -73,6 +83,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         presets_router,
         runs_router,
         schedules_router,
+        configuration_router,
+        webhooks_router,
+        metrics_router,
     ):
         app.include_router(router)
+    app.add_middleware(RequestIdMiddleware)
     return app

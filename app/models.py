@@ -3,6 +3,7 @@
 from sqlmodel import SQLModel
 
 from app.auth.models import ApiKey, Role, ServiceAccount, ServiceAccountRole, User, UserRole
+from app.notifications.models import Webhook
 from app.runs.models import Run, RunSecret
 from app.schedules.models import Schedule
 from app.secrets.models import Secret, SecretValue, SecretVersion
@@ -25,5 +26,6 @@ __all__ = [
     "ServiceAccountRole",
     "User",
     "UserRole",
+    "Webhook",
     "metadata",
 ]

@@ -16,6 +16,7 @@ from app.config import Settings
 from app.crypto import Keyring
 from app.db import create_engine, create_lock_engine, session_factory
 from app.events import Events
+from app.notifications.notifier import Notifier
 from app.outbound import Outbound
 from app.runs.runner import Runner
 from app.schedules.scheduler import Scheduler
@@ -30,6 +31,7 @@ class Runtime:
     outbound: Outbound
     runner: Runner
     events: Events
+    notifier: Notifier
 
 
 @asynccontextmanager
@@ -46,11 +48,15 @@ async def runtime(settings: Settings, keyring: Keyring) -> AsyncIterator[Runtime
     factory = session_factory(engine)
     lock_engine = create_lock_engine(engine)
     runner = Runner(factory, keyring, outbound, settings, lock_engine=lock_engine, events=events)
+    # Webhooks: this process delivers the status changes of its own runs.
+    notifier = Notifier(factory, keyring, settings)
+    events.subscribe(notifier.notify)
     try:
-        yield Runtime(engine, factory, outbound, runner, events)
+        yield Runtime(engine, factory, outbound, runner, events, notifier)
     finally:
         await runner.drain(timeout_seconds=settings.http_timeout_seconds)
         await events.drain(timeout_seconds=settings.http_timeout_seconds)
+        await notifier.aclose()
         await outbound.aclose()
         if lock_engine is not None:
             await lock_engine.dispose()

@@ -149,6 +149,7 @@ class TestMigrations:
             "ix_run_schedule_name",
         }
         assert names["schedule"] == {"pk_schedule", "ix_schedule_name", "ix_schedule_next_run_at"}
+        assert names["webhook"] == {"pk_webhook", "ix_webhook_name"}
 
     def test_sync_upgrade_works_outside_an_event_loop(self, tmp_path: Path) -> None:
         url = f"sqlite:///{tmp_path / 'sync.db'}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select
@@ -103,7 +104,7 @@ class AccountStore:
             await self.session.execute(select(User).where(col(User.email) == email.strip().lower()))
         ).scalar_one_or_none()
         # Hash even when there is no such user, so timing doesn't tell which emails exist.
-        valid = verify_password(user.password_hash if user else _DUMMY_HASH, password)
+        valid = verify_password(user.password_hash if user else _dummy_hash(), password)
         if user is None or not valid or user.disabled:
             raise NotAuthenticated("wrong email or password, or the account is disabled")
         return user
@@ -463,7 +464,11 @@ class AccountStore:
             raise NotFound(f"service account {account.name!r} has no key {name!r}")
 
 
-_DUMMY_HASH = hash_password("tokenfarm-timing-equaliser")
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash to verify against when there is no such user; made on first use, not at import
+    (argon2 costs 64 MiB and some CPU, which processes that never log anyone in shouldn't pay)."""
+    return hash_password("tokenfarm-timing-equaliser")
 
 
 async def ensure_owner(session: AsyncSession, email: str, password: str) -> tuple[User, bool]:

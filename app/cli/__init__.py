@@ -8,6 +8,9 @@ from app.cli.core import cli
 
 # Importing a module registers its commands (keep the list in the order of `--help`).
 from app.cli import runs as _runs  # noqa: F401  isort: skip
+from app.cli import config as _config  # noqa: F401  isort: skip
+from app.cli import secrets as _secrets  # noqa: F401  isort: skip
+from app.cli import keys as _keys  # noqa: F401  isort: skip
 
 __all__ = ["cli", "main"]
 

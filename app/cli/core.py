@@ -137,7 +137,7 @@ def scheduler(
         _fail(exc.message)
 
 
-async def _seed_demo(token_url: str, refresh_token: str) -> str:
+async def _seed_demo(token_server_url: str, refresh_token: str) -> Any:
     from app.crypto import load_keyring
     from app.db import create_engine, session_factory
     from app.demo.seed import seed_demo
@@ -150,7 +150,7 @@ async def _seed_demo(token_url: str, refresh_token: str) -> str:
                 session,
                 load_keyring(settings),
                 settings,
-                token_url=token_url,
+                token_server_url=token_server_url,
                 client_id="demo-client",
                 client_secret="demo-client-secret",  # noqa: S106
                 refresh_token=refresh_token,
@@ -166,11 +166,13 @@ def demo(
         int, typer.Option(help="Port of the bundled token server.")
     ] = 8765,
 ) -> None:
-    """Start tokenfarm on SQLite with a bundled local token server and the canonical refresh."""
+    """Start tokenfarm on SQLite with a bundled token server, configured by examples/demo.yaml."""
+    from pathlib import Path
+
     import uvicorn
 
     from app.demo.loopback import LoopbackServer
-    from app.demo.seed import demo_settings
+    from app.demo.seed import DEMO_DOCUMENT, demo_settings
     from app.demo.token_server import TokenServerState, create_token_server
     from app.main import create_app
 
@@ -180,28 +182,40 @@ def demo(
         try:
             _migrate()
             asyncio.run(_create_owner(DEMO_OWNER_EMAIL, DEMO_OWNER_PASSWORD))
-            key = asyncio.run(
-                _seed_demo(
-                    f"{token_server.url}/oauth/token", state.issue_refresh_token("demo-client")
-                )
+            setup = asyncio.run(
+                _seed_demo(token_server.url, state.issue_refresh_token("demo-client"))
             )
             # The bundled token server listens on loopback, which the egress guard refuses.
             app = create_app(demo_settings(get_settings()))
         except TokenfarmError as exc:
             _fail(exc.message)
         base = f"http://127.0.0.1:{port}"
+        key = setup.key
+        try:
+            document = DEMO_DOCUMENT.relative_to(Path.cwd())
+        except ValueError:
+            document = DEMO_DOCUMENT
         typer.secho("\ntokenfarm demo", bold=True)
-        typer.echo(f"  API explorer:  {base}/docs")
-        typer.echo(f"  token server:  {token_server.url}/oauth/token (in this process)")
-        typer.echo(f"  owner:         {DEMO_OWNER_EMAIL} / {DEMO_OWNER_PASSWORD}")
-        typer.echo(f"  demo API key:  {key}  (service account 'demo', new at every start)")
+        typer.echo(f"  API explorer:   {base}/docs")
+        typer.echo(f"  token server:   {token_server.url}/oauth/token (in this process)")
+        typer.echo(f"  configuration:  {document} applied ({setup.plan.outcome()})")
+        typer.echo(f"  owner:          {DEMO_OWNER_EMAIL} / {DEMO_OWNER_PASSWORD}")
+        typer.echo(f"  demo API key:   {key}  (service account 'demo', new at every start)")
         typer.echo("\nTry:")
         typer.echo(f"  export TF_KEY={key}")
         auth = '-H "Authorization: Bearer $TF_KEY"'
-        typer.echo(f"  curl -s {auth} {base}/refresh/ACCESS_TOKEN")
-        typer.echo(f"  curl -s {auth} {base}/v1/secrets/ACCESS_TOKEN")
-        typer.echo(f"  curl -s {auth} {base}/v1/secrets/ACCESS_TOKEN/value")
-        typer.echo(f"  curl -s {auth} '{base}/v1/runs?limit=5'\n")
+        typer.echo(f"  curl -s {auth} {base}/refresh/ACCESS_TOKEN            # refresh now")
+        typer.echo(f"  curl -s {auth} {base}/v1/secrets/ACCESS_TOKEN         # metadata, no value")
+        typer.echo(f"  curl -s {auth} {base}/v1/secrets/ACCESS_TOKEN/value   # the value")
+        typer.echo(f"  curl -s {auth} '{base}/v1/runs?limit=5'               # the run log")
+        typer.echo(
+            "\nWatch a rotation: the schedule 'rotate-every-minute' refreshes ACCESS_TOKEN once a"
+            "\nminute, and every refresh rotates REFRESH_TOKEN, so its version climbs:"
+        )
+        typer.echo(
+            f"  while sleep 15; do curl -s {auth} {base}/v1/secrets/REFRESH_TOKEN"
+            " | grep -o '\"version\":[0-9]*'; done\n"
+        )
         uvicorn.run(app, host="127.0.0.1", port=port)
 
 

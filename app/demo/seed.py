@@ -1,46 +1,45 @@
-"""The example set-up of `tokenfarm demo`: the canonical refresh against a local token server."""
+"""The set-up of `tokenfarm demo`: examples/demo.yaml applied against the bundled token server.
+
+The demo is config as code like any other deployment: the document declares the roles, the
+accounts, the secrets (values from DEMO_* variables the demo fills from its token server's
+client), the canonical refresh and a schedule that rotates the tokens every minute.
+"""
 
 from __future__ import annotations
 
-import copy
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+import app
 from app.auth.accounts import AccountStore
 from app.auth.actor import Actor
-from app.auth.schemas import ApiKeyCreate, RoleCreate, ServiceAccountCreate
+from app.auth.schemas import ApiKeyCreate
 from app.config import Settings
+from app.configuration.apply import apply_document
+from app.configuration.loader import load
+from app.configuration.plan import Plan
+from app.configuration.values import ValueSource
 from app.crypto import Keyring
-from app.errors import NotFound
-from app.pipeline.schemas import CANONICAL_ACTION_EXAMPLE
-from app.secrets.schemas import SecretCreate, SecretUpdate
+from app.errors import ConfigurationError, NotFound
 from app.secrets.store import SecretStore
-from app.services.schemas import ServiceBody, ServiceCreate
-from app.services.store import ServiceStore
 
 SYSTEM = Actor(kind="system", name="demo", permissions=frozenset({"*"}))
-DEMO_ROLE = RoleCreate(
-    name="demo",
-    description="Runs the demo refresh and reads its token",
-    permissions=[
-        "services.run:oauth",
-        "secrets.update_from_service:ACCESS_TOKEN",
-        "secrets.update_from_service:REFRESH_TOKEN",
-        "secrets.read:ACCESS_TOKEN",
-        "secrets.manage",
-        "runs.read",
-    ],
-)
-DEMO_SLUG = "oauth"
-DEMO_ENDPOINT = "refresh-token"
+DEMO_DOCUMENT = Path(app.__file__).resolve().parent.parent / "examples" / "demo.yaml"
+# Where examples/demo.yaml expects the token server; the demo rewrites it for another port.
+DOCUMENT_TOKEN_SERVER = "http://127.0.0.1:8765"  # noqa: S105 - an address, not a secret
+DEMO_ACCOUNT = "demo"
+DEMO_KEY_NAME = "demo"
+ROTATING_SECRET = "REFRESH_TOKEN"  # noqa: S105 - a secret's name, not a secret
 
 
-def demo_action(token_url: str) -> list[dict[str, Any]]:
-    """The canonical action, pointed at `token_url`."""
-    action = copy.deepcopy(CANONICAL_ACTION_EXAMPLE)
-    action[1]["url"] = token_url
-    return action
+@dataclass
+class DemoSetup:
+    """What the demo applied, and the new API key of its `demo` account (shown once)."""
+
+    plan: Plan
+    key: str
 
 
 def demo_settings(settings: Settings) -> Settings:
@@ -50,76 +49,68 @@ def demo_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"egress_allow": allow})
 
 
+def demo_document(token_server_url: str, path: Path = DEMO_DOCUMENT) -> str:
+    """The example document, pointed at the token server actually running."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        raise ConfigurationError(
+            f"the demo's configuration {path} is missing; run the demo from a clone of the "
+            "repository (make run)"
+        ) from None
+    return text.replace(DOCUMENT_TOKEN_SERVER, token_server_url.rstrip("/"))
+
+
 async def seed_demo(
     session: AsyncSession,
     keyring: Keyring,
     settings: Settings,
     *,
-    token_url: str,
+    token_server_url: str,
     client_id: str,
     client_secret: str,
     refresh_token: str,
-) -> str:
-    """Create (or reset) the demo secrets, the `oauth` service and a `demo` key; returns the key."""
-    secrets = SecretStore(session, keyring, settings)
-    values = {
-        "CLIENT_ID": client_id,
-        "CLIENT_SECRET": client_secret,
-        "REFRESH_TOKEN": refresh_token,
+    path: Path = DEMO_DOCUMENT,
+) -> DemoSetup:
+    """Apply the demo's document (again: it is idempotent) and make a new key for `demo`.
+
+    The bundled token server starts afresh each time, so its new refresh token is written by
+    hand when the document (which only seeds it) leaves the stored, now unknown, one in place —
+    just as after a new consent.
+    """
+    loaded = load(demo_document(token_server_url, path), str(path))
+    env = {
+        "DEMO_CLIENT_ID": client_id,
+        "DEMO_CLIENT_SECRET": client_secret,
+        "DEMO_REFRESH_TOKEN": refresh_token,
     }
-    for name, description in (
-        ("CLIENT_ID", "OAuth client id"),
-        ("CLIENT_SECRET", "OAuth client secret"),
-        ("REFRESH_TOKEN", "Rotating refresh token"),
-        ("ACCESS_TOKEN", "Short-lived access token"),
-    ):
-        try:
-            secret = await secrets.get(name)
-        except NotFound:
-            secret = await secrets.create(
-                SecretCreate(name=name, description=description), actor="system:demo"
-            )
-        if name in values:
-            await secrets.set_value(secret, values[name], actor="system:demo", source="manual")
-    services = ServiceStore(session)
-    body = {
-        "name": "Local OAuth token server",
-        "endpoints": [
-            {
-                "readable_id": DEMO_ENDPOINT,
-                "name": "Refresh the access token",
-                "methods": ["GET", "POST"],
-                "enable_log": True,
-                "action": demo_action(token_url),
-            }
-        ],
-    }
-    try:
-        service = await services.get(DEMO_SLUG)
-        await services.replace(service, ServiceBody.model_validate(body))
-    except NotFound:
-        await services.create(ServiceCreate.model_validate({"slug": DEMO_SLUG, **body}))
-    access = await secrets.get("ACCESS_TOKEN")
-    await secrets.update(access, SecretUpdate(refresh_endpoint=f"{DEMO_SLUG}/{DEMO_ENDPOINT}"))
-    return await _demo_key(AccountStore(session))
+    plan = await apply_document(
+        session,
+        keyring,
+        settings,
+        loaded,
+        actor=SYSTEM,
+        values=ValueSource(env=env, base_dir=path.parent),
+        prune=False,
+    )
+    seeded = any(c.name == ROTATING_SECRET and c.writes_value for c in plan.changes)
+    if not seeded:
+        secrets = SecretStore(session, keyring, settings)
+        await secrets.set_value(
+            await secrets.get(ROTATING_SECRET),
+            refresh_token,
+            actor=SYSTEM.label,
+            source="manual",
+        )
+    return DemoSetup(plan=plan, key=await _demo_key(AccountStore(session)))
 
 
 async def _demo_key(accounts: AccountStore) -> str:
-    """A fresh key of the `demo` service account, whose role may refresh and read the token."""
+    """A fresh key of the `demo` service account (the document declares it and its role)."""
+    account = await accounts.service_account(DEMO_ACCOUNT)
     try:
-        await accounts.role(DEMO_ROLE.name)
-    except NotFound:
-        await accounts.create_role(DEMO_ROLE, SYSTEM)
-    try:
-        account = await accounts.service_account("demo")
-    except NotFound:
-        account = await accounts.create_service_account(
-            ServiceAccountCreate(name="demo", description="tokenfarm demo", roles=[DEMO_ROLE.name]),
-            SYSTEM,
-        )
-    try:
-        await accounts.delete_api_key(account, "demo")
+        await accounts.delete_api_key(account, DEMO_KEY_NAME)
     except NotFound:
         pass
-    created = await accounts.create_api_key(account, ApiKeyCreate(name="demo"), SYSTEM)
+    created = await accounts.create_api_key(account, ApiKeyCreate(name=DEMO_KEY_NAME), SYSTEM)
     return created.key

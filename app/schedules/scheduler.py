@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
 from app.auth.accounts import AccountStore
+from app.auth.actor import Actor
 from app.clock import Clock
 from app.config import Settings
 from app.errors import TokenfarmError
@@ -89,6 +90,9 @@ class Scheduler:
         self._postgres = session_factory.kw["bind"].dialect.name == "postgresql"
         self._slots = asyncio.Semaphore(settings.scheduler_concurrency)
         self._running: set[asyncio.Task[None]] = set()
+        # Set when a run ends: the loop claims more at once instead of sleeping out the poll,
+        # so throughput is bounded by concurrency / run time, not concurrency / poll interval.
+        self._freed = asyncio.Event()
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -103,9 +107,11 @@ class Scheduler:
                 logger.warning("scheduler %s: the database failed: %s", self.name, type(exc))
             sleeper = asyncio.ensure_future(self.clock.sleep(self.settings.scheduler_poll_seconds))
             stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            sleeper.cancel()
-            stopper.cancel()
+            freed = asyncio.ensure_future(self._freed.wait())
+            await asyncio.wait({sleeper, stopper, freed}, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in (sleeper, stopper, freed):
+                waiter.cancel()
+            self._freed.clear()
         await self.drain()
         logger.info("scheduler %s stopped", self.name)
 
@@ -122,8 +128,12 @@ class Scheduler:
         for job in jobs:
             task = asyncio.ensure_future(self._guarded(job))
             self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            task.add_done_callback(self._ended)
         return len(jobs)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._freed.set()
 
     async def run_due(self) -> int:
         """Start everything due and wait for it (one pass; what tests and benchmarks drive)."""
@@ -284,6 +294,12 @@ class Scheduler:
             outcome = await self._record_refused(
                 job, f"run_as: the service account {job.run_as!r} no longer exists"
             )
+        elif not may_run(actor, job.slug, job.readable_id):
+            outcome = await self._record_refused(
+                job,
+                f"run_as: the service account {job.run_as!r} lacks 'services.run:{job.slug}' "
+                f"(or 'services.run:{job.slug}/{job.readable_id}'); nothing was called",
+            )
         else:
             try:
                 outcome = await self.runner.run_endpoint(
@@ -387,14 +403,23 @@ class Scheduler:
         """Refresh one secret as its `refresh_as` account; on failure, back off."""
         slug, readable_id = job.refresh_endpoint.split("/", 1)
         outcome: RunOutcome | None = None
+        refused: str | None = None
         try:
             async with self.session_factory() as session:
                 actor = await AccountStore(session).actor_for_service_account(job.refresh_as)
-            outcome = await self.runner.run_endpoint(
-                slug, readable_id, actor=actor, trigger="expiry"
-            )
+            if may_run(actor, slug, readable_id):
+                outcome = await self.runner.run_endpoint(
+                    slug, readable_id, actor=actor, trigger="expiry"
+                )
+            else:
+                refused = (
+                    f"refresh_as: the service account {job.refresh_as!r} lacks "
+                    f"'services.run:{slug}' (or 'services.run:{slug}/{readable_id}')"
+                )
         except TokenfarmError as exc:
-            logger.warning("refresh of %s could not run: %s", job.secret, exc.message)
+            refused = f"refresh_as: {exc.message}"
+        if refused is not None:
+            logger.warning("refresh of %s could not run: %s", job.secret, refused)
         async with self.session_factory() as session, session.begin():
             value = await session.get(SecretValue, job.value_id)
             secret = await session.get(Secret, value.secret_id) if value is not None else None
@@ -402,6 +427,11 @@ class Scheduler:
                 return  # deleted meanwhile
             now = self.clock.now()
             failed = outcome is None or outcome.status != "succeeded"
+            if refused is not None:
+                # Nobody else would tell: the refresh never ran, so no run marks the secret.
+                secret.status = "failing" if secret.status == "ok" else secret.status
+                secret.failure_count += 1
+                secret.last_error = f"conflict (permanent): {refused}"
             if secret.status == "needs_reauth":
                 value.next_refresh_at = None
             elif failed or value.next_refresh_at is None or value.next_refresh_at <= now:
@@ -409,6 +439,12 @@ class Scheduler:
                 value.next_refresh_at = backoff_after_failure(max(secret.failure_count, 1), now)
             value.claimed_by = None
             value.claim_expires_at = None
+
+
+def may_run(actor: Actor, slug: str, readable_id: str) -> bool:
+    """Running an endpoint needs `services.run:SLUG` or `services.run:SLUG/ID`, on a schedule
+    too: `run_as` and `refresh_as` act with the account's permissions, nothing more."""
+    return actor.can(f"services.run:{slug}") or actor.can(f"services.run:{slug}/{readable_id}")
 
 
 def _no_claim() -> dict[str, Any]:

@@ -55,6 +55,7 @@ SERVICE = {
     ],
 }
 NEW_USER = {"email": "new@example.com", "password": "a-password-of-length", "roles": []}
+NEW_WEBHOOK = {"name": "new-hook", "url": "https://hooks.example.com/tokenfarm"}
 
 MATRIX = [
     # --- secrets: managing them, and reading a value ------------------------------------------
@@ -166,6 +167,8 @@ MATRIX = [
         named="services.run:demo",
         route="/refresh/{secret}",
     ),
+    # --- operations: Prometheus scrapes with an API key -----------------------------------------
+    case("GET", "/metrics", "metrics.read", "secrets", wrong="runs.read"),
     # --- the run log --------------------------------------------------------------------------
     case("GET", "/v1/runs", "runs.read", "run"),
     case("GET", "/v1/runs/{run_id}", "runs.read", "run", wrong="services.run:demo"),
@@ -240,6 +243,35 @@ MATRIX = [
                 "client_secret_secret": "DOOMED",
             },
         },
+    ),
+    # --- config as code: each section the document declares needs its manage permission ------
+    case(
+        "POST",
+        "/v1/apply",
+        "secrets.manage",
+        body={"document": "version: 1\nsecrets:\n  - name: APPLIED\n"},
+    ),
+    # --- webhooks -----------------------------------------------------------------------------
+    case("POST", "/v1/webhooks", "webhooks.manage", body=NEW_WEBHOOK),
+    case("GET", "/v1/webhooks", "webhooks.manage", "webhook"),
+    case("GET", "/v1/webhooks/ops", "webhooks.manage", "webhook", route="/v1/webhooks/{name}"),
+    case(
+        "PATCH",
+        "/v1/webhooks/ops",
+        "webhooks.manage",
+        "webhook",
+        body={"description": "changed"},
+        route="/v1/webhooks/{name}",
+    ),
+    case("DELETE", "/v1/webhooks/ops", "webhooks.manage", "webhook", route="/v1/webhooks/{name}"),
+    # Its ping fails (nothing listens there); the answer says so with a 200.
+    case(
+        "POST",
+        "/v1/webhooks/ops/test",
+        "webhooks.manage",
+        "webhook",
+        wrong="secrets.manage",
+        route="/v1/webhooks/{name}/test",
     ),
     # --- accounts -----------------------------------------------------------------------------
     case("POST", "/v1/roles", "accounts.manage", body={"name": "new-role", "permissions": []}),
@@ -360,6 +392,10 @@ async def prepare(
             "run_as": "night-bot",
         }
         response = await owner.post("/v1/schedules", json=schedule)
+        assert response.status_code == 201, response.text
+    if "webhook" in needs:
+        webhook = {"name": "ops", "url": "http://127.0.0.1:9/hook"}
+        response = await owner.post("/v1/webhooks", json=webhook)
         assert response.status_code == 201, response.text
     if "user" in needs:
         await add_user(app, "weak@example.com", password_hash)

@@ -46,6 +46,8 @@ CHECKED_IN_BODY = {
     ("PUT", "/api/services/{slug}/{readable_id}"),
     # services.run of the secret's bound endpoint, known only once the secret is loaded.
     ("GET", "/refresh/{secret}"),
+    # The manage permission of each section the posted document declares, and act_as.
+    ("POST", "/v1/apply"),
 }
 
 

@@ -129,12 +129,13 @@ class TestLostRace:
     ) -> None:
         """invalid_grant, but the stored refresh token changed since the run began."""
         await setup_oauth(client, token_server)
-        token_server.state.latency_seconds = 0.5
+        # Generous (loaded machines are slow to start the run), under the action's 1 s timeout.
+        token_server.state.latency_seconds = 0.75
         token_server.state.queue_faults("invalid_grant")
         fresh = token_server.state.issue_refresh_token(CLIENT_ID)
 
         async def replace_refresh_token() -> None:
-            await asyncio.sleep(0.2)  # the run has loaded the old one and is waiting upstream
+            await asyncio.sleep(0.3)  # the run has loaded the old one and is waiting upstream
             response = await client.put("/v1/secrets/REFRESH_TOKEN/value", json={"value": fresh})
             assert response.status_code == 200, response.text
 

@@ -31,10 +31,11 @@ async def rotate_once(client: httpx.AsyncClient, server: TokenServer) -> None:
 async def conflicted_run(client: httpx.AsyncClient, server: TokenServer) -> httpx.Response:
     """A refresh whose writes lose their compare-and-set: ACCESS_TOKEN is set by hand mid-run."""
     await rotate_once(client, server)
-    server.state.latency_seconds = 0.4
+    # Generous margins: on a loaded machine the run may take a while to reach the token server.
+    server.state.latency_seconds = 0.75  # under the action's 1 s timeout
 
     async def set_by_hand() -> None:
-        await asyncio.sleep(0.15)
+        await asyncio.sleep(0.3)
         response = await client.put("/v1/secrets/ACCESS_TOKEN/value", json={"value": "by-hand"})
         assert response.status_code == 200, response.text
 

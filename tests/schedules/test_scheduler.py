@@ -155,6 +155,52 @@ class TestTicks:
         assert "no longer exists" in run["error_message"]
 
 
+class TestPermissions:
+    async def test_run_as_needs_services_run(
+        self,
+        client: httpx.AsyncClient,
+        token_server: TokenServer,
+        scheduler: Scheduler,
+        clock: ManualClock,
+    ) -> None:
+        await setup_oauth(client, token_server)
+        await make_account(client, permissions=("secrets.update_from_service:*",))
+        await create_schedule(
+            client, name="every-minute", service="oauth", endpoint="refresh-token"
+        )
+        await clock.advance(61)
+
+        await scheduler.run_due()
+
+        assert token_server.state.token_requests == 0
+        [run] = await runs_of(client, "every-minute")
+        assert run["status"] == "failed"
+        assert "lacks 'services.run:oauth'" in run["error_message"]
+
+    async def test_refresh_as_needs_services_run(
+        self,
+        client: httpx.AsyncClient,
+        token_server: TokenServer,
+        scheduler: Scheduler,
+        clock: ManualClock,
+    ) -> None:
+        await setup_oauth(client, token_server)
+        await make_account(client, permissions=("secrets.update_from_service:*",))
+        response = await client.patch("/v1/secrets/ACCESS_TOKEN", json={"refresh_as": RUN_AS})
+        assert response.status_code == 200, response.text
+        assert (await client.get("/refresh/ACCESS_TOKEN")).status_code == 200
+        token_server.state.reset_counters()
+        await clock.advance(3600)
+
+        assert await scheduler.run_due() == 1
+
+        assert token_server.state.token_requests == 0
+        found = (await client.get("/v1/secrets/ACCESS_TOKEN")).json()
+        assert found["status"] == "failing"
+        assert "lacks 'services.run:oauth'" in found["last_error"]
+        assert found["next_refresh_at"] > clock.now().isoformat()  # backed off
+
+
 class TestReplicas:
     async def test_two_schedulers_claim_each_tick_once(
         self,

@@ -1,0 +1,1 @@
+"""Config as code: one YAML document declares roles, accounts, secrets, services and schedules."""

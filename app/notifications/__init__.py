@@ -1,0 +1,1 @@
+"""Webhooks: signed notifications when a secret fails, needs re-authorization or recovers."""

@@ -1,0 +1,147 @@
+"""Request and response models of webhooks, and the payloads they deliver."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from app.pipeline.schemas import SECRET_NAME_PATTERN
+from app.text import Description
+
+WEBHOOK_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+MAX_URL_LENGTH = 2000
+EventType = Literal["secret.failing", "secret.needs_reauth", "secret.recovered"]
+EVENT_TYPES: tuple[EventType, ...] = ("secret.failing", "secret.needs_reauth", "secret.recovered")
+
+
+def check_webhook_url(url: str) -> str:
+    """An absolute http(s) URL with a host, no credentials and nothing that can't be sent."""
+    if any(ord(char) < 33 or ord(char) == 127 for char in url):
+        raise ValueError("must not contain spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # parsing it is the check
+    except ValueError:
+        raise ValueError("is not a valid URL") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(
+            f"must be an absolute http:// or https:// URL, got scheme {parts.scheme or 'none'!r}"
+        )
+    if not parts.hostname:
+        raise ValueError("must name a host (http(s)://host/path)")
+    if parts.username is not None or parts.password is not None:
+        # A URL is shown to whoever manages webhooks; a credential in it would be a leak.
+        raise ValueError(
+            "must not carry credentials (user:password@); the signature authenticates tokenfarm"
+        )
+    return url
+
+
+WebhookName = Annotated[str, Field(pattern=WEBHOOK_NAME_PATTERN, examples=["ops-alerts"])]
+WebhookUrl = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_URL_LENGTH,
+        description="Where deliveries are POSTed (http or https; the egress guard applies).",
+        examples=["https://hooks.example.com/tokenfarm"],
+    ),
+    AfterValidator(check_webhook_url),
+]
+SecretName = Annotated[
+    str | None,
+    Field(
+        pattern=SECRET_NAME_PATTERN,
+        description="Only this secret's events (it must exist); null: every secret's.",
+        examples=["ACCESS_TOKEN"],
+    ),
+]
+Events = Annotated[
+    list[EventType],
+    Field(min_length=1, description="The event types to deliver.", examples=[list(EVENT_TYPES)]),
+]
+
+
+class StrictModel(BaseModel):
+    """Unknown fields are refused, so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class WebhookCreate(StrictModel):
+    """A new webhook; its signing secret is generated and shown once, in the answer."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "ops-alerts",
+                    "url": "https://hooks.example.com/tokenfarm",
+                    "events": ["secret.failing", "secret.needs_reauth", "secret.recovered"],
+                }
+            ]
+        },
+    )
+
+    name: WebhookName
+    description: Description = ""
+    url: WebhookUrl
+    secret_name: SecretName = None
+    events: Events = Field(default_factory=lambda: list(EVENT_TYPES))
+    enabled: bool = True
+
+
+class WebhookUpdate(StrictModel):
+    """Fields to change (absent ones stay); `rotate_secret` makes a new signing secret."""
+
+    description: Description | None = None
+    url: WebhookUrl | None = None
+    secret_name: SecretName = Field(
+        None, description="A secret's name, or null to deliver every secret's events."
+    )
+    events: Events | None = None
+    enabled: bool | None = None
+    rotate_secret: bool = Field(
+        False, description="Replace the signing secret; the answer shows the new one, once."
+    )
+
+
+class WebhookRead(BaseModel):
+    """A webhook, without its signing secret, and how its last delivery went."""
+
+    name: str
+    description: str
+    url: str
+    secret_name: str | None
+    events: list[str]
+    enabled: bool
+    last_delivery_at: datetime | None
+    last_delivery_status: str | None = Field(description="`delivered` or `failed`.")
+    last_delivery_error: str | None = Field(
+        description="Why the last delivery failed (its last attempt), or null."
+    )
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookWithSecret(WebhookRead):
+    """A webhook with its signing secret, shown this once (on create, or a rotation)."""
+
+    signing_secret: str | None = Field(
+        description="Verifies the `X-Tokenfarm-Signature` of deliveries; never shown again "
+        "(null when a change did not rotate it)."
+    )
+
+
+class PingResult(BaseModel):
+    """What one `ping` delivery (no retries) came back with."""
+
+    delivery_id: str
+    delivered: bool
+    status_code: int | None = Field(description="The receiver's HTTP status, if it answered.")
+    error: str | None = Field(description="Why the delivery failed, or null.")

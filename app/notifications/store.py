@@ -1,0 +1,223 @@
+"""The rules of webhooks: validation, signing secrets (encrypted, shown once), matching events."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from app.auth.actor import Actor
+from app.config import Settings
+from app.crypto import Keyring
+from app.db import utcnow
+from app.errors import AlreadyExists, InvalidInput, NotFound
+from app.notifications.models import Webhook
+from app.notifications.schemas import (
+    EVENT_TYPES,
+    WebhookCreate,
+    WebhookRead,
+    WebhookUpdate,
+    WebhookWithSecret,
+)
+from app.outbound import ALLOW_SETTING, EgressAllowList, literal_address
+from app.secrets.models import Secret
+
+
+def new_signing_secret() -> str:
+    """A fresh signing secret: 32 random bytes, URL-safe base64."""
+    return secrets.token_urlsafe(32)
+
+
+def pack_events(events: list[str]) -> str:
+    """`["secret.recovered", "secret.failing"]` -> `"secret.failing,secret.recovered"`."""
+    return ",".join(event for event in EVENT_TYPES if event in set(events))
+
+
+def unpack_events(packed: str) -> list[str]:
+    """The inverse of `pack_events`."""
+    return [event for event in packed.split(",") if event]
+
+
+@dataclass(frozen=True)
+class DeliveryTarget:
+    """What a delivery needs of a webhook: where, and the key to sign with (never logged)."""
+
+    webhook_id: int
+    name: str
+    url: str
+    signing_secret: str
+
+    def __repr__(self) -> str:
+        return f"DeliveryTarget(name={self.name!r}, signing_secret=<redacted>)"
+
+
+class WebhookStore:
+    """Webhooks for one session; it only flushes, the request commits."""
+
+    def __init__(self, session: AsyncSession, keyring: Keyring, settings: Settings) -> None:
+        self.session = session
+        self.keyring = keyring
+        self.settings = settings
+
+    async def get(self, name: str) -> Webhook:
+        """A webhook by name, or NotFound."""
+        found = (
+            await self.session.execute(select(Webhook).where(col(Webhook.name) == name))
+        ).scalar_one_or_none()
+        if found is None:
+            raise NotFound(f"webhook {name!r} does not exist")
+        return found
+
+    async def list_all(self) -> list[Webhook]:
+        """Every webhook, by name."""
+        query = select(Webhook).order_by(col(Webhook.name))
+        return list((await self.session.execute(query)).scalars().all())
+
+    async def _check_secret(self, name: str) -> None:
+        """A per-secret webhook must name a secret that exists."""
+        query = select(col(Secret.id)).where(col(Secret.name) == name)
+        if (await self.session.execute(query)).first() is None:
+            raise InvalidInput(f"secret_name: no secret {name!r}", path="secret_name")
+
+    def _check_url(self, url: str) -> None:
+        """Refuse at once a URL whose host spells out an address the egress guard refuses.
+
+        Host names are checked when a delivery is sent (what they resolve to may change).
+        """
+        address = literal_address(urlsplit(url).hostname or "")
+        if address is None:
+            return
+        reason = EgressAllowList.parse(self.settings.egress_allow).refusal(address)
+        if reason is not None:
+            raise InvalidInput(
+                f"url: {address} is {reason}, which deliveries may not reach; "
+                f"list it in {ALLOW_SETTING} to allow it",
+                path="url",
+            )
+
+    async def create(self, data: WebhookCreate, actor: Actor) -> tuple[Webhook, str]:
+        """A new webhook and its signing secret (the only time the secret is seen in clear)."""
+        self._check_url(data.url)
+        if data.secret_name is not None:
+            await self._check_secret(data.secret_name)
+        signing_secret = new_signing_secret()
+        webhook = Webhook(
+            name=data.name,
+            description=data.description,
+            url=data.url,
+            signing_secret_ciphertext=self.keyring.encrypt(signing_secret),
+            secret_name=data.secret_name,
+            events=pack_events(list(data.events)),
+            enabled=data.enabled,
+            created_by=actor.label,
+        )
+        self.session.add(webhook)
+        try:
+            await self.session.flush()
+        except IntegrityError:
+            raise AlreadyExists(f"webhook {data.name!r} already exists") from None
+        return webhook, signing_secret
+
+    async def update(self, webhook: Webhook, data: WebhookUpdate) -> tuple[Webhook, str | None]:
+        """Change fields; with `rotate_secret`, a new signing secret (answered, once)."""
+        given: dict[str, Any] = data.model_dump(exclude_unset=True)
+        for field in ("url", "events", "enabled", "rotate_secret"):
+            if field in given and given[field] is None:
+                raise InvalidInput(f"{field}: can't be null", path=field)
+        if "url" in given:
+            self._check_url(given["url"])
+            webhook.url = given["url"]
+        if "secret_name" in given:
+            if given["secret_name"] is not None:
+                await self._check_secret(given["secret_name"])
+            webhook.secret_name = given["secret_name"]
+        if "description" in given:
+            webhook.description = given["description"] or ""
+        if "events" in given:
+            webhook.events = pack_events(given["events"])
+        if "enabled" in given:
+            webhook.enabled = given["enabled"]
+        signing_secret = None
+        if given.get("rotate_secret"):
+            signing_secret = new_signing_secret()
+            webhook.signing_secret_ciphertext = self.keyring.encrypt(signing_secret)
+        webhook.updated_at = utcnow()
+        await self.session.flush()
+        return webhook, signing_secret
+
+    async def delete(self, webhook: Webhook) -> None:
+        """Delete a webhook (retries still pending for it stop)."""
+        await self.session.delete(webhook)
+        await self.session.flush()
+
+    def target(self, webhook: Webhook) -> DeliveryTarget:
+        """The webhook as a delivery needs it, its signing secret decrypted."""
+        assert webhook.id is not None
+        return DeliveryTarget(
+            webhook_id=webhook.id,
+            name=webhook.name,
+            url=webhook.url,
+            signing_secret=self.keyring.decrypt(webhook.signing_secret_ciphertext),
+        )
+
+    async def targets_for(self, secret: str, event_type: str) -> list[DeliveryTarget]:
+        """The enabled webhooks that want `event_type` of `secret` (global ones and its own)."""
+        query = (
+            select(Webhook)
+            .where(col(Webhook.enabled))
+            .where(or_(col(Webhook.secret_name).is_(None), col(Webhook.secret_name) == secret))
+            .order_by(col(Webhook.name))
+        )
+        webhooks = (await self.session.execute(query)).scalars().all()
+        return [self.target(w) for w in webhooks if event_type in unpack_events(w.events)]
+
+    async def enabled_target(self, webhook_id: int) -> DeliveryTarget | None:
+        """The webhook as it is now, or None once it was deleted or disabled."""
+        webhook = await self.session.get(Webhook, webhook_id)
+        if webhook is None or not webhook.enabled:
+            return None
+        return self.target(webhook)
+
+    async def note_delivery(
+        self, webhook_id: int, status: str, error: str | None, at: datetime
+    ) -> None:
+        """Remember how the webhook's last delivery went (nothing, if it was deleted)."""
+        await self.session.execute(
+            update(Webhook)
+            .where(col(Webhook.id) == webhook_id)
+            .values(last_delivery_at=at, last_delivery_status=status, last_delivery_error=error)
+        )
+
+    @staticmethod
+    def describe(webhook: Webhook) -> WebhookRead:
+        """A webhook as the API shows it (never its signing secret)."""
+        return WebhookRead(
+            name=webhook.name,
+            description=webhook.description,
+            url=webhook.url,
+            secret_name=webhook.secret_name,
+            events=unpack_events(webhook.events),
+            enabled=webhook.enabled,
+            last_delivery_at=webhook.last_delivery_at,
+            last_delivery_status=webhook.last_delivery_status,
+            last_delivery_error=webhook.last_delivery_error,
+            created_by=webhook.created_by,
+            created_at=webhook.created_at,
+            updated_at=webhook.updated_at,
+        )
+
+    @classmethod
+    def describe_with_secret(
+        cls, webhook: Webhook, signing_secret: str | None
+    ) -> WebhookWithSecret:
+        """A webhook with its new signing secret (the create answer, or a rotation's)."""
+        return WebhookWithSecret(
+            **cls.describe(webhook).model_dump(), signing_secret=signing_secret
+        )
