@@ -38,3 +38,12 @@ class Actor:
             granted.startswith(prefix) or permission_matches(granted, prefix)
             for granted in self.permissions
         )
+
+    def can_run(self, slug: str, readable_id: str) -> bool:
+        """Running an endpoint needs `services.run:SLUG` or `services.run:SLUG/ID` (for a
+        caller, and for the `run_as`/`refresh_as` account a run acts as)."""
+        return self.can(f"services.run:{slug}") or self.can(f"services.run:{slug}/{readable_id}")
+
+    def can_write_all(self, secrets: set[str]) -> bool:
+        """Whether a run acting for it may write every one of `secrets` (the update rule)."""
+        return all(self.can(f"secrets.update_from_service:{name}") for name in secrets)

@@ -5,19 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
+from app.schemas import StrictModel
 from app.text import Description
 
 ACCOUNT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 AccountName = Annotated[str, Field(pattern=ACCOUNT_NAME_PATTERN, examples=["ci-deployer"])]
 RoleName = Annotated[str, Field(pattern=ACCOUNT_NAME_PATTERN, examples=["oauth-refresher"])]
-
-
-class StrictModel(BaseModel):
-    """Unknown fields are refused, so a typo never passes silently."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class LoginToken(BaseModel):

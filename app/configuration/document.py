@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from app.auth.permissions import problem as permission_problem
 from app.auth.schemas import ACCOUNT_NAME_PATTERN, AccountName, RoleName
@@ -19,6 +19,7 @@ from app.errors import InvalidInput
 from app.presets.schemas import PresetName
 from app.schedules.cron import check_cron, zone
 from app.schedules.schemas import Cron, Environments, ScheduleName, TimeZone
+from app.schemas import StrictModel as Strict
 from app.secrets.schemas import RefreshAs, RefreshBeforeExpirySeconds, RefreshEndpoint, SecretName
 from app.services.schemas import READABLE_ID_PATTERN, SLUG_PATTERN, ServiceCreate
 from app.text import Description
@@ -30,12 +31,6 @@ INLINE_VALUE = (
     "an inline value is refused (it would sit in the file and in version control): use "
     "value_from: {env: NAME} or value_from: {file: PATH}"
 )
-
-
-class Strict(BaseModel):
-    """Unknown keys are errors, so a typo never passes silently."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 def _permission(permission: str) -> str:

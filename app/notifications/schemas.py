@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.pipeline.schemas import SECRET_NAME_PATTERN
+from app.schemas import StrictModel
 from app.text import Description
 
 WEBHOOK_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
@@ -63,12 +64,6 @@ Events = Annotated[
     list[EventType],
     Field(min_length=1, description="The event types to deliver.", examples=[list(EVENT_TYPES)]),
 ]
-
-
-class StrictModel(BaseModel):
-    """Unknown fields are refused, so a typo never passes silently."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class WebhookCreate(StrictModel):

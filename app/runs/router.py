@@ -51,7 +51,7 @@ RUN_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 def ensure_can_run(actor: Actor, slug: str, readable_id: str) -> None:
     """Running needs `services.run:SLUG` or `services.run:SLUG/ID`."""
-    if not (actor.can(f"services.run:{slug}") or actor.can(f"services.run:{slug}/{readable_id}")):
+    if not actor.can_run(slug, readable_id):
         refuse(actor, f"services.run:{slug}", f" or 'services.run:{slug}/{readable_id}'")
 
 

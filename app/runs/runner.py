@@ -101,9 +101,7 @@ class Flight:
 
     def admits(self, actor: Actor) -> bool:
         """A caller may share the run only if it could have written every target itself."""
-        return self.targets is not None and all(
-            actor.can(f"secrets.update_from_service:{name}") for name in self.targets
-        )
+        return self.targets is not None and actor.can_write_all(self.targets)
 
 
 @dataclass
@@ -295,7 +293,7 @@ class Runner:
                         await self._adopt(snapshot, prepared.secrets)
                         if job.request is None
                         and job.schedule_name is None
-                        and self._may_write(prepared, job.actor)
+                        and job.actor.can_write_all(prepared.target_names)
                         else None
                     )
                     if adopted is not None:
@@ -368,13 +366,6 @@ class Runner:
                         run_id=row.run_id, status="succeeded", http_status=200, adopted=True
                     )
         return None
-
-    @staticmethod
-    def _may_write(prepared: PreparedRun, actor: Actor) -> bool:
-        """Whether the actor holds the update permission of every target (else it is refused)."""
-        return all(
-            actor.can(f"secrets.update_from_service:{name}") for name in prepared.target_names
-        )
 
     @staticmethod
     def _preflight(prepared: PreparedRun, actor: Actor, force: bool) -> None:

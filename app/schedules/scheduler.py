@@ -27,7 +27,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
 from app.auth.accounts import AccountStore
-from app.auth.actor import Actor
 from app.clock import Clock
 from app.config import Settings
 from app.errors import TokenfarmError
@@ -294,7 +293,7 @@ class Scheduler:
             outcome = await self._record_refused(
                 job, f"run_as: the service account {job.run_as!r} no longer exists"
             )
-        elif not may_run(actor, job.slug, job.readable_id):
+        elif not actor.can_run(job.slug, job.readable_id):
             outcome = await self._record_refused(
                 job,
                 f"run_as: the service account {job.run_as!r} lacks 'services.run:{job.slug}' "
@@ -407,7 +406,7 @@ class Scheduler:
         try:
             async with self.session_factory() as session:
                 actor = await AccountStore(session).actor_for_service_account(job.refresh_as)
-            if may_run(actor, slug, readable_id):
+            if actor.can_run(slug, readable_id):
                 outcome = await self.runner.run_endpoint(
                     slug, readable_id, actor=actor, trigger="expiry"
                 )
@@ -439,12 +438,6 @@ class Scheduler:
                 value.next_refresh_at = backoff_after_failure(max(secret.failure_count, 1), now)
             value.claimed_by = None
             value.claim_expires_at = None
-
-
-def may_run(actor: Actor, slug: str, readable_id: str) -> bool:
-    """Running an endpoint needs `services.run:SLUG` or `services.run:SLUG/ID`, on a schedule
-    too: `run_as` and `refresh_as` act with the account's permissions, nothing more."""
-    return actor.can(f"services.run:{slug}") or actor.can(f"services.run:{slug}/{readable_id}")
 
 
 def _no_claim() -> dict[str, Any]:

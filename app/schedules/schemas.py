@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.auth.schemas import ACCOUNT_NAME_PATTERN
 from app.config import Environment
 from app.schedules.cron import MAX_CRON_LENGTH
+from app.schemas import StrictModel
 from app.services.schemas import READABLE_ID_PATTERN, SLUG_PATTERN
 from app.text import Description
 
@@ -34,12 +35,6 @@ Environments = Annotated[
         description="Run only where TOKENFARM_ENVIRONMENT is one of these (null: everywhere).",
     ),
 ]
-
-
-class StrictModel(BaseModel):
-    """Unknown fields are refused, so a typo never passes silently."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class ScheduleCreate(StrictModel):

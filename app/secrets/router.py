@@ -189,9 +189,7 @@ async def _refresh_actor(
             f"secret {secret.name!r} is refreshed as service account {secret.refresh_as!r}, "
             f"which no longer exists; set another refresh_as with PATCH /v1/secrets/{secret.name}"
         ) from None
-    if not (
-        account.can(f"services.run:{slug}") or account.can(f"services.run:{slug}/{readable_id}")
-    ):
+    if not account.can_run(slug, readable_id):
         permission = f"services.run:{slug}"
         raise PermissionDenied(
             f"secret {secret.name!r} is refreshed as service account {account.name!r}, which "

@@ -20,6 +20,7 @@ from pydantic.json_schema import SkipJsonSchema
 from app.auth.schemas import ACCOUNT_NAME_PATTERN
 from app.config import Environment
 from app.pipeline.schemas import SECRET_NAME_PATTERN
+from app.schemas import StrictModel
 from app.text import Description
 
 REFRESH_ENDPOINT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}/[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -90,12 +91,6 @@ def _storable(value: Any) -> Any:
     if not _finite(value):
         raise ValueError("a secret value can't hold NaN or Infinity (JSON has no such numbers)")
     return value
-
-
-class StrictModel(BaseModel):
-    """Unknown fields are refused, so a typo never passes silently."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class SecretCreate(StrictModel):
