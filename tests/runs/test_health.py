@@ -171,7 +171,9 @@ class TestLostRace:
         token_server.state.latency_seconds = 0.4
 
         async def twin_run() -> httpx.Response:
-            await asyncio.sleep(0.1)
+            # Late enough that the first run reaches the token server first and has committed
+            # its rotation by the time the twin's invalid_grant comes back.
+            await asyncio.sleep(0.25)
             return await client.get("/api/services/oauth/twin")
 
         first, second = await asyncio.gather(client.get("/refresh/ACCESS_TOKEN"), twin_run())
