@@ -154,6 +154,9 @@ class TokenServerState:
         self.revoke_access_tokens_on_reuse = True
         # Seconds sent in Retry-After with the `rate_limited` and `http_503` faults.
         self.retry_after_seconds: int | None = 1
+        # While set, a request that arrives waits (before its grant is checked) until this
+        # event is set: tests use it to order what happens while a run awaits its answer.
+        self.gate: threading.Event | None = None
         self._fault: str | None = None
         self._queued_faults: list[str] = []
         self._token_requests = 0
@@ -832,6 +835,9 @@ def create_token_server(state: TokenServerState) -> ASGIApp:
         }
         state._begin_request(entry)
 
+        gate = state.gate
+        if gate is not None:
+            await asyncio.to_thread(gate.wait, 30)
         if state.latency_seconds > 0:
             await asyncio.sleep(state.latency_seconds)
         response = _fault_response(fault, credentials, state.retry_after_seconds)

@@ -20,7 +20,7 @@ from app.crypto import Keyring
 from app.db import utcnow
 from app.errors import Conflict, NotFound
 from app.runs.models import Run, RunSecret
-from app.runs.runner import advisory_key
+from app.runs.runner import advisory_key, endpoint_turn
 from app.runs.schemas import RecoveredSecret, RecoveryResult
 from app.secrets.store import SecretStore
 
@@ -89,7 +89,7 @@ class Recovery:
         if bind.dialect.name == "postgresql":
             # A run holds its endpoint's advisory lock until it has stored its outcome: if the
             # lock is free, the run is over (its process is gone). Held until this commits.
-            key = advisory_key(run.service_slug, run.endpoint_readable_id)
+            key = advisory_key(endpoint_turn(run.service_slug, run.endpoint_readable_id))
             free = (
                 await self.session.execute(
                     text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": key}

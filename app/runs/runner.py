@@ -3,9 +3,12 @@ then store every write at once (compare-and-set) and record the run.
 
 No database transaction holding data stays open across an outbound call: loading and storing are
 short transactions around the engine. Runs of one endpoint are single-flight: concurrent callers
-without request data share one execution (in this process), and on PostgreSQL a transaction-scoped
-advisory lock, held on a connection of its own, makes replicas take turns; a replica that waited
-and finds the targets already refreshed adopts that result instead of calling the upstream again.
+without request data share one execution (in this process). A run takes turns with every other run
+of its endpoint and every run that writes one of the same secrets (two endpoints refreshing one
+refresh token would otherwise both spend it): in this process with asyncio locks, and on
+PostgreSQL with transaction-scoped advisory locks, held on a connection of their own, so replicas
+take turns too. A run that waited and finds its targets already refreshed by another run adopts
+that result instead of calling the upstream again.
 """
 
 from __future__ import annotations
@@ -120,9 +123,19 @@ class PreparedRun:
         return {name for _, name in self.targets}
 
 
-def advisory_key(slug: str, readable_id: str) -> int:
-    """A stable signed 64-bit key for PostgreSQL's advisory locks, one per endpoint."""
-    digest = hashlib.blake2b(f"tokenfarm/run/{slug}/{readable_id}".encode(), digest_size=8)
+def endpoint_turn(slug: str, readable_id: str) -> str:
+    """The name of the turn every run of one endpoint takes."""
+    return f"tokenfarm/run/{slug}/{readable_id}"
+
+
+def secret_turn(name: str, environment: str) -> str:
+    """The name of the turn every run writing one secret (in one environment) takes."""
+    return f"tokenfarm/secret/{environment}/{name}"
+
+
+def advisory_key(turn: str) -> int:
+    """A stable signed 64-bit key for PostgreSQL's advisory locks, one per turn."""
+    digest = hashlib.blake2b(turn.encode(), digest_size=8)
     return int.from_bytes(digest.digest(), "big", signed=True)
 
 
@@ -151,7 +164,7 @@ class Runner:
         # Two concurrent refreshes would both spend the same rotating refresh token, and the
         # reuse revokes its whole family: runs of one endpoint take turns, and callers without
         # request data share the run in flight.
-        self._turns: dict[tuple[str, str], Turn] = {}
+        self._turns: dict[str, Turn] = {}
         self._flights: dict[tuple[str, str, bool], Flight] = {}
         self._tasks: set[asyncio.Task[RunOutcome]] = set()
 
@@ -225,24 +238,40 @@ class Runner:
     async def _detached(self, work: Coroutine[Any, Any, RunOutcome]) -> RunOutcome:
         return await asyncio.shield(self._spawn(work))
 
-    @asynccontextmanager
-    async def _turn(self, slug: str, readable_id: str) -> AsyncIterator[bool]:
-        """Wait for this endpoint's earlier runs (yields whether it had to)."""
-        key = (slug, readable_id)
-        turn = self._turns.setdefault(key, Turn())
-        turn.users += 1
-        try:
-            waited = turn.lock.locked()
-            async with turn.lock:
-                yield waited
-        finally:
-            turn.users -= 1
-            if not turn.users:
-                del self._turns[key]
+    def _turns_of(self, slug: str, readable_id: str, targets: set[str]) -> list[str]:
+        """The turns a run takes, in the one order every run takes them (no deadlock)."""
+        environment = self.settings.environment
+        turns = {endpoint_turn(slug, readable_id)}
+        turns.update(secret_turn(name, environment) for name in targets)
+        return sorted(turns)
 
     @asynccontextmanager
-    async def _replicas_turn(self, slug: str, readable_id: str) -> AsyncIterator[bool]:
-        """On PostgreSQL, hold the endpoint's advisory lock (yields whether it is held)."""
+    async def _turn(self, turns: list[str]) -> AsyncIterator[bool]:
+        """Wait for the earlier runs sharing a turn in this process (yields whether it had to)."""
+        counted: list[str] = []
+        acquired: list[asyncio.Lock] = []
+        waited = False
+        try:
+            for name in turns:
+                turn = self._turns.setdefault(name, Turn())
+                turn.users += 1
+                counted.append(name)
+                waited = waited or turn.lock.locked()
+                await turn.lock.acquire()
+                acquired.append(turn.lock)
+            yield waited
+        finally:
+            for lock in reversed(acquired):
+                lock.release()
+            for name in counted:
+                turn = self._turns[name]
+                turn.users -= 1
+                if not turn.users:
+                    del self._turns[name]
+
+    @asynccontextmanager
+    async def _replicas_turn(self, turns: list[str]) -> AsyncIterator[bool]:
+        """On PostgreSQL, hold the turns' advisory locks (yields whether they are held)."""
         if self.lock_engine is None:
             yield False
             return
@@ -250,10 +279,10 @@ class Runner:
         try:
             async with self.lock_engine.connect() as connection, connection.begin():
                 await connection.execute(text(f"SET LOCAL lock_timeout = {wait_ms}"))
-                await connection.execute(
-                    text("SELECT pg_advisory_xact_lock(:key)"),
-                    {"key": advisory_key(slug, readable_id)},
-                )
+                for name in turns:
+                    await connection.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": advisory_key(name)}
+                    )
                 yield True
         except DBAPIError as exc:
             if (
@@ -261,7 +290,8 @@ class Runner:
                 or "LockNotAvailable" in type(exc.orig).__name__
             ):
                 raise Conflict(
-                    f"endpoint {slug}/{readable_id} is still running on another replica after "
+                    f"{turns[0].removeprefix('tokenfarm/run/')} or a run writing the same "
+                    f"secrets is still running on another replica after "
                     f"{self.settings.run_deadline_seconds:g} s; try again later"
                 ) from None
             raise
@@ -269,7 +299,7 @@ class Runner:
     async def _in_turn(
         self, slug: str, readable_id: str, job: Job, flight: Flight | None
     ) -> RunOutcome:
-        """Load, wait for the endpoint's turn (in this process, then across replicas), run.
+        """Load, wait for the run's turns (in this process, then across replicas), run.
 
         Whatever was loaded before waiting is read again once it is this run's turn: the run
         that went first may have rotated the refresh token. A run without request data whose
@@ -280,13 +310,17 @@ class Runner:
             if flight is not None:
                 flight.targets = snapshot.target_names
                 flight.loaded.set()
-            async with (
-                self._turn(slug, readable_id) as waited,
-                self._replicas_turn(slug, readable_id) as locked,
-            ):
+            turns = self._turns_of(slug, readable_id, snapshot.target_names)
+            async with self._turn(turns) as waited, self._replicas_turn(turns) as locked:
                 prepared = snapshot
                 if waited or locked:
                     prepared = await self._prepare(slug, readable_id, job.method)
+                    if not prepared.target_names <= snapshot.target_names:
+                        raise Conflict(
+                            f"the action of {slug}/{readable_id} changed while the run waited "
+                            "for its turn and now writes other secrets; nothing was called, "
+                            "try again"
+                        )
                     # A call with request data, or a schedule's tick (each is logged as its
                     # own run), never stands in for another run.
                     adopted = (

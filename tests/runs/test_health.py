@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import httpx
+from fastapi import FastAPI
 
+from app.auth.actor import Actor
+from app.runs.runner import Runner
 from tests.conftest import CLIENT_ID, TokenServer, secret_value, setup_oauth
 
 
@@ -16,6 +20,28 @@ async def metadata(client: httpx.AsyncClient, name: str) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     found: dict[str, Any] = response.json()
     return found
+
+
+async def add_twin_endpoint(client: httpx.AsyncClient, server: TokenServer) -> None:
+    """The canonical refresh, plus a second endpoint `twin` writing the same secrets."""
+    await setup_oauth(client, server)
+    service = (await client.get("/v1/services/oauth")).json()
+    twin = {**service["endpoints"][0], "readable_id": "twin", "enable_log": True}
+    service["endpoints"].append(twin)
+    response = await client.put(
+        "/v1/services/oauth",
+        json={key: service[key] for key in ("name", "variables", "endpoints")},
+    )
+    assert response.status_code == 200, response.text
+
+
+async def wait_for_token_requests(server: TokenServer, count: int) -> None:
+    """Wait until the token server has received `count` token requests."""
+    for _ in range(1000):
+        if server.state.token_requests >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the token server got {server.state.token_requests} of {count}")
 
 
 async def refused_grant(client: httpx.AsyncClient, server: TokenServer) -> None:
@@ -153,37 +179,58 @@ class TestLostRace:
         token_server.state.latency_seconds = 0
         assert (await client.get("/refresh/ACCESS_TOKEN")).status_code == 200
 
-    async def test_targets_refreshed_by_another_run_are_adopted(
+    async def test_endpoints_writing_the_same_secrets_take_turns(
         self, client: httpx.AsyncClient, token_server: TokenServer
     ) -> None:
-        """invalid_grant because another run (another replica) rotated the token first."""
-        await setup_oauth(client, token_server)
-        # A second endpoint with the same action refreshes the same secrets, so it doesn't
-        # take turns with the first: this is how a race between replicas looks.
-        service = (await client.get("/v1/services/oauth")).json()
-        twin = {**service["endpoints"][0], "readable_id": "twin", "enable_log": True}
-        service["endpoints"].append(twin)
-        response = await client.put(
-            "/v1/services/oauth",
-            json={key: service[key] for key in ("name", "variables", "endpoints")},
-        )
+        """Two endpoints refreshing one refresh token never both spend it."""
+        await add_twin_endpoint(client, token_server)
+        gate = threading.Event()
+        token_server.state.gate = gate
+
+        first = asyncio.create_task(client.get("/refresh/ACCESS_TOKEN"))
+        await wait_for_token_requests(token_server, 1)
+        twin = asyncio.create_task(client.get("/api/services/oauth/twin"))
+        # The twin waits for its turn behind the first run, which awaits its answer.
+        await asyncio.sleep(0.5)
+        assert token_server.state.token_requests == 1
+        assert not twin.done()
+        token_server.state.gate = None
+        gate.set()
+        responses = await asyncio.gather(first, twin)
+
+        for response in responses:
+            assert response.status_code == 200, response.text
+        # The twin read the rotated refresh token once the first run had stored it.
+        assert [r["error"] for r in token_server.state.requests] == [None, None]
+        for name in ("ACCESS_TOKEN", "REFRESH_TOKEN"):
+            assert (await metadata(client, name))["status"] == "ok"
+        assert (await client.get("/refresh/ACCESS_TOKEN")).status_code == 200
+
+    async def test_a_run_that_did_not_take_turns_is_adopted(
+        self, app: FastAPI, client: httpx.AsyncClient, token_server: TokenServer
+    ) -> None:
+        """invalid_grant because a writer outside this process's turns (a replica of an older
+        version, a second process on SQLite) rotated the token first: adopt its run."""
+        await add_twin_endpoint(client, token_server)
+        gate = threading.Event()
+        token_server.state.gate = gate
+        twin = asyncio.create_task(client.get("/api/services/oauth/twin"))
+        await wait_for_token_requests(token_server, 1)
+        token_server.state.gate = None
+        # Another runner on the same database, sharing no turns with the app's runner.
+        state = app.state
+        other = Runner(state.session_factory, state.keyring, state.runner.outbound, state.settings)
+        actor = Actor(kind="system", name="other-replica", permissions=frozenset({"*"}))
+        outcome = await other.run_endpoint("oauth", "refresh-token", actor=actor, trigger="refresh")
+        assert outcome.status == "succeeded", outcome.error_body
+        gate.set()
+        response = await twin
+
         assert response.status_code == 200, response.text
-        token_server.state.latency_seconds = 0.4
-
-        async def twin_run() -> httpx.Response:
-            # Late enough that the first run reaches the token server first and has committed
-            # its rotation by the time the twin's invalid_grant comes back.
-            await asyncio.sleep(0.25)
-            return await client.get("/api/services/oauth/twin")
-
-        first, second = await asyncio.gather(client.get("/refresh/ACCESS_TOKEN"), twin_run())
-
-        results = sorted([first, second], key=lambda r: r.json().get("adopted", False))
-        assert results[0].status_code == 200, results[0].text
-        assert results[1].status_code == 200, results[1].text
-        assert results[1].json()["adopted"] is True
-        # The winner spent the refresh token; the loser's reuse revoked the family at this
-        # strict server, which is what happens: the point is that tokenfarm doesn't mark the
-        # secret dead for a grant someone else spent.
+        assert response.json()["adopted"] is True
+        assert response.json()["run_id"] == outcome.run_id
+        # The strict server saw the twin reuse the spent token: tokenfarm doesn't mark the
+        # secrets dead for a grant someone else spent.
+        assert token_server.state.requests[0]["error"] == "invalid_grant"
         for name in ("ACCESS_TOKEN", "REFRESH_TOKEN"):
             assert (await metadata(client, name))["status"] == "ok"
