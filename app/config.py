@@ -70,6 +70,14 @@ class Settings(BaseSettings):
         description="HS256 signing key of login tokens (32+ bytes); generated in development.",
     )
     jwt_ttl_seconds: int = Field(3600, ge=60, le=86_400, description="Lifetime of a login token.")
+    auth_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="How long a credential's actor is remembered (0: looked up on every "
+        "request); changes made through this process take effect at once, changes from other "
+        "replicas or the CLI within this time.",
+    )
 
     scheduler_enabled: bool = Field(
         True, description="Run the scheduler inside `tokenfarm serve` (off: run it on its own)."

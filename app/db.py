@@ -61,7 +61,7 @@ def create_engine(url: str) -> AsyncEngine:
         database = parsed.database or ""
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        kwargs = {"connect_args": {"timeout": 30}}
+        kwargs = {"connect_args": {"timeout": 30}, "pool_size": 20, "max_overflow": 20}
     engine = create_async_engine(driver_url, **kwargs)
     if engine.dialect.name == "sqlite":
 

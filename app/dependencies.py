@@ -1,4 +1,8 @@
-"""Shared FastAPI dependencies: settings, the request's session, the keyring and the runner."""
+"""Shared FastAPI dependencies: settings, the request's session, the keyring and the runner.
+
+Dependencies are `async def` even when they don't await: FastAPI runs a plain `def` dependency
+in a worker thread, a hop that costs more than the lookup itself on every request.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ if TYPE_CHECKING:
     from app.runs.runner import Runner
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     """The settings the app was created with (`create_app(settings)`; tests pass their own)."""
     settings: Settings = request.app.state.settings
     return settings
@@ -32,13 +36,13 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
             raise
 
 
-def get_keyring(request: Request) -> Keyring:
+async def get_keyring(request: Request) -> Keyring:
     """The keyring loaded at start-up."""
     keyring: Keyring = request.app.state.keyring
     return keyring
 
 
-def get_runner(request: Request) -> Runner:
+async def get_runner(request: Request) -> Runner:
     """The run service created at start-up."""
     runner: Runner = request.app.state.runner
     return runner

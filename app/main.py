@@ -8,6 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import __version__
+from app.auth.cache import ActorCache
+from app.auth.dependencies import document_security
 from app.auth.router import auth_router
 from app.auth.router import router as accounts_router
 from app.auth.tokens import TokenService, load_jwt_secret
@@ -25,6 +27,7 @@ from app.presets.router import router as presets_router
 from app.runs.router import router as runs_router
 from app.runtime import runtime, scheduling
 from app.schedules.router import router as schedules_router
+from app.secrets.cache import ValueCache
 from app.secrets.router import router as secrets_router
 from app.services.router import router as services_router
 
@@ -55,12 +58,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.runner = parts.runner
             app.state.events = parts.events
             app.state.notifier = parts.notifier
-            if not settings.scheduler_enabled:
-                yield
-                return
-            async with scheduling(parts, settings) as scheduler:
-                app.state.scheduler = scheduler
-                yield
+            app.state.value_cache = ValueCache.for_database(settings.resolved_database_url)
+            try:
+                if not settings.scheduler_enabled:
+                    yield
+                    return
+                async with scheduling(parts, settings) as scheduler:
+                    app.state.scheduler = scheduler
+                    yield
+            finally:
+                app.state.value_cache.close()
+                app.state.value_cache = ValueCache(None)
 
     app = FastAPI(
         title="tokenfarm",
@@ -71,22 +79,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.keyring = keyring
     app.state.tokens = tokens
+    app.state.actor_cache = ActorCache(settings.auth_cache_seconds)
+    app.state.value_cache = ValueCache(None)  # until the database is open
     app.state.database_url = settings.resolved_database_url
     app.state.metrics = Metrics()
     install_error_handlers(app)
+    # Routes are matched in order: the hot paths (value reads, refreshes and runs) come early.
     for router in (
         health_router,
+        secrets_router,
+        runs_router,
         auth_router,
         accounts_router,
-        secrets_router,
         services_router,
         presets_router,
-        runs_router,
         schedules_router,
         configuration_router,
         webhooks_router,
         metrics_router,
     ):
         app.include_router(router)
+    document_security(app)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -123,8 +123,9 @@ class AccountStore:
         permissions = await self._permissions(await self._user_role_ids(user))
         return Actor(kind="user", name=user.email, permissions=permissions)
 
-    async def actor_for_key(self, key: str, now: datetime) -> Actor:
-        """The service account an API key belongs to, if the key is known, unexpired and live."""
+    async def actor_for_key(self, key: str, now: datetime) -> tuple[Actor, datetime | None]:
+        """The service account an API key belongs to, if the key is known, unexpired and live,
+        and when the key expires."""
         parts = keys.split_key(key)
         if parts is None:
             raise NotAuthenticated("the API key is not valid")
@@ -143,7 +144,8 @@ class AccountStore:
             row.last_used_at = now
             await self.session.flush()
         permissions = await self._permissions(await self._account_role_ids(account))
-        return Actor(kind="service_account", name=account.name, permissions=permissions)
+        actor = Actor(kind="service_account", name=account.name, permissions=permissions)
+        return actor, row.expires_at
 
     async def actor_for_service_account(self, name: str) -> Actor:
         """A service account as the actor of a run it is configured for (`run_as`, `refresh_as`)."""

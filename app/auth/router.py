@@ -33,7 +33,7 @@ router = APIRouter(tags=["accounts"], dependencies=[Depends(require("accounts.ma
 NamePath = Annotated[str, Path(pattern=ACCOUNT_NAME_PATTERN, examples=["ci-deployer"])]
 
 
-def _store(session: SessionDep) -> AccountStore:
+async def _store(session: SessionDep) -> AccountStore:
     return AccountStore(session)
 
 

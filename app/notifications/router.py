@@ -24,11 +24,11 @@ MANAGE = [Depends(require("webhooks.manage"))]
 NamePath = Annotated[str, Path(pattern=WEBHOOK_NAME_PATTERN, examples=["ops-alerts"])]
 
 
-def _store(session: SessionDep, keyring: KeyringDep, settings: SettingsDep) -> WebhookStore:
+async def _store(session: SessionDep, keyring: KeyringDep, settings: SettingsDep) -> WebhookStore:
     return WebhookStore(session, keyring, settings)
 
 
-def _notifier(request: Request) -> Notifier:
+async def _notifier(request: Request) -> Notifier:
     notifier: Notifier = request.app.state.notifier
     return notifier
 

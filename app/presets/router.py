@@ -16,7 +16,7 @@ router = APIRouter(tags=["presets"])
 BIND = [Depends(require("services.manage")), Depends(require("secrets.manage"))]
 
 
-def _binder(session: SessionDep, keyring: KeyringDep, settings: SettingsDep) -> PresetBinder:
+async def _binder(session: SessionDep, keyring: KeyringDep, settings: SettingsDep) -> PresetBinder:
     return PresetBinder(session, keyring, settings)
 
 

@@ -23,7 +23,7 @@ MANAGE = [Depends(require("schedules.manage"))]
 NamePath = Annotated[str, Path(pattern=SCHEDULE_NAME_PATTERN, examples=["hourly-refresh"])]
 
 
-def _store(session: SessionDep) -> ScheduleStore:
+async def _store(session: SessionDep) -> ScheduleStore:
     return ScheduleStore(session)
 
 

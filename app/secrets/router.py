@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
 from app.auth.accounts import AccountStore
 from app.auth.actor import Actor
 from app.auth.dependencies import CurrentActor, ensure, require
 from app.config import Environment
-from app.dependencies import KeyringDep, RunnerDep, SessionDep, SettingsDep
+from app.dependencies import KeyringDep, SessionDep, SettingsDep
 from app.errors import Conflict, NotFound, PermissionDenied
 from app.handlers import ErrorResponse
 from app.runs.router import ensure_can_run
 from app.runs.runner import Runner, RunOutcome
+from app.secrets.cache import CachedValue, ValueCache
 from app.secrets.models import Secret
 from app.secrets.schemas import (
     MAX_MIN_VALID_SECONDS,
@@ -28,7 +29,7 @@ from app.secrets.schemas import (
     SecretVersionRead,
     ValueWritten,
 )
-from app.secrets.store import SecretStore
+from app.secrets.store import SecretStore, expires_within
 
 router = APIRouter(prefix="/v1/secrets", tags=["secrets"])
 MANAGE = [Depends(require("secrets.manage"))]
@@ -36,7 +37,7 @@ NAME_PATH = {"examples": ["ACCESS_TOKEN"]}
 ENVIRONMENT_QUERY = Query(None, description="Default: the service's environment.")
 
 
-def _store(session: SessionDep, keyring: KeyringDep, settings: SettingsDep) -> SecretStore:
+async def _store(session: SessionDep, keyring: KeyringDep, settings: SettingsDep) -> SecretStore:
     return SecretStore(session, keyring, settings)
 
 
@@ -119,11 +120,10 @@ async def set_secret_value(
 async def read_secret_value(
     name: str,
     actor: CurrentActor,
-    runner: RunnerDep,
+    request: Request,
     environment: Environment | None = ENVIRONMENT_QUERY,
     min_valid_seconds: int | None = MIN_VALID_QUERY,
-    store: SecretStore = StoreDep,
-) -> SecretValueRead | JSONResponse:
+) -> Response:
     """Read the current value; needs `secrets.read:NAME`.
 
     With `min_valid_seconds`, a value that would expire sooner is refreshed first through the
@@ -132,16 +132,31 @@ async def read_secret_value(
     run's error and `run_id`, and leaves the value as it was.
     """
     ensure(actor, f"secrets.read:{name}")
-    secret = await store.get(name)
-    if min_valid_seconds is not None and await store.expires_within(
-        secret, min_valid_seconds, environment
+    state = request.app.state
+    cache: ValueCache = state.value_cache
+    cached = cache.get(name, environment)
+    if cached is not None and (
+        min_valid_seconds is None or not expires_within(cached.read.expires_at, min_valid_seconds)
     ):
-        failed = await _refresh_for_read(
-            store, secret, actor, runner, environment, min_valid_seconds
-        )
-        if failed is not None:
-            return _failed_refresh(failed)
-    return await store.read_value(secret, environment)
+        return Response(cached.body, media_type="application/json")
+    # No session is opened for an answer from the cache: the route makes its own.
+    async with state.session_factory() as session:
+        store = SecretStore(session, state.keyring, state.settings)
+        version = cache.version()
+        secret, current = await store.get_current(name, environment)
+        if min_valid_seconds is not None and expires_within(
+            current.expires_at if current else None, min_valid_seconds
+        ):
+            failed = await _refresh_for_read(
+                store, secret, actor, state.runner, environment, min_valid_seconds
+            )
+            if failed is not None:
+                return _failed_refresh(failed)
+            version = cache.version()
+            secret, current = await store.get_current(name, environment)
+        value = CachedValue.of(store.read_value(secret, current, environment))
+    cache.put(name, environment, value, version)
+    return Response(value.body, media_type="application/json")
 
 
 async def _refresh_for_read(

@@ -121,15 +121,31 @@ class SecretStore:
         current = await self._current(secret, self.value_environment(secret, environment))
         return current.version if current else 0
 
-    async def expires_within(
-        self, secret: Secret, seconds: float, environment: str | None = None
-    ) -> bool:
-        """Whether the value in an environment expires within `seconds` from now, or already has
-        (False without a value or an expiry)."""
-        current = await self._current(secret, self.value_environment(secret, environment))
-        if current is None or current.expires_at is None:
-            return False
-        return current.expires_at <= utcnow() + timedelta(seconds=seconds)
+    async def get_current(
+        self, name: str, environment: str | None = None
+    ) -> tuple[Secret, SecretValue | None]:
+        """The secret called `name` and its current value where `environment` says (one query)."""
+        if not re.fullmatch(SECRET_NAME_PATTERN, name):
+            raise NotFound(f"secret {name!r} does not exist")
+        wanted = {environment or self.settings.environment, ALL_ENVIRONMENTS}
+        query = (
+            select(Secret, SecretValue)
+            .outerjoin(
+                SecretValue,
+                (col(SecretValue.secret_id) == col(Secret.id))
+                & col(SecretValue.environment).in_(sorted(wanted)),
+            )
+            .where(col(Secret.name) == name)
+            # Compare-and-set updates bypass the identity map: always read the rows afresh.
+            .execution_options(populate_existing=True)
+        )
+        rows = (await self.session.execute(query)).all()
+        if not rows:
+            raise NotFound(f"secret {name!r} does not exist")
+        secret = rows[0][0]
+        env = self.value_environment(secret, environment)
+        current = next((value for _, value in rows if value and value.environment == env), None)
+        return secret, current
 
     async def describe(self, secret: Secret) -> SecretRead:
         """Metadata of a secret for the current environment."""
@@ -302,10 +318,11 @@ class SecretStore:
 
     # --- values ----------------------------------------------------------------------------
 
-    async def read_value(self, secret: Secret, environment: str | None = None) -> SecretValueRead:
+    def read_value(
+        self, secret: Secret, current: SecretValue | None, environment: str | None = None
+    ) -> SecretValueRead:
         """The decrypted current value (the only way a value leaves the store)."""
         env = self.value_environment(secret, environment)
-        current = await self._current(secret, env)
         if current is None:
             raise NotFound(
                 f"secret {secret.name!r} has no value"
@@ -540,3 +557,9 @@ class SecretStore:
             actor=actor,
             source="rollback",
         )
+
+
+def expires_within(expires_at: datetime | None, seconds: float) -> bool:
+    """Whether a value expiring at `expires_at` expires within `seconds` from now, or already has
+    (False without an expiry)."""
+    return expires_at is not None and expires_at <= utcnow() + timedelta(seconds=seconds)

@@ -13,7 +13,7 @@ router = APIRouter(prefix="/v1/services", tags=["services"])
 MANAGE = [Depends(require("services.manage"))]
 
 
-def _store(session: SessionDep) -> ServiceStore:
+async def _store(session: SessionDep) -> ServiceStore:
     return ServiceStore(session)
 
 
