@@ -1,5 +1,6 @@
 """The request id: taken from `X-Request-ID` when it is sane, made otherwise; on every log line of
-the request and in the response. Also the access log, without query strings.
+the request and in the response. Also the access log, without query strings, and when the request
+arrived (`received_at`), which decides whether a refresh may share a run that has just landed.
 
 Pure ASGI rather than `BaseHTTPMiddleware`: that one runs the app in another task, which breaks
 context variables and streaming, and buffers nothing we need.
@@ -26,6 +27,13 @@ QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 MAX_LOGGED_PATH = 300
 
 access_logger = logging.getLogger("tokenfarm.access")
+RECEIVED_AT = "tokenfarm.received_at"
+
+
+def received_at(scope: Scope) -> float | None:
+    """The `time.monotonic()` at which the request reached the app (None outside a request)."""
+    value = scope.get(RECEIVED_AT)
+    return value if isinstance(value, float) else None
 
 
 def incoming_request_id(scope: Scope) -> str | None:
@@ -48,6 +56,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        scope[RECEIVED_AT] = time.monotonic()
         request_id = incoming_request_id(scope) or uuid.uuid4().hex
         token = request_id_var.set(request_id)
         started = time.perf_counter()

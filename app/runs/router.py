@@ -13,6 +13,7 @@ from app.auth.dependencies import CurrentActor, refuse, require
 from app.dependencies import KeyringDep, RunnerDep, SessionDep, SettingsDep
 from app.errors import Conflict, InvalidInput
 from app.handlers import ErrorResponse
+from app.middleware import received_at
 from app.pipeline.context import RequestData
 from app.pipeline.schemas import SECRET_NAME_PATTERN
 from app.runs.log import RunLog
@@ -125,6 +126,7 @@ for _method in ("GET", "POST", "PUT"):
 @router.get("/refresh/{secret}", response_model=RefreshResult, responses=RUN_RESPONSES)
 async def refresh_secret(
     secret: SecretPath,
+    request: Request,
     actor: CurrentActor,
     runner: RunnerDep,
     session: SessionDep,
@@ -156,16 +158,29 @@ async def refresh_secret(
     # The request's session must not hold a transaction open across the outbound call.
     await session.commit()
     outcome = await runner.run_endpoint(
-        slug, readable_id, actor=actor, trigger="refresh", force=force
+        slug,
+        readable_id,
+        actor=actor,
+        trigger="refresh",
+        force=force,
+        received_at=received_at(request.scope),
     )
     await session.commit()
-    state = await store.describe(await store.get(secret))
+    # The run says what it stored; only otherwise (it failed, or it shared or adopted a run
+    # that stored nothing for this secret) is the secret's state read again.
+    stored = outcome.stored.get(secret)
+    version: int | None
+    if stored is not None:
+        version, expires_at = stored.version, stored.expires_at
+    else:
+        state = await store.describe(await store.get(secret))
+        version, expires_at = state.version, state.expires_at
     result = RefreshResult.model_validate(
         {
             **_run_fields(outcome),
             "secret": secret,
-            "version": state.version,
-            "expires_at": state.expires_at,
+            "version": version,
+            "expires_at": expires_at,
         }
     )
     return _answer(result, outcome)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlmodel import col
@@ -38,6 +38,7 @@ from app.errors import (
     InternalError,
     MethodNotAllowed,
     NeedsReauth,
+    NotFound,
     PermissionDenied,
     RunFailed,
     SecretLocked,
@@ -55,6 +56,7 @@ from app.pipeline.nodes import execute
 from app.pipeline.schemas import parse_action
 from app.runs.models import Run, RunSecret
 from app.secrets.models import SecretVersion
+from app.secrets.schemas import ValueWritten
 from app.secrets.store import LoadedSecret, SecretStore
 from app.services.models import Endpoint, Service
 from app.services.store import ServiceStore
@@ -82,6 +84,8 @@ class RunOutcome:
     error_body: dict[str, Any] | None = None
     response: Any = None
     written: list[str] = field(default_factory=list)
+    # What the run stored, by secret: the new version and expiry (never the value).
+    stored: dict[str, ValueWritten] = field(default_factory=dict)
     adopted: bool = False
     coalesced: bool = False
 
@@ -101,6 +105,7 @@ class Flight:
     task: asyncio.Task[RunOutcome] | None = None
     targets: set[str] | None = None
     loaded: asyncio.Event = field(default_factory=asyncio.Event)
+    landed_at: float | None = None  # time.monotonic() when the run ended
 
     def admits(self, actor: Actor) -> bool:
         """A caller may share the run only if it could have written every target itself."""
@@ -166,6 +171,8 @@ class Runner:
         # request data share the run in flight.
         self._turns: dict[str, Turn] = {}
         self._flights: dict[tuple[str, str, bool], Flight] = {}
+        # The last flight of each endpoint that landed, for callers that arrived during it.
+        self._landed: dict[tuple[str, str, bool], Flight] = {}
         self._tasks: set[asyncio.Task[RunOutcome]] = set()
 
     # --- entry points ----------------------------------------------------------------------
@@ -182,12 +189,15 @@ class Runner:
         force: bool = False,
         run_id: str | None = None,
         schedule_name: str | None = None,
+        received_at: float | None = None,
     ) -> RunOutcome:
         """Run one endpoint end to end; NotFound/MethodNotAllowed are raised, all else is a run.
 
-        A run without request data (a refresh, a read, a schedule) joins the run of the same
-        endpoint already in flight, if there is one. Every run goes on to its end even if its
-        caller goes away: its upstream may already have rotated a token.
+        A run without request data (a refresh, a read) joins the run of the same endpoint
+        already in flight, if there is one; with `received_at` (the `time.monotonic()` its
+        request arrived at), also the last run, if that landed after the request arrived. Every
+        run goes on to its end even if its caller goes away: its upstream may already have
+        rotated a token.
         """
         job = Job(actor, trigger, method, request, force, run_id, schedule_name)
         if request is not None or schedule_name is not None:
@@ -196,6 +206,12 @@ class Runner:
             return await self._detached(self._in_turn(slug, readable_id, job, None))
         key = (slug, readable_id, force)
         flight = self._flights.get(key)
+        if flight is None and received_at is not None:
+            # A caller whose request arrived while the last run was in the air, but whose turn
+            # to be served came after it landed (a burst queues in the server), shares it too.
+            last = self._landed.get(key)
+            if last is not None and last.landed_at is not None and received_at < last.landed_at:
+                flight = last
         if flight is not None and flight.task is not None:
             await flight.loaded.wait()
             if flight.admits(actor) or flight.targets is None:
@@ -208,8 +224,16 @@ class Runner:
 
         def landed(_: asyncio.Task[RunOutcome]) -> None:
             flight.loaded.set()
+            flight.landed_at = time.monotonic()
             if self._flights.get(key) is flight:
                 del self._flights[key]
+            self._landed[key] = flight
+            # Forget flights that landed long ago: every request that arrived before they did
+            # has been served by now (a request waits at most about a run's deadline).
+            horizon = flight.landed_at - self.settings.run_deadline_seconds
+            for old_key, old in list(self._landed.items()):
+                if old.landed_at is not None and old.landed_at < horizon:
+                    del self._landed[old_key]
 
         task = self._spawn(self._in_turn(slug, readable_id, job, flight))
         flight.task = task
@@ -536,7 +560,8 @@ class Runner:
             if error is None:
                 try:
                     async with self.session_factory() as session, session.begin():
-                        outcome.written = await self._store_writes(session, record)
+                        outcome.stored = await self._store_writes(session, record)
+                        outcome.written = list(outcome.stored)
                         outcome.response = ctx.redactor.value(ctx.result)
                         if record.logged:
                             await self._save_record(session, record, outcome, kept)
@@ -545,7 +570,7 @@ class Runner:
                     return outcome
                 except (TokenfarmError, SQLAlchemyError) as exc:
                     # The transaction rolled back: none of this run's writes stayed.
-                    outcome.written = []
+                    outcome.written, outcome.stored = [], {}
                     record.changes.clear()
                     error = self._storing_failed(ctx.run_id, exc, kept)
             elif isinstance(error, UpstreamFailed) and error.oauth_error == "invalid_grant":
@@ -612,16 +637,22 @@ class Runner:
             secrets=sorted(changed),
         )
 
-    async def _store_writes(self, session: AsyncSession, record: RunRecord) -> list[str]:
+    async def _store_writes(
+        self, session: AsyncSession, record: RunRecord
+    ) -> dict[str, ValueWritten]:
         """Write every pending secret compare-and-set on the version the run started from."""
         store = SecretStore(session, self.keyring, self.settings)
         now = utcnow()
         ctx = record.ctx
+        stored: dict[str, ValueWritten] = {}
+        secrets = await store.get_many(set(ctx.writes))
         for name, write in ctx.writes.items():
             loaded = record.prepared.secrets[name]
             assert loaded is not None  # the pre-flight check guarantees it
-            secret = await store.get(name)
-            await store.set_value(
+            secret = secrets.get(name)
+            if secret is None:
+                raise NotFound(f"secret {name!r} does not exist")
+            stored[name] = await store.set_value(
                 secret,
                 write.value,
                 expires_at=write.expires_at,
@@ -640,7 +671,7 @@ class Runner:
                         name, loaded.secret.status, "ok", 0, None, ctx.run_id, utcnow()
                     )
                 )
-        return list(ctx.writes)
+        return stored
 
     async def _mark_targets_failed(
         self, session: AsyncSession, record: RunRecord, error: RunFailed
@@ -744,10 +775,16 @@ class Runner:
         if outcome.status == "succeeded":
             run.recovery = None
         await session.flush()
-        for name in outcome.written:
-            written = await session.get(RunSecret, (ctx.run_id, name))
-            if written is not None:
-                written.written = True
+        if outcome.written:
+            await session.execute(
+                update(RunSecret)
+                .where(
+                    col(RunSecret.run_id) == ctx.run_id,
+                    col(RunSecret.secret_name).in_(outcome.written),
+                )
+                .values(written=True)
+                .execution_options(synchronize_session=False)
+            )
 
     @staticmethod
     async def _drop_record(session: AsyncSession, run_id: str) -> None:

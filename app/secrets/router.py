@@ -14,6 +14,7 @@ from app.config import Environment
 from app.dependencies import KeyringDep, SessionDep, SettingsDep
 from app.errors import Conflict, NotFound, PermissionDenied
 from app.handlers import ErrorResponse
+from app.middleware import received_at
 from app.runs.router import ensure_can_run
 from app.runs.runner import Runner, RunOutcome
 from app.secrets.cache import CachedValue, ValueCache
@@ -148,7 +149,13 @@ async def read_secret_value(
             current.expires_at if current else None, min_valid_seconds
         ):
             failed = await _refresh_for_read(
-                store, secret, actor, state.runner, environment, min_valid_seconds
+                store,
+                secret,
+                actor,
+                state.runner,
+                environment,
+                min_valid_seconds,
+                received_at(request.scope),
             )
             if failed is not None:
                 return _failed_refresh(failed)
@@ -166,6 +173,7 @@ async def _refresh_for_read(
     runner: Runner,
     environment: str | None,
     seconds: int,
+    received: float | None,
 ) -> RunOutcome | None:
     """Run the secret's `refresh_endpoint` for a reader; answers the outcome only if it failed."""
     name = secret.name
@@ -185,7 +193,9 @@ async def _refresh_for_read(
     run_as = await _refresh_actor(store, secret, caller, slug, readable_id)
     # The request's session must not hold a transaction open across the outbound call.
     await store.session.commit()
-    outcome = await runner.run_endpoint(slug, readable_id, actor=run_as, trigger="read")
+    outcome = await runner.run_endpoint(
+        slug, readable_id, actor=run_as, trigger="read", received_at=received
+    )
     await store.session.commit()
     return outcome if outcome.error_body is not None else None
 

@@ -92,6 +92,11 @@ class SecretStore:
             raise NotFound(f"secret {name!r} does not exist")
         return secret
 
+    async def get_many(self, names: set[str]) -> dict[str, Secret]:
+        """The secrets called `names` that exist, by name (one query)."""
+        query = select(Secret).where(col(Secret.name).in_(sorted(names)))
+        return {secret.name: secret for secret in (await self.session.execute(query)).scalars()}
+
     def value_environment(self, secret: Secret, environment: str | None = None) -> str:
         """Where a value of this secret lives: `*` unless it is environment-specific."""
         if not secret.environment_specific:
@@ -338,13 +343,28 @@ class SecretStore:
         )
 
     async def load_for_run(self, names: set[str]) -> dict[str, LoadedSecret | None]:
-        """Secrets a run reads or writes, with their current values in this environment."""
-        query = select(Secret).where(col(Secret.name).in_(names))
-        found = (await self.session.execute(query)).scalars().all()
+        """Secrets a run reads or writes, with their current values in this environment (one
+        query for all of them)."""
+        query = (
+            select(Secret, SecretValue)
+            .outerjoin(
+                SecretValue,
+                (col(SecretValue.secret_id) == col(Secret.id))
+                & col(SecretValue.environment).in_(
+                    sorted({self.settings.environment, ALL_ENVIRONMENTS})
+                ),
+            )
+            .where(col(Secret.name).in_(names))
+            # Compare-and-set updates bypass the identity map: always read the rows afresh.
+            .execution_options(populate_existing=True)
+        )
+        rows = (await self.session.execute(query)).all()
         loaded: dict[str, LoadedSecret | None] = dict.fromkeys(names)
-        for secret in found:
+        for secret, value in rows:
             env = self.value_environment(secret)
-            current = await self._current(secret, env)
+            current = value if value is not None and value.environment == env else None
+            if current is None and loaded.get(secret.name) is not None:
+                continue  # the other environment's row of a secret already loaded
             loaded[secret.name] = LoadedSecret(
                 secret=secret,
                 environment=env,
@@ -375,13 +395,16 @@ class SecretStore:
             expires_at = expires_at.astimezone(UTC)
         ciphertext = self.keyring.encrypt(value)
         now = utcnow()
-        current = await self._current(secret, env)
-        current_version = current.version if current else 0
-        if expected_version is not None and expected_version != current_version:
-            raise VersionConflict(
-                f"secret {secret.name!r} changed during the run (version {expected_version} "
-                f"became {current_version}); nothing was written"
-            )
+        if expected_version:
+            # A run's compare-and-set on the version it read: no need to read it again, the
+            # update below only matches that version.
+            current_version, exists = expected_version, True
+        else:
+            current = await self._current(secret, env)
+            current_version = current.version if current else 0
+            exists = current is not None
+            if expected_version is not None and expected_version != current_version:
+                raise self._changed_during_run(secret, expected_version, current_version)
         version = current_version + 1
         if source in FRESH_START_SOURCES or source == "run":
             # A value set by hand is a fresh start, and one a run wrote is a refresh that worked
@@ -390,7 +413,7 @@ class SecretStore:
             secret.last_error = None
             secret.failure_count = 0
         next_refresh_at = plan_next_refresh(secret, ValueTiming(expires_at, now), now)
-        if current is None:
+        if not exists:
             self.session.add(
                 SecretValue(
                     secret_id=_id(secret),
@@ -407,7 +430,9 @@ class SecretStore:
             result = await self.session.execute(
                 update(SecretValue)
                 .where(
-                    col(SecretValue.id) == current.id, col(SecretValue.version) == current_version
+                    col(SecretValue.secret_id) == _id(secret),
+                    col(SecretValue.environment) == env,
+                    col(SecretValue.version) == current_version,
                 )
                 .values(
                     version=version,
@@ -419,6 +444,11 @@ class SecretStore:
                 .execution_options(synchronize_session=False)
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]
+                if expected_version:
+                    now_at = await self._current(secret, env)
+                    raise self._changed_during_run(
+                        secret, expected_version, now_at.version if now_at else 0
+                    )
                 raise VersionConflict(
                     f"secret {secret.name!r} was written concurrently; nothing was written"
                 )
@@ -446,9 +476,16 @@ class SecretStore:
         if source in FRESH_START_SOURCES:
             await self._resume_dependents(secret)
         await self.session.flush()
-        await self._prune(secret, env)
+        await self._prune(secret, env, version)
         return ValueWritten(
             name=secret.name, version=version, environment=env, expires_at=expires_at
+        )
+
+    @staticmethod
+    def _changed_during_run(secret: Secret, expected: int, current: int) -> VersionConflict:
+        return VersionConflict(
+            f"secret {secret.name!r} changed during the run (version {expected} became "
+            f"{current}); nothing was written"
         )
 
     async def _resume_dependents(self, secret: Secret) -> None:
@@ -476,28 +513,19 @@ class SecretStore:
                 dependent.last_error = None
                 await self.replan(dependent)
 
-    async def _prune(self, secret: Secret, environment: str) -> None:
-        """Keep the newest `versions_kept` versions per secret and environment."""
-        keep_from = (
-            await self.session.execute(
-                select(col(SecretVersion.version))
-                .where(
-                    col(SecretVersion.secret_id) == secret.id,
-                    col(SecretVersion.environment) == environment,
-                )
-                .order_by(col(SecretVersion.version).desc())
-                .offset(self.settings.versions_kept - 1)
-                .limit(1)
+    async def _prune(self, secret: Secret, environment: str, newest: int) -> None:
+        """Keep the newest `versions_kept` versions per secret and environment.
+
+        Versions count up by one from 1 with every write and are never reused, so the ones to
+        go are simply those at or below `newest - versions_kept` (one statement).
+        """
+        await self.session.execute(
+            delete(SecretVersion).where(
+                col(SecretVersion.secret_id) == secret.id,
+                col(SecretVersion.environment) == environment,
+                col(SecretVersion.version) <= newest - self.settings.versions_kept,
             )
-        ).scalar_one_or_none()
-        if keep_from is not None:
-            await self.session.execute(
-                delete(SecretVersion).where(
-                    col(SecretVersion.secret_id) == secret.id,
-                    col(SecretVersion.environment) == environment,
-                    col(SecretVersion.version) < keep_from,
-                )
-            )
+        )
 
     async def versions(
         self, secret: Secret, environment: str | None = None

@@ -7,14 +7,19 @@ still waiting for it.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
+from app.auth.actor import Actor
 from app.config import Settings
+from app.middleware import RequestIdMiddleware, received_at
 from tests.auth.conftest import Callers
 from tests.auth.conftest import callers as callers  # the fixture, for this module
 from tests.burst import burst_get
@@ -102,6 +107,83 @@ class TestInOneProcess:
         assert token_server.state.token_requests == 1
         assert token_server.state.is_active(await secret_value(client, "REFRESH_TOKEN"))
         assert token_server.state.is_active(await secret_value(client, "ACCESS_TOKEN"))
+
+
+class TestCallersQueuedBehindARun:
+    """A burst larger than the server can take in while the run is in the air: requests that
+    arrived during the run but are served after it landed share it too."""
+
+    async def test_a_request_that_arrived_before_the_run_landed_shares_it(
+        self, app: FastAPI, client: httpx.AsyncClient, token_server: TokenServer
+    ) -> None:
+        await setup_oauth(client, token_server)
+        runner = app.state.runner
+        owner = Actor(kind="system", name="test", permissions=frozenset({"*"}))
+        arrived = time.monotonic()  # a request that arrives now...
+        first = await runner.run_endpoint("oauth", "refresh-token", actor=owner, trigger="refresh")
+
+        # ...and is only served after the run landed.
+        queued = await runner.run_endpoint(
+            "oauth", "refresh-token", actor=owner, trigger="refresh", received_at=arrived
+        )
+
+        assert first.status == queued.status == "succeeded"
+        assert queued.run_id == first.run_id
+        assert queued.coalesced is True
+        assert token_server.state.token_requests == 1
+
+    async def test_a_request_that_arrived_after_the_run_landed_refreshes_again(
+        self, app: FastAPI, client: httpx.AsyncClient, token_server: TokenServer
+    ) -> None:
+        await setup_oauth(client, token_server)
+        runner = app.state.runner
+        owner = Actor(kind="system", name="test", permissions=frozenset({"*"}))
+        first = await runner.run_endpoint("oauth", "refresh-token", actor=owner, trigger="refresh")
+
+        later = await runner.run_endpoint(
+            "oauth", "refresh-token", actor=owner, trigger="refresh", received_at=time.monotonic()
+        )
+
+        assert later.run_id != first.run_id
+        assert later.coalesced is False
+        assert token_server.state.token_requests == 2
+
+    async def test_a_queued_caller_without_the_update_permission_runs_alone(
+        self, app: FastAPI, client: httpx.AsyncClient, token_server: TokenServer
+    ) -> None:
+        await setup_oauth(client, token_server)
+        runner = app.state.runner
+        owner = Actor(kind="system", name="test", permissions=frozenset({"*"}))
+        runner_only = Actor(
+            kind="service_account", name="r", permissions=frozenset({"services.run:oauth"})
+        )
+        arrived = time.monotonic()
+        first = await runner.run_endpoint("oauth", "refresh-token", actor=owner, trigger="refresh")
+
+        refused = await runner.run_endpoint(
+            "oauth", "refresh-token", actor=runner_only, trigger="refresh", received_at=arrived
+        )
+
+        assert refused.run_id != first.run_id
+        assert refused.http_status == 403
+        assert token_server.state.token_requests == 1
+
+    async def test_the_middleware_notes_when_each_request_arrived(self) -> None:
+        seen: list[float | None] = []
+
+        async def inner(scope: Any, receive: Any, send: Any) -> None:
+            seen.append(received_at(scope))
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+        before = time.monotonic()
+        transport = httpx.ASGITransport(app=RequestIdMiddleware(inner))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t.test") as http:
+            assert (await http.get("/refresh/X")).status_code == 204
+        after = time.monotonic()
+
+        assert len(seen) == 1 and seen[0] is not None
+        assert before <= seen[0] <= after
 
 
 # Replicas and row locks need PostgreSQL: only that backend of `database_url`.
