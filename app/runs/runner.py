@@ -642,7 +642,6 @@ class Runner:
     ) -> dict[str, ValueWritten]:
         """Write every pending secret compare-and-set on the version the run started from."""
         store = SecretStore(session, self.keyring, self.settings)
-        now = utcnow()
         ctx = record.ctx
         stored: dict[str, ValueWritten] = {}
         secrets = await store.get_many(set(ctx.writes))
@@ -661,10 +660,6 @@ class Runner:
                 run_id=ctx.run_id,
                 expected_version=loaded.version,
             )
-            secret.last_refreshed_at = now
-            secret.status = "ok"
-            secret.last_error = None
-            secret.failure_count = 0
             if loaded.secret.status != "ok":
                 record.changes.append(
                     SecretStatusChanged(

@@ -412,6 +412,8 @@ class SecretStore:
             secret.status = "ok"
             secret.last_error = None
             secret.failure_count = 0
+        if source == "run":
+            secret.last_refreshed_at = now
         next_refresh_at = plan_next_refresh(secret, ValueTiming(expires_at, now), now)
         if not exists:
             self.session.add(
@@ -427,22 +429,24 @@ class SecretStore:
             )
         else:
             # Compare-and-set: the row is written only if nobody wrote it since we read it.
-            result = await self.session.execute(
-                update(SecretValue)
-                .where(
-                    col(SecretValue.secret_id) == _id(secret),
-                    col(SecretValue.environment) == env,
-                    col(SecretValue.version) == current_version,
+            # Changes to the secret row wait for the flush below: one UPDATE of it per write.
+            with self.session.no_autoflush:
+                result = await self.session.execute(
+                    update(SecretValue)
+                    .where(
+                        col(SecretValue.secret_id) == _id(secret),
+                        col(SecretValue.environment) == env,
+                        col(SecretValue.version) == current_version,
+                    )
+                    .values(
+                        version=version,
+                        ciphertext=ciphertext,
+                        expires_at=expires_at,
+                        updated_at=now,
+                        next_refresh_at=next_refresh_at,
+                    )
+                    .execution_options(synchronize_session=False)
                 )
-                .values(
-                    version=version,
-                    ciphertext=ciphertext,
-                    expires_at=expires_at,
-                    updated_at=now,
-                    next_refresh_at=next_refresh_at,
-                )
-                .execution_options(synchronize_session=False)
-            )
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 if expected_version:
                     now_at = await self._current(secret, env)
