@@ -28,6 +28,7 @@ from app.runs.router import router as runs_router
 from app.runtime import runtime, scheduling
 from app.schedules.router import router as schedules_router
 from app.secrets.cache import ValueCache
+from app.secrets.fastpath import CachedValueReads
 from app.secrets.router import router as secrets_router
 from app.services.router import router as services_router
 
@@ -100,5 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         app.include_router(router)
     document_security(app)
+    # Added last is outermost: the request id and access log wrap the cached reads too.
+    app.add_middleware(CachedValueReads)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from app.db import utcnow
 from app.secrets.schemas import SecretValueRead
 
 MAX_ENTRIES = 10_000
@@ -107,6 +109,22 @@ class ValueCache:
         if self.version() is None:
             return None
         return self._entries.get((name, environment))
+
+    def answer(
+        self, name: str, environment: str | None, min_valid_seconds: int | None
+    ) -> bytes | None:
+        """The response body for a read the cache can answer (for `min_valid_seconds`, only if
+        the value stays valid that long), else None. The caller has checked the permission."""
+        cached = self.get(name, environment)
+        if cached is None:
+            return None
+        if min_valid_seconds is not None:
+            expires_at = cached.read.expires_at
+            if expires_at is not None and expires_at <= utcnow() + timedelta(
+                seconds=min_valid_seconds
+            ):
+                return None
+        return cached.body
 
     def put(
         self, name: str, environment: str | None, value: CachedValue, version: int | None

@@ -135,11 +135,9 @@ async def read_secret_value(
     ensure(actor, f"secrets.read:{name}")
     state = request.app.state
     cache: ValueCache = state.value_cache
-    cached = cache.get(name, environment)
-    if cached is not None and (
-        min_valid_seconds is None or not expires_within(cached.read.expires_at, min_valid_seconds)
-    ):
-        return Response(cached.body, media_type="application/json")
+    body = cache.answer(name, environment, min_valid_seconds)
+    if body is not None:
+        return Response(body, media_type="application/json")
     # No session is opened for an answer from the cache: the route makes its own.
     async with state.session_factory() as session:
         store = SecretStore(session, state.keyring, state.settings)

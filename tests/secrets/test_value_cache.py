@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import event
 
 from app.config import Settings
 from app.secrets.cache import CachedValue, ValueCache
 from app.secrets.schemas import SecretValueRead
+from tests.auth.conftest import Callers
+from tests.auth.conftest import callers as callers  # the fixture, for this module
 from tests.conftest import create_secret
 from tests.processes import replica_env, run_cli
 
@@ -136,3 +140,64 @@ class TestWhereItHoldsNothing:
             )
             cache.put("TOKEN", None, CachedValue.of(value), cache.version())
             assert cache.get("TOKEN", None) is None
+
+
+@sqlite_only
+class TestCachedReadsBeforeRouting:
+    """`CachedValueReads` answers a repeated plain read without touching the database, with the
+    route's exact answer, and leaves everything else to the route."""
+
+    async def test_a_repeated_read_runs_no_statement_and_answers_the_same(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        await create_secret(client, "TOKEN", "v1")
+        first = await read(client, "TOKEN")
+        statements: list[str] = []
+
+        def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            statements.append(statement)
+
+        event.listen(app.state.engine.sync_engine, "before_cursor_execute", count)
+        try:
+            second = await read(client, "TOKEN")
+        finally:
+            event.remove(app.state.engine.sync_engine, "before_cursor_execute", count)
+
+        assert statements == []
+        assert second.content == first.content
+        assert second.headers["content-type"] == first.headers["content-type"]
+        assert second.headers["content-length"] == first.headers["content-length"]
+        assert second.headers["x-request-id"] != first.headers["x-request-id"]
+
+    async def test_a_caller_without_the_permission_is_refused_by_the_route(
+        self, app: FastAPI, client: httpx.AsyncClient, callers: Callers
+    ) -> None:
+        await create_secret(client, "TOKEN", "v1")
+        await create_secret(client, "OTHER", "other")
+        reader = await callers.holding("secrets.read:OTHER")
+        assert (await reader.get("/v1/secrets/OTHER/value")).status_code == 200  # known now
+        await read(client, "TOKEN")  # and the value is in the cache
+        assert app.state.value_cache.get("TOKEN", None) is not None
+
+        refused = await reader.get("/v1/secrets/TOKEN/value")
+
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["error"]["permission"] == "secrets.read:TOKEN"
+        assert "v1" not in refused.text
+
+    async def test_other_credential_shapes_and_query_strings_go_to_the_route(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        await create_secret(client, "TOKEN", "v1")
+        await read(client, "TOKEN")
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t.test") as http:
+            basic = await http.get(
+                "/v1/secrets/TOKEN/value", headers={"Authorization": "Basic dXNlcjpwYXNz"}
+            )
+            anonymous = await http.get("/v1/secrets/TOKEN/value")
+        assert basic.status_code == anonymous.status_code == 401
+        bad_query = await client.get("/v1/secrets/TOKEN/value?min_valid_seconds=-1")
+        assert bad_query.status_code == 422
+        fine_query = await client.get("/v1/secrets/TOKEN/value?min_valid_seconds=0")
+        assert fine_query.status_code == 200 and fine_query.json()["value"] == "v1"
