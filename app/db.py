@@ -53,9 +53,14 @@ def is_sqlite(engine: AsyncEngine) -> bool:
 
 
 def create_engine(url: str) -> AsyncEngine:
-    """An engine for a plain URL; SQLite gets WAL, a busy timeout and enforced foreign keys."""
+    """An engine for a plain URL; SQLite gets WAL, a busy timeout and enforced foreign keys.
+
+    Pools keep enough connections for a busy replica: a connection opened past `pool_size` is
+    closed again when returned, and opening one (a thread and a file on SQLite, a login on
+    PostgreSQL) costs more than the query it serves.
+    """
     driver_url = async_database_url(url)
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}
     parsed = make_url(driver_url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
