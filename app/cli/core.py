@@ -106,9 +106,11 @@ async def _schedule_alone() -> None:
     import signal
 
     from app.crypto import load_keyring
+    from app.logs import configure_logging
     from app.runtime import runtime, scheduling
 
     settings = get_settings()
+    configure_logging(settings.log_level, settings.resolved_log_format)
     keyring = load_keyring(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

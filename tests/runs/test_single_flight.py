@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from app.auth.actor import Actor
 from app.config import Settings
 from app.middleware import RequestIdMiddleware, received_at
+from app.runs.runner import Runner, RunOutcome
 from tests.auth.conftest import Callers
 from tests.auth.conftest import callers as callers  # the fixture, for this module
 from tests.burst import burst_get
@@ -109,6 +110,19 @@ class TestInOneProcess:
         assert token_server.state.is_active(await secret_value(client, "ACCESS_TOKEN"))
 
 
+OWNER = Actor(kind="system", name="test", permissions=frozenset({"*"}))
+
+
+async def refresh(
+    app: FastAPI, actor: Actor = OWNER, received_at: float | None = None
+) -> RunOutcome:
+    """Run the canonical refresh through the app's runner, as `/refresh/ACCESS_TOKEN` does."""
+    runner: Runner = app.state.runner
+    return await runner.run_endpoint(
+        "oauth", "refresh-token", actor=actor, trigger="refresh", received_at=received_at
+    )
+
+
 class TestCallersQueuedBehindARun:
     """A burst larger than the server can take in while the run is in the air: requests that
     arrived during the run but are served after it landed share it too."""
@@ -117,15 +131,10 @@ class TestCallersQueuedBehindARun:
         self, app: FastAPI, client: httpx.AsyncClient, token_server: TokenServer
     ) -> None:
         await setup_oauth(client, token_server)
-        runner = app.state.runner
-        owner = Actor(kind="system", name="test", permissions=frozenset({"*"}))
         arrived = time.monotonic()  # a request that arrives now...
-        first = await runner.run_endpoint("oauth", "refresh-token", actor=owner, trigger="refresh")
+        first = await refresh(app)
 
-        # ...and is only served after the run landed.
-        queued = await runner.run_endpoint(
-            "oauth", "refresh-token", actor=owner, trigger="refresh", received_at=arrived
-        )
+        queued = await refresh(app, received_at=arrived)  # ...and is served after it landed
 
         assert first.status == queued.status == "succeeded"
         assert queued.run_id == first.run_id
@@ -136,13 +145,9 @@ class TestCallersQueuedBehindARun:
         self, app: FastAPI, client: httpx.AsyncClient, token_server: TokenServer
     ) -> None:
         await setup_oauth(client, token_server)
-        runner = app.state.runner
-        owner = Actor(kind="system", name="test", permissions=frozenset({"*"}))
-        first = await runner.run_endpoint("oauth", "refresh-token", actor=owner, trigger="refresh")
+        first = await refresh(app)
 
-        later = await runner.run_endpoint(
-            "oauth", "refresh-token", actor=owner, trigger="refresh", received_at=time.monotonic()
-        )
+        later = await refresh(app, received_at=time.monotonic())
 
         assert later.run_id != first.run_id
         assert later.coalesced is False
@@ -152,17 +157,13 @@ class TestCallersQueuedBehindARun:
         self, app: FastAPI, client: httpx.AsyncClient, token_server: TokenServer
     ) -> None:
         await setup_oauth(client, token_server)
-        runner = app.state.runner
-        owner = Actor(kind="system", name="test", permissions=frozenset({"*"}))
         runner_only = Actor(
             kind="service_account", name="r", permissions=frozenset({"services.run:oauth"})
         )
         arrived = time.monotonic()
-        first = await runner.run_endpoint("oauth", "refresh-token", actor=owner, trigger="refresh")
+        first = await refresh(app)
 
-        refused = await runner.run_endpoint(
-            "oauth", "refresh-token", actor=runner_only, trigger="refresh", received_at=arrived
-        )
+        refused = await refresh(app, runner_only, received_at=arrived)
 
         assert refused.run_id != first.run_id
         assert refused.http_status == 403
