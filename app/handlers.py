@@ -17,6 +17,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from app.errors import InternalError, InvalidInput, MethodNotAllowed, TokenfarmError
+from app.logs import request_id_var
+from app.middleware import REQUEST_ID_HEADER
 from app.pipeline.schemas import NODE_TYPES
 
 logger = logging.getLogger("tokenfarm")
@@ -182,7 +184,11 @@ async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     """Anything unforeseen: logged by class name only, answered without details."""
     logger.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path)
     error = InternalError("an unexpected error occurred; see the server log")
-    return JSONResponse({"error": error.to_body()}, status_code=500)
+    # Answered by Starlette's outermost middleware, outside the request-id middleware: the id is
+    # still set for this request (see app/middleware.py), so the answer names it too.
+    request_id = request_id_var.get()
+    headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+    return JSONResponse({"error": error.to_body()}, status_code=500, headers=headers)
 
 
 def document_errors(app: FastAPI) -> None:

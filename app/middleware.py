@@ -72,9 +72,10 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         except BaseException:
-            # Starlette's outermost `ServerErrorMiddleware` answers an unforeseen error (without
-            # the header) and logs it after this frame is gone, and so does the server: the id
-            # stays set for those lines. The server runs each request in a task of its own.
+            # Starlette's outermost `ServerErrorMiddleware` answers an unforeseen error (its
+            # handler adds the header itself) and logs it after this frame is gone, and so does
+            # the server: the id stays set for those. The server runs each request in a task of
+            # its own.
             _log_access(scope, status, time.perf_counter() - started)
             raise
         _log_access(scope, status, time.perf_counter() - started)

@@ -180,10 +180,11 @@ class TestRequestId:
             with captured() as stream:
                 response = await http.get("/test-only/explode", headers={"X-Request-ID": "boom-1"})
 
-        # Starlette's outermost error middleware answers it, outside ours: no header, but the id
-        # is on the lines that matter.
+        # Starlette's outermost error middleware answers it, outside ours: its handler names the
+        # id in the answer, and the id is on the lines that matter.
         assert response.status_code == 500
         assert response.json()["error"]["type"] == "internal_error"
+        assert response.headers["X-Request-ID"] == "boom-1"
         lines = json_lines(stream.getvalue())
         [unexpected] = [line for line in lines if "unexpected RuntimeError" in line["message"]]
         assert unexpected["request_id"] == "boom-1"
