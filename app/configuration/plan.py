@@ -11,7 +11,7 @@ declares) or `unchanged`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -634,11 +634,15 @@ class Planner:
 
     @staticmethod
     def _pruned(
-        kind: Kind, existing: Iterable[str], declared: list[str] | None, prune: bool
+        kind: Kind, existing: Mapping[str, Any], declared: list[str] | None, prune: bool
     ) -> list[Change]:
+        """Deletions of what exists but isn't declared (only with `prune`)."""
         if declared is None or not prune:
             return []
-        return [Change(kind, name, "delete") for name in sorted(set(existing) - set(declared))]
+        return [
+            Change(kind, name, "delete", current=existing[name])
+            for name in sorted(set(existing) - set(declared))
+        ]
 
     def _role_changes(self, document: Document, state: State, prune: bool) -> list[Change]:
         if document.roles is None:
@@ -660,11 +664,8 @@ class Planner:
             ]
             action: ChangeAction = "update" if fields else "unchanged"
             changes.append(Change("role", spec.name, action, fields, spec=spec, current=role))
-        custom = [name for name, role in state.roles.items() if not role.builtin]
-        pruned = self._pruned("role", custom, [s.name for s in document.roles], prune)
-        for change in pruned:
-            change.current = state.roles[change.name]
-        return changes + pruned
+        custom = {name: role for name, role in state.roles.items() if not role.builtin}
+        return changes + self._pruned("role", custom, [s.name for s in document.roles], prune)
 
     def _account_changes(self, document: Document, state: State, prune: bool) -> list[Change]:
         if document.service_accounts is None:
@@ -688,10 +689,7 @@ class Planner:
                 Change("service_account", spec.name, action, fields, spec=spec, current=account)
             )
         declared = [s.name for s in document.service_accounts]
-        pruned = self._pruned("service_account", state.accounts, declared, prune)
-        for change in pruned:
-            change.current = state.accounts[change.name]
-        return changes + pruned
+        return changes + self._pruned("service_account", state.accounts, declared, prune)
 
     def _secret_changes(
         self,
@@ -763,10 +761,7 @@ class Planner:
                 )
             )
         declared = [s.name for s in document.secrets]
-        pruned = self._pruned("secret", state.secrets, declared, prune)
-        for change in pruned:
-            change.current = state.secrets[change.name]
-        return changes + pruned
+        return changes + self._pruned("secret", state.secrets, declared, prune)
 
     @staticmethod
     def _current_action(state: State, refresh_endpoint: str | None) -> list[dict[str, Any]] | None:
@@ -799,10 +794,7 @@ class Planner:
         declared = [s.slug for s in document.services]
         if any(spec.refresher for spec in document.secrets or []):
             declared.append(REFRESHERS_SLUG)  # the presets' own service is never pruned then
-        pruned = self._pruned("service", state.services, declared, prune)
-        for change in pruned:
-            change.current = state.services[change.name]
-        return changes + pruned
+        return changes + self._pruned("service", state.services, declared, prune)
 
     def _schedule_changes(
         self,
@@ -848,10 +840,7 @@ class Planner:
                 )
             )
         declared = [s.name for s in document.schedules]
-        pruned = self._pruned("schedule", state.schedules, declared, prune)
-        for change in pruned:
-            change.current = state.schedules[change.name]
-        return changes + pruned
+        return changes + self._pruned("schedule", state.schedules, declared, prune)
 
 
 def _exists_now(state: State, slug: str, readable_id: str) -> bool:
