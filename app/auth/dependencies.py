@@ -37,14 +37,20 @@ api_key_scheme = HTTPBearer(
 )
 
 
+def bearer_token(header: str) -> str | None:
+    """The credential of an `Authorization: Bearer …` header value, None for any other shape."""
+    scheme, credential = get_authorization_scheme_param(header)
+    return credential if scheme.lower() == "bearer" and credential else None
+
+
 def bearer_credential(request: Request) -> str | None:
     """The credential of `Authorization: Bearer …`; None without the header; 401 for any other
     shape (`Basic …`, an empty `Bearer`): a credential we can't read, not the lack of one."""
     header = request.headers.get("authorization")
     if header is None:
         return None
-    scheme, credential = get_authorization_scheme_param(header)
-    if scheme.lower() != "bearer" or not credential:
+    credential = bearer_token(header)
+    if credential is None:
         raise NotAuthenticated(
             "send the credential as `Authorization: Bearer <login token or API key>`"
         )

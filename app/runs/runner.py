@@ -83,11 +83,15 @@ class RunOutcome:
     error: TokenfarmError | None = None
     error_body: dict[str, Any] | None = None
     response: Any = None
-    written: list[str] = field(default_factory=list)
     # What the run stored, by secret: the new version and expiry (never the value).
     stored: dict[str, ValueWritten] = field(default_factory=dict)
     adopted: bool = False
     coalesced: bool = False
+
+    @property
+    def written(self) -> list[str]:
+        """The secrets the run wrote."""
+        return list(self.stored)
 
 
 @dataclass
@@ -561,7 +565,6 @@ class Runner:
                 try:
                     async with self.session_factory() as session, session.begin():
                         outcome.stored = await self._store_writes(session, record)
-                        outcome.written = list(outcome.stored)
                         outcome.response = ctx.redactor.value(ctx.result)
                         if record.logged:
                             await self._save_record(session, record, outcome, kept)
@@ -570,7 +573,7 @@ class Runner:
                     return outcome
                 except (TokenfarmError, SQLAlchemyError) as exc:
                     # The transaction rolled back: none of this run's writes stayed.
-                    outcome.written, outcome.stored = [], {}
+                    outcome.stored = {}
                     record.changes.clear()
                     error = self._storing_failed(ctx.run_id, exc, kept)
             elif isinstance(error, UpstreamFailed) and error.oauth_error == "invalid_grant":

@@ -13,9 +13,9 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from fastapi.security.utils import get_authorization_scheme_param
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.auth.dependencies import bearer_token
 from app.pipeline.schemas import SECRET_NAME_PATTERN
 
 if TYPE_CHECKING:
@@ -61,10 +61,8 @@ class CachedValueReads:
                 if authorization is not None:
                     return None  # two of them: the route decides
                 authorization = value.decode("latin-1")
-        if authorization is None:
-            return None
-        scheme, credential = get_authorization_scheme_param(authorization)
-        if scheme.lower() != "bearer" or not credential:
+        credential = bearer_token(authorization) if authorization is not None else None
+        if credential is None:
             return None
         state = scope["app"].state
         actor_cache: ActorCache = state.actor_cache

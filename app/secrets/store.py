@@ -126,12 +126,11 @@ class SecretStore:
         current = await self._current(secret, self.value_environment(secret, environment))
         return current.version if current else 0
 
-    async def get_current(
-        self, name: str, environment: str | None = None
-    ) -> tuple[Secret, SecretValue | None]:
-        """The secret called `name` and its current value where `environment` says (one query)."""
-        if not re.fullmatch(SECRET_NAME_PATTERN, name):
-            raise NotFound(f"secret {name!r} does not exist")
+    async def _with_values(
+        self, where: Any, environment: str | None = None
+    ) -> list[tuple[Secret, SecretValue | None]]:
+        """Secrets matching `where`, each with its current value where `environment` (default:
+        this deployment's) says, or None: one query for all of them."""
         wanted = {environment or self.settings.environment, ALL_ENVIRONMENTS}
         query = (
             select(Secret, SecretValue)
@@ -140,17 +139,28 @@ class SecretStore:
                 (col(SecretValue.secret_id) == col(Secret.id))
                 & col(SecretValue.environment).in_(sorted(wanted)),
             )
-            .where(col(Secret.name) == name)
+            .where(where)
             # Compare-and-set updates bypass the identity map: always read the rows afresh.
             .execution_options(populate_existing=True)
         )
-        rows = (await self.session.execute(query)).all()
-        if not rows:
+        current: dict[str, tuple[Secret, SecretValue | None]] = {}
+        for secret, value in (await self.session.execute(query)).all():
+            env = self.value_environment(secret, environment)
+            matches = value if value is not None and value.environment == env else None
+            if matches is not None or secret.name not in current:
+                current[secret.name] = (secret, matches)
+        return list(current.values())
+
+    async def get_current(
+        self, name: str, environment: str | None = None
+    ) -> tuple[Secret, SecretValue | None]:
+        """The secret called `name` and its current value where `environment` says (one query)."""
+        if not re.fullmatch(SECRET_NAME_PATTERN, name):
             raise NotFound(f"secret {name!r} does not exist")
-        secret = rows[0][0]
-        env = self.value_environment(secret, environment)
-        current = next((value for _, value in rows if value and value.environment == env), None)
-        return secret, current
+        found = await self._with_values(col(Secret.name) == name, environment)
+        if not found:
+            raise NotFound(f"secret {name!r} does not exist")
+        return found[0]
 
     async def describe(self, secret: Secret) -> SecretRead:
         """Metadata of a secret for the current environment."""
@@ -345,29 +355,11 @@ class SecretStore:
     async def load_for_run(self, names: set[str]) -> dict[str, LoadedSecret | None]:
         """Secrets a run reads or writes, with their current values in this environment (one
         query for all of them)."""
-        query = (
-            select(Secret, SecretValue)
-            .outerjoin(
-                SecretValue,
-                (col(SecretValue.secret_id) == col(Secret.id))
-                & col(SecretValue.environment).in_(
-                    sorted({self.settings.environment, ALL_ENVIRONMENTS})
-                ),
-            )
-            .where(col(Secret.name).in_(names))
-            # Compare-and-set updates bypass the identity map: always read the rows afresh.
-            .execution_options(populate_existing=True)
-        )
-        rows = (await self.session.execute(query)).all()
         loaded: dict[str, LoadedSecret | None] = dict.fromkeys(names)
-        for secret, value in rows:
-            env = self.value_environment(secret)
-            current = value if value is not None and value.environment == env else None
-            if current is None and loaded.get(secret.name) is not None:
-                continue  # the other environment's row of a secret already loaded
+        for secret, current in await self._with_values(col(Secret.name).in_(names)):
             loaded[secret.name] = LoadedSecret(
                 secret=secret,
-                environment=env,
+                environment=self.value_environment(secret),
                 value=self.keyring.decrypt(current.ciphertext) if current else None,
                 version=current.version if current else 0,
                 expires_at=current.expires_at if current else None,
