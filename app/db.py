@@ -18,6 +18,7 @@ from sqlalchemy.types import TypeDecorator
 from sqlmodel import SQLModel
 
 from app.errors import ConfigurationError
+from app.sqlite_driver import one_trip_dbapi
 
 DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
@@ -66,7 +67,12 @@ def create_engine(url: str) -> AsyncEngine:
         database = parsed.database or ""
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        kwargs = {"connect_args": {"timeout": 30}, "pool_size": 20, "max_overflow": 20}
+        kwargs = {
+            "connect_args": {"timeout": 30},
+            "pool_size": 20,
+            "max_overflow": 20,
+            "module": one_trip_dbapi(),
+        }
     engine = create_async_engine(driver_url, **kwargs)
     if engine.dialect.name == "sqlite":
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlmodel import col
 
 from app.auth.actor import Actor
@@ -62,6 +62,8 @@ from app.services.models import Endpoint, Service
 from app.services.store import ServiceStore
 
 logger = logging.getLogger("tokenfarm.run")
+RUN_TABLE = Run.__table__  # type: ignore[attr-defined]
+RUN_SECRET_TABLE = RunSecret.__table__  # type: ignore[attr-defined]
 
 
 def storable(message: str | None) -> str | None:
@@ -559,7 +561,9 @@ class Runner:
                 # First keep what the upstream answered, so that no rotated token is lost if
                 # the process dies or the database fails before the writes are stored.
                 async with self.session_factory() as session, session.begin():
-                    self._record(session, record, outcome, status="storing", recovery=True)
+                    await self._insert_record(
+                        await session.connection(), record, outcome, status="storing", recovery=True
+                    )
                 kept = True
             if error is None:
                 try:
@@ -708,33 +712,42 @@ class Runner:
                     )
                 )
 
-    def _record(
+    async def _insert_record(
         self,
-        session: AsyncSession,
+        connection: AsyncConnection,
         record: RunRecord,
         outcome: RunOutcome,
         *,
         status: str,
         recovery: bool = False,
-    ) -> Run:
-        """Add the run row and the secrets it targeted."""
-        run = Run(
-            id=record.ctx.run_id,
-            service_slug=record.prepared.service.slug,
-            endpoint_readable_id=record.prepared.endpoint.readable_id,
-            trigger=record.trigger,
-            schedule_name=record.schedule_name,
-            actor=record.ctx.actor.label,
-            status=status,
-            http_status=outcome.http_status,
-            started_at=record.started_at,
-            trace=[],
-            recovery=self._recovery(record) if recovery else None,
+        **completed: Any,
+    ) -> None:
+        """Insert the run row and the secrets it targeted (Core statements: every refresh
+        passes here, and the unit of work would cost more than the inserts)."""
+        await connection.execute(
+            insert(RUN_TABLE).values(
+                {
+                    "id": record.ctx.run_id,
+                    "service_slug": record.prepared.service.slug,
+                    "endpoint_readable_id": record.prepared.endpoint.readable_id,
+                    "trigger": record.trigger,
+                    "schedule_name": record.schedule_name,
+                    "actor": record.ctx.actor.label,
+                    "status": status,
+                    "http_status": outcome.http_status,
+                    "started_at": record.started_at,
+                    "trace": [],
+                    "recovery": self._recovery(record) if recovery else None,
+                    **completed,
+                }
+            )
         )
-        session.add(run)
-        for name in sorted(record.prepared.target_names):
-            session.add(RunSecret(run_id=record.ctx.run_id, secret_name=name, written=False))
-        return run
+        names = sorted(record.prepared.target_names)
+        if names:
+            await connection.execute(
+                insert(RUN_SECRET_TABLE),
+                [{"run_id": record.ctx.run_id, "secret_name": n, "written": False} for n in names],
+            )
 
     def _recovery(self, record: RunRecord) -> str:
         """The pending writes, encrypted like every value, with the versions they replace."""
@@ -756,40 +769,45 @@ class Runner:
     async def _save_record(
         self, session: AsyncSession, record: RunRecord, outcome: RunOutcome, kept: bool
     ) -> None:
-        """Complete the run row (added now, or kept since the upstream answered)."""
+        """Complete the run row (inserted now, or kept since the upstream answered)."""
         ctx = record.ctx
-        run = await session.get(Run, ctx.run_id) if kept else None
-        if run is None:
-            run = self._record(session, record, outcome, status=outcome.status)
         error = outcome.error_body or {}
-        run.status = outcome.status
-        run.http_status = outcome.http_status
-        run.error_type = storable(error.get("type"))
-        run.error_class = error.get("error_class")
-        run.error_message = storable(error.get("message"))
-        run.finished_at = utcnow()
-        run.duration_ms = round((time.perf_counter() - record.started) * 1000, 2)
-        run.trace = ctx.redactor.value(ctx.trace)
-        if outcome.status == "succeeded":
-            run.recovery = None
-        await session.flush()
+        completed: dict[str, Any] = {
+            "status": outcome.status,
+            "http_status": outcome.http_status,
+            "error_type": storable(error.get("type")),
+            "error_class": error.get("error_class"),
+            "error_message": storable(error.get("message")),
+            "finished_at": utcnow(),
+            "duration_ms": round((time.perf_counter() - record.started) * 1000, 2),
+            "trace": ctx.redactor.value(ctx.trace),
+        }
+        connection = await session.connection()
+        updated = 0
+        if kept:
+            if outcome.status == "succeeded":
+                completed["recovery"] = None
+            result = await connection.execute(
+                update(RUN_TABLE).where(RUN_TABLE.c.id == ctx.run_id).values(**completed)
+            )
+            updated = result.rowcount
+        if not updated:
+            await self._insert_record(connection, record, outcome, **completed)
         if outcome.written:
-            await session.execute(
-                update(RunSecret)
+            await connection.execute(
+                update(RUN_SECRET_TABLE)
                 .where(
-                    col(RunSecret.run_id) == ctx.run_id,
-                    col(RunSecret.secret_name).in_(outcome.written),
+                    RUN_SECRET_TABLE.c.run_id == ctx.run_id,
+                    RUN_SECRET_TABLE.c.secret_name.in_(outcome.written),
                 )
                 .values(written=True)
-                .execution_options(synchronize_session=False)
             )
 
     @staticmethod
     async def _drop_record(session: AsyncSession, run_id: str) -> None:
         """Forget the kept answer of a stored run that isn't logged (enable_log is off)."""
-        run = await session.get(Run, run_id)
-        if run is not None:
-            await session.delete(run)
+        connection = await session.connection()
+        await connection.execute(delete(RUN_TABLE).where(RUN_TABLE.c.id == run_id))
 
 
 @dataclass

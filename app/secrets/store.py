@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import col
 
 from app.auth.accounts import AccountStore
@@ -42,6 +43,9 @@ from app.secrets.schemas import (
 )
 from app.services.models import Endpoint, Service
 
+SECRET_TABLE = Secret.__table__  # type: ignore[attr-defined]
+VALUE_TABLE = SecretValue.__table__  # type: ignore[attr-defined]
+VERSION_TABLE = SecretVersion.__table__  # type: ignore[attr-defined]
 # Writes that start afresh: whatever went wrong before no longer applies.
 FRESH_START_SOURCES = ("manual", "create", "rollback", "recovery")
 # Metadata a value's refresh plan depends on: changing any of it re-plans every value.
@@ -107,6 +111,13 @@ class SecretStore:
                 )
             return ALL_ENVIRONMENTS
         return environment or self.settings.environment
+
+    async def _connection(self) -> AsyncConnection:
+        """The session's connection for Core statements, after pending ORM changes are flushed
+        (a secret created in this transaction must exist before its value refers to it)."""
+        if self.session.new or self.session.dirty or self.session.deleted:
+            await self.session.flush()
+        return await self.session.connection()
 
     async def _current(self, secret: Secret, environment: str) -> SecretValue | None:
         return (
@@ -398,58 +409,60 @@ class SecretStore:
             if expected_version is not None and expected_version != current_version:
                 raise self._changed_during_run(secret, expected_version, current_version)
         version = current_version + 1
+        # What the write changes on the secret row: a value set by hand is a fresh start, and
+        # one a run wrote is a refresh that worked (the runner marks its targets so too), so the
+        # plan below must not see an old status.
+        changes: dict[str, Any] = {"updated_at": now}
         if source in FRESH_START_SOURCES or source == "run":
-            # A value set by hand is a fresh start, and one a run wrote is a refresh that worked
-            # (the runner marks its targets so too): the plan below must not see an old status.
-            secret.status = "ok"
-            secret.last_error = None
-            secret.failure_count = 0
+            changes.update(status="ok", last_error=None, failure_count=0)
         if source == "run":
-            secret.last_refreshed_at = now
+            changes["last_refreshed_at"] = now
+        # Core statements on the session's connection: the unit of work would cost more than
+        # the statements themselves (this is every refresh's path).
+        connection = await self._connection()
+        for key, new_value in changes.items():
+            # Stored by the UPDATE below, not by a flush.
+            set_committed_value(secret, key, new_value)
         next_refresh_at = plan_next_refresh(secret, ValueTiming(expires_at, now), now)
-        if not exists:
-            self.session.add(
-                SecretValue(
-                    secret_id=_id(secret),
-                    environment=env,
-                    version=version,
-                    ciphertext=ciphertext,
-                    expires_at=expires_at,
-                    updated_at=now,
-                    next_refresh_at=next_refresh_at,
+        row = {
+            "version": version,
+            "ciphertext": ciphertext,
+            "expires_at": expires_at,
+            "updated_at": now,
+            "next_refresh_at": next_refresh_at,
+        }
+        try:
+            if not exists:
+                await connection.execute(
+                    insert(VALUE_TABLE).values(secret_id=_id(secret), environment=env, **row)
                 )
-            )
-        else:
-            # Compare-and-set: the row is written only if nobody wrote it since we read it.
-            # Changes to the secret row wait for the flush below: one UPDATE of it per write.
-            with self.session.no_autoflush:
-                result = await self.session.execute(
-                    update(SecretValue)
+            else:
+                # Compare-and-set: the row is written only if nobody wrote it since we read it.
+                result = await connection.execute(
+                    update(VALUE_TABLE)
                     .where(
-                        col(SecretValue.secret_id) == _id(secret),
-                        col(SecretValue.environment) == env,
-                        col(SecretValue.version) == current_version,
+                        VALUE_TABLE.c.secret_id == _id(secret),
+                        VALUE_TABLE.c.environment == env,
+                        VALUE_TABLE.c.version == current_version,
                     )
-                    .values(
-                        version=version,
-                        ciphertext=ciphertext,
-                        expires_at=expires_at,
-                        updated_at=now,
-                        next_refresh_at=next_refresh_at,
-                    )
-                    .execution_options(synchronize_session=False)
+                    .values(**row)
                 )
-            if result.rowcount != 1:  # type: ignore[attr-defined]
-                if expected_version:
-                    now_at = await self._current(secret, env)
-                    raise self._changed_during_run(
-                        secret, expected_version, now_at.version if now_at else 0
+                if result.rowcount != 1:
+                    if expected_version:
+                        now_at = await self._current(secret, env)
+                        raise self._changed_during_run(
+                            secret, expected_version, now_at.version if now_at else 0
+                        )
+                    raise VersionConflict(
+                        f"secret {secret.name!r} was written concurrently; nothing was written"
                     )
-                raise VersionConflict(
-                    f"secret {secret.name!r} was written concurrently; nothing was written"
-                )
-        self.session.add(
-            SecretVersion(
+        except IntegrityError:
+            # Two first writes raced on the unique (secret, environment) row.
+            raise VersionConflict(
+                f"secret {secret.name!r} was written concurrently; nothing was written"
+            ) from None
+        await connection.execute(
+            insert(VERSION_TABLE).values(
                 secret_id=_id(secret),
                 environment=env,
                 version=version,
@@ -461,17 +474,12 @@ class SecretStore:
                 created_at=now,
             )
         )
-        secret.updated_at = now
-        try:
-            await self.session.flush()
-        except IntegrityError:
-            # Two first writes raced on the unique (secret, environment) row.
-            raise VersionConflict(
-                f"secret {secret.name!r} was written concurrently; nothing was written"
-            ) from None
+        await connection.execute(
+            update(SECRET_TABLE).where(SECRET_TABLE.c.id == _id(secret)).values(**changes)
+        )
         if source in FRESH_START_SOURCES:
             await self._resume_dependents(secret)
-        await self.session.flush()
+            await self.session.flush()
         await self._prune(secret, env, version)
         return ValueWritten(
             name=secret.name, version=version, environment=env, expires_at=expires_at
@@ -515,11 +523,12 @@ class SecretStore:
         Versions count up by one from 1 with every write and are never reused, so the ones to
         go are simply those at or below `newest - versions_kept` (one statement).
         """
-        await self.session.execute(
-            delete(SecretVersion).where(
-                col(SecretVersion.secret_id) == secret.id,
-                col(SecretVersion.environment) == environment,
-                col(SecretVersion.version) <= newest - self.settings.versions_kept,
+        connection = await self._connection()
+        await connection.execute(
+            delete(VERSION_TABLE).where(
+                VERSION_TABLE.c.secret_id == secret.id,
+                VERSION_TABLE.c.environment == environment,
+                VERSION_TABLE.c.version <= newest - self.settings.versions_kept,
             )
         )
 
