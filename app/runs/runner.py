@@ -24,9 +24,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy import bindparam, delete, insert, select, text, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlmodel import col
 
 from app.auth.actor import Actor
@@ -561,9 +562,10 @@ class Runner:
                 # First keep what the upstream answered, so that no rotated token is lost if
                 # the process dies or the database fails before the writes are stored.
                 async with self.session_factory() as session, session.begin():
-                    await self._insert_record(
-                        await session.connection(), record, outcome, status="storing", recovery=True
-                    )
+                    row = self._run_row(record, outcome, "storing", recovery=True)
+                    names = sorted(record.prepared.target_names)
+                    connection = await session.connection()
+                    await connection.run_sync(_write_run, row, {}, names, kept=False, written=[])
                 kept = True
             if error is None:
                 try:
@@ -712,42 +714,23 @@ class Runner:
                     )
                 )
 
-    async def _insert_record(
-        self,
-        connection: AsyncConnection,
-        record: RunRecord,
-        outcome: RunOutcome,
-        *,
-        status: str,
-        recovery: bool = False,
-        **completed: Any,
-    ) -> None:
-        """Insert the run row and the secrets it targeted (Core statements: every refresh
-        passes here, and the unit of work would cost more than the inserts)."""
-        await connection.execute(
-            insert(RUN_TABLE).values(
-                {
-                    "id": record.ctx.run_id,
-                    "service_slug": record.prepared.service.slug,
-                    "endpoint_readable_id": record.prepared.endpoint.readable_id,
-                    "trigger": record.trigger,
-                    "schedule_name": record.schedule_name,
-                    "actor": record.ctx.actor.label,
-                    "status": status,
-                    "http_status": outcome.http_status,
-                    "started_at": record.started_at,
-                    "trace": [],
-                    "recovery": self._recovery(record) if recovery else None,
-                    **completed,
-                }
-            )
-        )
-        names = sorted(record.prepared.target_names)
-        if names:
-            await connection.execute(
-                insert(RUN_SECRET_TABLE),
-                [{"run_id": record.ctx.run_id, "secret_name": n, "written": False} for n in names],
-            )
+    def _run_row(
+        self, record: RunRecord, outcome: RunOutcome, status: str, *, recovery: bool = False
+    ) -> dict[str, Any]:
+        """The run row as it is first inserted."""
+        return {
+            "id": record.ctx.run_id,
+            "service_slug": record.prepared.service.slug,
+            "endpoint_readable_id": record.prepared.endpoint.readable_id,
+            "trigger": record.trigger,
+            "schedule_name": record.schedule_name,
+            "actor": record.ctx.actor.label,
+            "status": status,
+            "http_status": outcome.http_status,
+            "started_at": record.started_at,
+            "trace": [],
+            "recovery": self._recovery(record) if recovery else None,
+        }
 
     def _recovery(self, record: RunRecord) -> str:
         """The pending writes, encrypted like every value, with the versions they replace."""
@@ -782,32 +765,61 @@ class Runner:
             "duration_ms": round((time.perf_counter() - record.started) * 1000, 2),
             "trace": ctx.redactor.value(ctx.trace),
         }
+        if kept and outcome.status == "succeeded":
+            completed["recovery"] = None
+        row = self._run_row(record, outcome, outcome.status)
+        names = sorted(record.prepared.target_names)
         connection = await session.connection()
-        updated = 0
-        if kept:
-            if outcome.status == "succeeded":
-                completed["recovery"] = None
-            result = await connection.execute(
-                update(RUN_TABLE).where(RUN_TABLE.c.id == ctx.run_id).values(**completed)
-            )
-            updated = result.rowcount
-        if not updated:
-            await self._insert_record(connection, record, outcome, **completed)
-        if outcome.written:
-            await connection.execute(
-                update(RUN_SECRET_TABLE)
-                .where(
-                    RUN_SECRET_TABLE.c.run_id == ctx.run_id,
-                    RUN_SECRET_TABLE.c.secret_name.in_(outcome.written),
-                )
-                .values(written=True)
-            )
+        await connection.run_sync(
+            _write_run, row, completed, names, kept=kept, written=sorted(outcome.written)
+        )
 
     @staticmethod
     async def _drop_record(session: AsyncSession, run_id: str) -> None:
         """Forget the kept answer of a stored run that isn't logged (enable_log is off)."""
         connection = await session.connection()
         await connection.execute(delete(RUN_TABLE).where(RUN_TABLE.c.id == run_id))
+
+
+# Built once: building and keying a statement costs several times what executing it does.
+_INSERT_RUN = insert(RUN_TABLE)
+_COMPLETE_RUN = update(RUN_TABLE).where(RUN_TABLE.c.id == bindparam("w_id"))
+_INSERT_RUN_SECRET = insert(RUN_SECRET_TABLE)
+_MARK_WRITTEN = (
+    update(RUN_SECRET_TABLE)
+    .where(
+        RUN_SECRET_TABLE.c.run_id == bindparam("w_run_id"),
+        RUN_SECRET_TABLE.c.secret_name.in_(bindparam("w_names", expanding=True)),
+    )
+    .values(written=True)
+)
+
+
+def _write_run(
+    connection: Connection,
+    row: dict[str, Any],
+    completed: dict[str, Any],
+    names: list[str],
+    *,
+    kept: bool,
+    written: list[str],
+) -> None:
+    """Insert the run row and the secrets it targeted, or complete the row kept since the
+    upstream answered (`kept`, inserted if it is gone), then mark the secrets written.
+
+    Core statements in one greenlet: every refresh passes here, and the unit of work or an
+    awaited call per statement would cost more than the statements.
+    """
+    run_id = row["id"]
+    if not kept or connection.execute(_COMPLETE_RUN, {"w_id": run_id, **completed}).rowcount != 1:
+        connection.execute(_INSERT_RUN, {**row, **completed})
+        if names:
+            connection.execute(
+                _INSERT_RUN_SECRET,
+                [{"run_id": run_id, "secret_name": name, "written": False} for name in names],
+            )
+    if written:
+        connection.execute(_MARK_WRITTEN, {"w_run_id": run_id, "w_names": written})
 
 
 @dataclass

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
@@ -73,6 +74,74 @@ def _id(secret: Secret) -> int:
     """The primary key of a stored secret."""
     assert secret.id is not None, "the secret has not been flushed"
     return secret.id
+
+
+@dataclass
+class _ValueWrite:
+    """One new version of a value, as `_store_value` writes it."""
+
+    secret_id: int
+    environment: str
+    base_version: int | None  # the version replaced (compare-and-set); None: the first value
+    row: dict[str, Any]  # the value row's new columns
+    history: dict[str, Any]  # the version row's columns besides the value's
+    secret_changes: dict[str, Any]  # the secret row's changed columns
+    versions_kept: int
+
+
+# The statements of every write, built once: building and keying a statement costs several
+# times what executing it does. Parameters prefixed `w_` are the WHERE clause's.
+_INSERT_VALUE = insert(VALUE_TABLE)
+_SET_VALUE = (
+    update(VALUE_TABLE).where(
+        VALUE_TABLE.c.secret_id == bindparam("w_secret_id"),
+        VALUE_TABLE.c.environment == bindparam("w_environment"),
+        VALUE_TABLE.c.version == bindparam("w_version"),
+    )
+    # No values(): the SET clause is made of the columns each execution passes.
+)
+_INSERT_VERSION = insert(VERSION_TABLE)
+_PRUNE_VERSIONS = delete(VERSION_TABLE).where(
+    VERSION_TABLE.c.secret_id == bindparam("w_secret_id"),
+    VERSION_TABLE.c.environment == bindparam("w_environment"),
+    VERSION_TABLE.c.version <= bindparam("w_version"),
+)
+
+
+_UPDATE_SECRET = update(SECRET_TABLE).where(SECRET_TABLE.c.id == bindparam("w_secret_id"))
+
+
+def _store_value(connection: Connection, write: _ValueWrite) -> bool:
+    """Write the value compare-and-set, its version row and the secret row's changes, and prune
+    the history (False, nothing written: the value is no longer at `base_version`).
+
+    Versions count up by one from 1 with every write and are never reused, so the ones to go
+    are simply those at or below `version - versions_kept`.
+    """
+    row, version = write.row, write.row["version"]
+    key = {"w_secret_id": write.secret_id, "w_environment": write.environment}
+    if write.base_version is None:
+        connection.execute(
+            _INSERT_VALUE, {"secret_id": write.secret_id, "environment": write.environment, **row}
+        )
+    else:
+        changed = connection.execute(_SET_VALUE, {**key, "w_version": write.base_version, **row})
+        if changed.rowcount != 1:
+            return False
+    connection.execute(
+        _INSERT_VERSION,
+        {
+            "secret_id": write.secret_id,
+            "environment": write.environment,
+            "version": version,
+            "ciphertext": row["ciphertext"],
+            "expires_at": row["expires_at"],
+            **write.history,
+        },
+    )
+    connection.execute(_UPDATE_SECRET, {"w_secret_id": write.secret_id, **write.secret_changes})
+    connection.execute(_PRUNE_VERSIONS, {**key, "w_version": version - write.versions_kept})
+    return True
 
 
 class SecretStore:
@@ -423,64 +492,39 @@ class SecretStore:
         for key, new_value in changes.items():
             # Stored by the UPDATE below, not by a flush.
             set_committed_value(secret, key, new_value)
-        next_refresh_at = plan_next_refresh(secret, ValueTiming(expires_at, now), now)
-        row = {
-            "version": version,
-            "ciphertext": ciphertext,
-            "expires_at": expires_at,
-            "updated_at": now,
-            "next_refresh_at": next_refresh_at,
-        }
+        write = _ValueWrite(
+            secret_id=_id(secret),
+            environment=env,
+            base_version=current_version if exists else None,
+            row={
+                "version": version,
+                "ciphertext": ciphertext,
+                "expires_at": expires_at,
+                "updated_at": now,
+                "next_refresh_at": plan_next_refresh(secret, ValueTiming(expires_at, now), now),
+            },
+            history={"source": source, "run_id": run_id, "actor": actor, "created_at": now},
+            secret_changes=changes,
+            versions_kept=self.settings.versions_kept,
+        )
         try:
-            if not exists:
-                await connection.execute(
-                    insert(VALUE_TABLE).values(secret_id=_id(secret), environment=env, **row)
-                )
-            else:
-                # Compare-and-set: the row is written only if nobody wrote it since we read it.
-                result = await connection.execute(
-                    update(VALUE_TABLE)
-                    .where(
-                        VALUE_TABLE.c.secret_id == _id(secret),
-                        VALUE_TABLE.c.environment == env,
-                        VALUE_TABLE.c.version == current_version,
-                    )
-                    .values(**row)
-                )
-                if result.rowcount != 1:
-                    if expected_version:
-                        now_at = await self._current(secret, env)
-                        raise self._changed_during_run(
-                            secret, expected_version, now_at.version if now_at else 0
-                        )
-                    raise VersionConflict(
-                        f"secret {secret.name!r} was written concurrently; nothing was written"
-                    )
+            # One greenlet for the four statements: each awaited call costs more than SQLite.
+            stored = await connection.run_sync(_store_value, write)
         except IntegrityError:
             # Two first writes raced on the unique (secret, environment) row.
+            stored = False
+        if not stored:
+            if expected_version:
+                now_at = await self._current(secret, env)
+                raise self._changed_during_run(
+                    secret, expected_version, now_at.version if now_at else 0
+                )
             raise VersionConflict(
                 f"secret {secret.name!r} was written concurrently; nothing was written"
-            ) from None
-        await connection.execute(
-            insert(VERSION_TABLE).values(
-                secret_id=_id(secret),
-                environment=env,
-                version=version,
-                ciphertext=ciphertext,
-                expires_at=expires_at,
-                source=source,
-                run_id=run_id,
-                actor=actor,
-                created_at=now,
             )
-        )
-        await connection.execute(
-            update(SECRET_TABLE).where(SECRET_TABLE.c.id == _id(secret)).values(**changes)
-        )
         if source in FRESH_START_SOURCES:
             await self._resume_dependents(secret)
             await self.session.flush()
-        await self._prune(secret, env, version)
         return ValueWritten(
             name=secret.name, version=version, environment=env, expires_at=expires_at
         )
@@ -516,21 +560,6 @@ class SecretStore:
                 dependent.failure_count = 0
                 dependent.last_error = None
                 await self.replan(dependent)
-
-    async def _prune(self, secret: Secret, environment: str, newest: int) -> None:
-        """Keep the newest `versions_kept` versions per secret and environment.
-
-        Versions count up by one from 1 with every write and are never reused, so the ones to
-        go are simply those at or below `newest - versions_kept` (one statement).
-        """
-        connection = await self._connection()
-        await connection.execute(
-            delete(VERSION_TABLE).where(
-                VERSION_TABLE.c.secret_id == secret.id,
-                VERSION_TABLE.c.environment == environment,
-                VERSION_TABLE.c.version <= newest - self.settings.versions_kept,
-            )
-        )
 
     async def versions(
         self, secret: Secret, environment: str | None = None
