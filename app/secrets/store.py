@@ -108,6 +108,19 @@ _PRUNE_VERSIONS = delete(VERSION_TABLE).where(
 )
 
 
+# Reads of every request and run, built once likewise (the ORM loads the rows afresh: writes
+# bypass the identity map).
+_SECRETS_NAMED = select(Secret).where(col(Secret.name).in_(bindparam("names", expanding=True)))
+_SECRETS_WITH_VALUES = (
+    select(Secret, SecretValue)
+    .outerjoin(
+        SecretValue,
+        (col(SecretValue.secret_id) == col(Secret.id))
+        & col(SecretValue.environment).in_(bindparam("environments", expanding=True)),
+    )
+    .where(col(Secret.name).in_(bindparam("names", expanding=True)))
+    .execution_options(populate_existing=True)
+)
 _UPDATE_SECRET = update(SECRET_TABLE).where(SECRET_TABLE.c.id == bindparam("w_secret_id"))
 
 
@@ -159,16 +172,16 @@ class SecretStore:
         if not re.fullmatch(SECRET_NAME_PATTERN, name):
             # No secret can have this name; and PostgreSQL would refuse some (NUL) outright.
             raise NotFound(f"secret {name!r} does not exist")
-        query = select(Secret).where(col(Secret.name) == name)
-        secret = (await self.session.execute(query)).scalar_one_or_none()
+        found = await self.session.execute(_SECRETS_NAMED, {"names": [name]})
+        secret = found.scalar_one_or_none()
         if secret is None:
             raise NotFound(f"secret {name!r} does not exist")
         return secret
 
     async def get_many(self, names: set[str]) -> dict[str, Secret]:
         """The secrets called `names` that exist, by name (one query)."""
-        query = select(Secret).where(col(Secret.name).in_(sorted(names)))
-        return {secret.name: secret for secret in (await self.session.execute(query)).scalars()}
+        found = await self.session.execute(_SECRETS_NAMED, {"names": sorted(names)})
+        return {secret.name: secret for secret in found.scalars()}
 
     def value_environment(self, secret: Secret, environment: str | None = None) -> str:
         """Where a value of this secret lives: `*` unless it is environment-specific."""
@@ -207,24 +220,16 @@ class SecretStore:
         return current.version if current else 0
 
     async def _with_values(
-        self, where: Any, environment: str | None = None
+        self, names: list[str], environment: str | None = None
     ) -> list[tuple[Secret, SecretValue | None]]:
-        """Secrets matching `where`, each with its current value where `environment` (default:
+        """The secrets called `names`, each with its current value where `environment` (default:
         this deployment's) says, or None: one query for all of them."""
-        wanted = {environment or self.settings.environment, ALL_ENVIRONMENTS}
-        query = (
-            select(Secret, SecretValue)
-            .outerjoin(
-                SecretValue,
-                (col(SecretValue.secret_id) == col(Secret.id))
-                & col(SecretValue.environment).in_(sorted(wanted)),
-            )
-            .where(where)
-            # Compare-and-set updates bypass the identity map: always read the rows afresh.
-            .execution_options(populate_existing=True)
+        wanted = sorted({environment or self.settings.environment, ALL_ENVIRONMENTS})
+        found = await self.session.execute(
+            _SECRETS_WITH_VALUES, {"names": names, "environments": wanted}
         )
         current: dict[str, tuple[Secret, SecretValue | None]] = {}
-        for secret, value in (await self.session.execute(query)).all():
+        for secret, value in found.all():
             env = self.value_environment(secret, environment)
             matches = value if value is not None and value.environment == env else None
             if matches is not None or secret.name not in current:
@@ -237,7 +242,7 @@ class SecretStore:
         """The secret called `name` and its current value where `environment` says (one query)."""
         if not re.fullmatch(SECRET_NAME_PATTERN, name):
             raise NotFound(f"secret {name!r} does not exist")
-        found = await self._with_values(col(Secret.name) == name, environment)
+        found = await self._with_values([name], environment)
         if not found:
             raise NotFound(f"secret {name!r} does not exist")
         return found[0]
@@ -436,7 +441,7 @@ class SecretStore:
         """Secrets a run reads or writes, with their current values in this environment (one
         query for all of them)."""
         loaded: dict[str, LoadedSecret | None] = dict.fromkeys(names)
-        for secret, current in await self._with_values(col(Secret.name).in_(names)):
+        for secret, current in await self._with_values(sorted(names)):
             loaded[secret.name] = LoadedSecret(
                 secret=secret,
                 environment=self.value_environment(secret),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -24,6 +24,18 @@ from app.services.schemas import (
     ServiceVariable,
 )
 
+# The lookups of every run, built once (building a statement costs more than running it).
+_SERVICE = select(Service).where(col(Service.slug) == bindparam("slug"))
+_SERVICE_AND_ENDPOINT = (
+    select(Service, Endpoint)
+    .outerjoin(
+        Endpoint,
+        (col(Endpoint.service_id) == col(Service.id))
+        & (col(Endpoint.readable_id) == bindparam("readable_id")),
+    )
+    .where(col(Service.slug) == bindparam("slug"))
+)
+
 
 class ServiceStore:
     """Services and their endpoints, for one session."""
@@ -36,8 +48,7 @@ class ServiceStore:
         if not re.fullmatch(SLUG_PATTERN, slug):
             # No service can have this slug; and PostgreSQL would refuse some (NUL) outright.
             raise NotFound(f"service {slug!r} does not exist")
-        query = select(Service).where(col(Service.slug) == slug)
-        service = (await self.session.execute(query)).scalar_one_or_none()
+        service = (await self.session.execute(_SERVICE, {"slug": slug})).scalar_one_or_none()
         if service is None:
             raise NotFound(f"service {slug!r} does not exist")
         return service
@@ -53,11 +64,15 @@ class ServiceStore:
 
     async def get_endpoint(self, slug: str, readable_id: str) -> tuple[Service, Endpoint]:
         """A service and one of its endpoints, or NotFound naming which is missing."""
-        service = await self.get(slug)
-        query = select(Endpoint).where(
-            col(Endpoint.service_id) == service.id, col(Endpoint.readable_id) == readable_id
+        if not re.fullmatch(SLUG_PATTERN, slug):
+            raise NotFound(f"service {slug!r} does not exist")
+        found = await self.session.execute(
+            _SERVICE_AND_ENDPOINT, {"slug": slug, "readable_id": readable_id}
         )
-        endpoint = (await self.session.execute(query)).scalar_one_or_none()
+        row = found.one_or_none()
+        if row is None:
+            raise NotFound(f"service {slug!r} does not exist")
+        service, endpoint = row
         if endpoint is None:
             raise NotFound(f"service {slug!r} has no endpoint {readable_id!r}")
         return service, endpoint
