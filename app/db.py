@@ -18,6 +18,7 @@ from sqlalchemy.types import TypeDecorator
 from sqlmodel import SQLModel
 
 from app.errors import ConfigurationError
+from app.events import EVENTS_KEY, Events
 from app.sqlite_driver import one_trip_dbapi
 
 DRIVERS = {
@@ -98,9 +99,14 @@ def create_lock_engine(engine: AsyncEngine) -> AsyncEngine | None:
     return create_async_engine(engine.url, pool_pre_ping=True, pool_size=10, max_overflow=40)
 
 
-def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Sessions that keep loaded objects usable after commit."""
-    return async_sessionmaker(engine, expire_on_commit=False)
+def session_factory(
+    engine: AsyncEngine, events: Events | None = None
+) -> async_sessionmaker[AsyncSession]:
+    """Sessions that keep loaded objects usable after commit; with `events`, what they commit
+    is announced there (app/events.py `emit_after_commit`)."""
+    return async_sessionmaker(
+        engine, expire_on_commit=False, info={EVENTS_KEY: events} if events else None
+    )
 
 
 NAMING_CONVENTION = {

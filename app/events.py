@@ -13,8 +13,17 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
+
+from sqlalchemy import event as sa_event
+from sqlalchemy.orm import Session
 
 logger = logging.getLogger("tokenfarm.events")
+
+# Keys of a session's `info`: the Events its commits announce to (set by the session factory),
+# and the events waiting for the commit.
+EVENTS_KEY = "tokenfarm.events"
+_PENDING_KEY = "tokenfarm.pending_events"
 
 
 @dataclass(frozen=True)
@@ -101,3 +110,24 @@ class Events:
         """Wait (at shutdown) for async listeners still at work."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout_seconds)
+
+
+def emit_after_commit(session: Any, event: Event) -> None:
+    """Emit `event` once `session` (sync or async) commits, never if it rolls back. Sessions
+    made without events (the CLI's) drop it: only a server delivers notifications."""
+    if session.info.get(EVENTS_KEY) is not None:
+        session.info.setdefault(_PENDING_KEY, []).append(event)
+
+
+@sa_event.listens_for(Session, "after_commit")
+def _emit_committed(session: Session) -> None:
+    pending = session.info.pop(_PENDING_KEY, None)
+    if pending:
+        events: Events = session.info[EVENTS_KEY]
+        for event in pending:
+            events.emit(event)
+
+
+@sa_event.listens_for(Session, "after_rollback")
+def _drop_rolled_back(session: Session) -> None:
+    session.info.pop(_PENDING_KEY, None)

@@ -45,7 +45,7 @@ async def runtime(settings: Settings, keyring: Keyring) -> AsyncIterator[Runtime
         egress_allow=settings.egress_allow,
         events=events,
     )
-    factory = session_factory(engine)
+    factory = session_factory(engine, events)
     lock_engine = create_lock_engine(engine)
     runner = Runner(factory, keyring, outbound, settings, lock_engine=lock_engine, events=events)
     # Webhooks: this process delivers the status changes of its own runs.

@@ -30,6 +30,7 @@ from app.errors import (
     PermissionDenied,
     VersionConflict,
 )
+from app.events import SecretStatusChanged, emit_after_commit
 from app.pipeline.analysis import referenced_secrets
 from app.pipeline.schemas import SECRET_NAME_PATTERN, parse_action
 from app.secrets.expiry import ValueTiming, plan_next_refresh
@@ -494,6 +495,12 @@ class SecretStore:
         # Core statements on the session's connection: the unit of work would cost more than
         # the statements themselves (this is every refresh's path).
         connection = await self._connection()
+        if source in FRESH_START_SOURCES and secret.status != "ok":
+            # A person (or a recovery) set it right: whoever listens hears it has recovered.
+            emit_after_commit(
+                self.session,
+                SecretStatusChanged(secret.name, secret.status, "ok", 0, None, run_id, now),
+            )
         for key, new_value in changes.items():
             # Stored by the UPDATE below, not by a flush.
             set_committed_value(secret, key, new_value)
@@ -561,6 +568,12 @@ class SecretStore:
             assert dependent.refresh_endpoint is not None
             action = await self._endpoint_action(dependent.refresh_endpoint)
             if action is not None and secret.name in referenced_secrets(parse_action(action)):
+                emit_after_commit(
+                    self.session,
+                    SecretStatusChanged(
+                        dependent.name, dependent.status, "ok", 0, None, None, utcnow()
+                    ),
+                )
                 dependent.status = "ok"
                 dependent.failure_count = 0
                 dependent.last_error = None

@@ -205,6 +205,47 @@ class TestNeedsReauth:
         assert {b["failure_count"] for b in bodies.values()} == {2}
 
 
+class TestRecoveredByHand:
+    async def test_setting_the_refresh_token_by_hand_sends_recovered_for_both(
+        self,
+        client: httpx.AsyncClient,
+        token_server: TokenServer,
+        receiver: Receiver,
+        notifier: Notifier,
+    ) -> None:
+        await setup_oauth(client, token_server)
+        signing_secret = await create_webhook(client, "everything", f"{receiver.url}/global")
+        token_server.state.queue_faults("invalid_grant")
+        await refresh(client, 502)
+        await wait_for(lambda: len(receiver.all()) == 2)
+
+        # After consent, a person sets the new refresh token: it and the access token refreshed
+        # with it leave needs_reauth, and whoever was told they broke hears they are fine.
+        new_grant = token_server.state.issue_refresh_token(CLIENT_ID)
+        response = await client.put("/v1/secrets/REFRESH_TOKEN/value", json={"value": new_grant})
+        assert response.status_code == 200, response.text
+
+        await wait_for(lambda: len(receiver.all()) == 4)
+        recovered = receiver.all()[2:]
+        bodies = by_secret(recovered)
+        assert set(bodies) == set(TARGETS)
+        for body in bodies.values():
+            assert body["type"] == "secret.recovered"
+            assert body["status"] == "ok" and body["previous_status"] == "needs_reauth"
+            assert body["failure_count"] == 0 and body["last_error"] is None
+            assert body["run_id"] is None
+            assert new_grant not in str(body)
+        assert all(d.verifies(signing_secret) for d in recovered)
+        for name in TARGETS:
+            assert (await client.get(f"/v1/secrets/{name}")).json()["status"] == "ok"
+
+        # A second value by hand changes no status: nothing more is sent.
+        response = await client.put("/v1/secrets/REFRESH_TOKEN/value", json={"value": new_grant})
+        assert response.status_code == 200, response.text
+        assert await notifier.idle(5)
+        assert len(receiver.all()) == 4
+
+
 class TestChoosingWebhooks:
     async def test_events_filter_and_disabled_webhooks(
         self,
