@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote_plus
 
@@ -749,11 +750,23 @@ def signed(
     return str(jwt.encode(claims, secret, algorithm=algorithm, headers=header or None))
 
 
+@dataclass(frozen=True)
+class FromNow:
+    """A time claim this many seconds from when the assertion is made. Parameters are built when
+    the tests are collected, which can be minutes before a test runs."""
+
+    seconds: int
+
+
+def _resolved(overrides: dict[str, Any], now: int) -> dict[str, Any]:
+    return {k: now + v.seconds if isinstance(v, FromNow) else v for k, v in overrides.items()}
+
+
 def grant_claims(token_url: str, **overrides: Any) -> dict[str, Any]:
     """What a Google-style assertion says: iss, scope, aud, iat, exp."""
     now = int(time.time())
     claims = {"iss": ISSUER, "scope": "read", "aud": token_url, "iat": now, "exp": now + 300}
-    claims.update(overrides)
+    claims.update(_resolved(overrides, now))
     return {name: value for name, value in claims.items() if value is not None}
 
 
@@ -767,7 +780,7 @@ def client_claims(token_url: str, **overrides: Any) -> dict[str, Any]:
         "exp": now + 60,
         "jti": uuid.uuid4().hex,
     }
-    claims.update(overrides)
+    claims.update(_resolved(overrides, now))
     return {name: value for name, value in claims.items() if value is not None}
 
 
@@ -823,11 +836,11 @@ class TestJwtBearerGrant:
         ("change", "reason"),
         [
             ({"aud": "https://elsewhere.example/token"}, "aud"),
-            ({"exp": int(time.time()) - 600, "iat": int(time.time()) - 900}, "expired"),
+            ({"exp": FromNow(-600), "iat": FromNow(-900)}, "expired"),
             ({"exp": None}, "no exp"),
             ({"iat": None}, "no iat"),
-            ({"iat": int(time.time()) + 600, "exp": int(time.time()) + 900}, "future"),
-            ({"exp": int(time.time()) + 7200}, "at most 3600"),
+            ({"iat": FromNow(600), "exp": FromNow(900)}, "future"),
+            ({"exp": FromNow(7200)}, "at most 3600"),
             ({"iss": "stranger@example.com"}, "no registered key"),
         ],
     )
@@ -946,7 +959,7 @@ class TestPrivateKeyJwt:
         "change",
         [
             {"aud": "https://elsewhere.example/token"},
-            {"exp": int(time.time()) - 600},
+            {"exp": FromNow(-600)},
             {"exp": None},
             {"jti": None},
             {"sub": "someone-else"},
