@@ -22,7 +22,7 @@ from sqlmodel import col
 from app.auth.accounts import AccountStore
 from app.auth.actor import Actor
 from app.auth.dependencies import ensure
-from app.auth.models import Role, ServiceAccount
+from app.auth.models import Role, ServiceAccount, User, UserRole
 from app.auth.permissions import validate_permissions
 from app.config import Settings
 from app.configuration.document import (
@@ -142,6 +142,7 @@ class State:
     """What the database holds now, as the plan needs it."""
 
     roles: dict[str, Role]
+    role_users: dict[str, list[str]]  # role name -> emails of the users holding it
     accounts: dict[str, ServiceAccount]
     account_roles: dict[str, list[str]]
     secrets: dict[str, Secret]
@@ -207,7 +208,7 @@ class Planner:
         loaded.check()
         warnings: list[str] = []
         changes = [
-            *self._role_changes(document, state, prune),
+            *self._role_changes(document, state, prune, warnings),
             *self._account_changes(document, state, prune),
             *self._secret_changes(document, state, prune, bindings, values, warnings),
             *self._service_changes(document, state, prune, actions),
@@ -254,8 +255,18 @@ class Planner:
         schedules = {
             row.name: row for row in (await self.session.execute(select(Schedule))).scalars()
         }
+        role_users: dict[str, list[str]] = {}
+        holders = (
+            select(col(Role.name), col(User.email))
+            .join(UserRole, col(UserRole.role_id) == col(Role.id))
+            .join(User, col(User.id) == col(UserRole.user_id))
+            .order_by(col(User.email))
+        )
+        for role_name, email in await self.session.execute(holders):
+            role_users.setdefault(role_name, []).append(email)
         return State(
             roles={role.name: role for role in await accounts.roles()},
+            role_users=role_users,
             accounts={row.name: row for row in account_rows},
             account_roles=account_roles,
             secrets=secrets,
@@ -644,7 +655,9 @@ class Planner:
             for name in sorted(set(existing) - set(declared))
         ]
 
-    def _role_changes(self, document: Document, state: State, prune: bool) -> list[Change]:
+    def _role_changes(
+        self, document: Document, state: State, prune: bool, warnings: list[str]
+    ) -> list[Change]:
         if document.roles is None:
             return []
         changes = []
@@ -665,7 +678,16 @@ class Planner:
             action: ChangeAction = "update" if fields else "unchanged"
             changes.append(Change("role", spec.name, action, fields, spec=spec, current=role))
         custom = {name: role for name, role in state.roles.items() if not role.builtin}
-        return changes + self._pruned("role", custom, [s.name for s in document.roles], prune)
+        pruned = self._pruned("role", custom, [s.name for s in document.roles], prune)
+        for change in pruned:
+            # Users aren't declared in a document: say who loses the role, before it happens.
+            if holders := state.role_users.get(change.name):
+                warnings.append(
+                    f"role {change.name}: pruning it takes it from user(s) "
+                    f"{', '.join(holders)}; give them another role first "
+                    "(PATCH /v1/users/EMAIL) if they still need its permissions"
+                )
+        return changes + pruned
 
     def _account_changes(self, document: Document, state: State, prune: bool) -> list[Change]:
         if document.service_accounts is None:

@@ -209,6 +209,31 @@ class TestPrune:
         assert {"owner", "anonymous"} <= roles  # built-in roles are never pruned
         assert len((await client.get("/v1/schedules")).json()) == 2
 
+    async def test_pruning_a_role_users_hold_warns_naming_them(
+        self, app: FastAPI, client: httpx.AsyncClient, setup: Setup
+    ) -> None:
+        await apply_setup(app, setup)
+        role = await client.post("/v1/roles", json={"name": "on-call", "permissions": []})
+        assert role.status_code == 201, role.text
+        for email in ("bob@example.com", "ann@example.com"):
+            user = {"email": email, "password": "x" * 16, "roles": ["on-call"]}
+            created = await client.post("/v1/users", json=user)
+            assert created.status_code == 201, created.text
+
+        dry = await apply_setup(app, setup, prune=True, dry_run=True)
+        assert ("role", "on-call", "delete") in described(dry)
+        [warning] = [w for w in dry.warnings if "on-call" in w]
+        assert "ann@example.com, bob@example.com" in warning
+        assert (await client.get("/v1/users/bob@example.com")).json()["roles"] == ["on-call"]
+
+        # Without --prune the role stays, and nothing is said about it.
+        kept = await apply_setup(app, setup)
+        assert not [w for w in kept.warnings if "on-call" in w]
+
+        done = await apply_setup(app, setup, prune=True)
+        assert any("on-call" in w for w in done.warnings)
+        assert (await client.get("/v1/users/bob@example.com")).json()["roles"] == []
+
     async def test_an_empty_document_with_prune_empties_every_declared_section(
         self, app: FastAPI, client: httpx.AsyncClient, setup: Setup
     ) -> None:
