@@ -149,6 +149,19 @@ class TestTokenServerSwitchedOff:
         assert all(d.verifies(signing_secret) for d in recovered)
 
 
+async def into_needs_reauth(
+    client: httpx.AsyncClient, token_server: TokenServer, receiver: Receiver
+) -> str:
+    """The canonical refresh with a global webhook, refused with invalid_grant once: both
+    targets are `needs_reauth` and their two deliveries arrived. Answers the signing secret."""
+    await setup_oauth(client, token_server)
+    signing_secret = await create_webhook(client, "everything", f"{receiver.url}/global")
+    token_server.state.queue_faults("invalid_grant")
+    await refresh(client, 502)
+    await wait_for(lambda: len(receiver.all()) == 2)
+    return signing_secret
+
+
 class TestNeedsReauth:
     async def test_invalid_grant_sends_needs_reauth_and_a_forced_success_recovers(
         self,
@@ -157,12 +170,7 @@ class TestNeedsReauth:
         receiver: Receiver,
         notifier: Notifier,
     ) -> None:
-        await setup_oauth(client, token_server)
-        signing_secret = await create_webhook(client, "everything", f"{receiver.url}/global")
-        token_server.state.queue_faults("invalid_grant")
-        await refresh(client, 502)
-
-        await wait_for(lambda: len(receiver.all()) == 2)
+        signing_secret = await into_needs_reauth(client, token_server, receiver)
         bodies = by_secret(receiver.all())
         assert set(bodies) == set(TARGETS)
         for body in bodies.values():
@@ -213,11 +221,7 @@ class TestRecoveredByHand:
         receiver: Receiver,
         notifier: Notifier,
     ) -> None:
-        await setup_oauth(client, token_server)
-        signing_secret = await create_webhook(client, "everything", f"{receiver.url}/global")
-        token_server.state.queue_faults("invalid_grant")
-        await refresh(client, 502)
-        await wait_for(lambda: len(receiver.all()) == 2)
+        signing_secret = await into_needs_reauth(client, token_server, receiver)
 
         # After consent, a person sets the new refresh token: it and the access token refreshed
         # with it leave needs_reauth, and whoever was told they broke hears they are fine.
