@@ -135,6 +135,19 @@ async def _reset(database: PostgresDatabase) -> None:
         await connection.close()
 
 
+def sqlite_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A copy of the migrated SQLite template for one test."""
+    path = tmp_path / "tokenfarm.db"
+    shutil.copy(request.getfixturevalue("sqlite_template"), path)
+    return f"sqlite:///{path}"
+
+
+SQLITE_ONLY_REASON = (
+    "these tests are about the command line (arguments, output, exit codes); the stores under "
+    "it run on both backends in the API tests, and each command costs a Python start-up"
+)
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A migrated, empty database for each test, on each backend.
@@ -143,9 +156,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     test (creating a database per test costs far more than truncating eight tables).
     """
     if request.param == "sqlite":
-        path = tmp_path / "tokenfarm.db"
-        shutil.copy(request.getfixturevalue("sqlite_template"), path)
-        return f"sqlite:///{path}"
+        return sqlite_database(request, tmp_path)
     database: PostgresDatabase = request.getfixturevalue("postgres_database")
     asyncio.run(_reset(database))
     return database.url

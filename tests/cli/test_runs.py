@@ -12,11 +12,19 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.conftest import TokenServer, setup_oauth
+from tests.conftest import TokenServer, setup_oauth, sqlite_database
 from tests.processes import run_cli
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """SQLite only (see SQLITE_ONLY_REASON in tests/conftest.py)."""
+    return sqlite_database(request, tmp_path)
 
 
 async def refresh(client: httpx.AsyncClient) -> dict[str, object]:

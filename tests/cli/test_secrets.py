@@ -6,10 +6,25 @@ import json
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.cli.conftest import run_with_stdin
-from tests.conftest import CLIENT_SECRET, TokenServer, create_secret, secret_value, setup_oauth
+from tests.conftest import (
+    CLIENT_SECRET,
+    TokenServer,
+    create_secret,
+    secret_value,
+    setup_oauth,
+    sqlite_database,
+)
 from tests.processes import run_cli
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """SQLite only (see SQLITE_ONLY_REASON in tests/conftest.py)."""
+    return sqlite_database(request, tmp_path)
+
 
 CANARY = "cli-canary-value-5b1f9e"
 

@@ -13,8 +13,14 @@ from cryptography.fernet import Fernet
 from app.config import Settings
 from tests.cli.conftest import run_with_stdin
 from tests.configuration.conftest import Setup, snapshot
-from tests.conftest import create_secret
+from tests.conftest import create_secret, sqlite_database
 from tests.processes import replica_env, run_cli
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """SQLite only (see SQLITE_ONLY_REASON in tests/conftest.py)."""
+    return sqlite_database(request, tmp_path)
 
 
 @pytest.fixture
