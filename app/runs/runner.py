@@ -49,7 +49,7 @@ from app.errors import (
     TokenfarmError,
     UpstreamFailed,
 )
-from app.events import Events, RunFinished, SecretStatusChanged
+from app.events import Events, RunFinished, SecretStatusChanged, emit_after_commit
 from app.outbound import Outbound
 from app.pipeline.analysis import referenced_secrets, update_targets
 from app.pipeline.context import RequestData, RunContext
@@ -528,7 +528,8 @@ class Runner:
         return outcome
 
     def _announce(self, record: RunRecord, outcome: RunOutcome) -> None:
-        """Tell listeners (metrics, notifications) how the run went, after it is stored."""
+        """Tell listeners (metrics, notifications) how the run went, after it is stored (the
+        secrets' status changes are announced by the transaction that stored them)."""
         if self.events is None:
             return
         if outcome.run_id == record.ctx.run_id and not outcome.adopted:
@@ -545,10 +546,6 @@ class Runner:
                     run_id=outcome.run_id,
                 )
             )
-        if outcome.http_status != StorageFailed.status_code:
-            # A failed store rolled the changes back with everything else.
-            for change in record.changes:
-                self.events.emit(change)
 
     # --- storing -------------------------------------------------------------------------------
 
@@ -580,7 +577,6 @@ class Runner:
                 except (TokenfarmError, SQLAlchemyError) as exc:
                     # The transaction rolled back: none of this run's writes stayed.
                     outcome.stored = {}
-                    record.changes.clear()
                     error = self._storing_failed(ctx.run_id, exc, kept)
             elif isinstance(error, UpstreamFailed) and error.oauth_error == "invalid_grant":
                 adopted_or_error = await self._lost_race(record)
@@ -670,10 +666,11 @@ class Runner:
                 expected_version=loaded.version,
             )
             if loaded.secret.status != "ok":
-                record.changes.append(
+                emit_after_commit(
+                    session,
                     SecretStatusChanged(
                         name, loaded.secret.status, "ok", 0, None, ctx.run_id, utcnow()
-                    )
+                    ),
                 )
         return stored
 
@@ -702,7 +699,8 @@ class Runner:
             secret.failure_count += 1
             secret.last_error = storable(summary[:2000])
             if secret.status != old:
-                record.changes.append(
+                emit_after_commit(
+                    session,
                     SecretStatusChanged(
                         name,
                         old,
@@ -711,7 +709,7 @@ class Runner:
                         secret.last_error,
                         record.ctx.run_id,
                         utcnow(),
-                    )
+                    ),
                 )
 
     def _run_row(
@@ -832,8 +830,6 @@ class RunRecord:
     started_at: datetime
     started: float
     schedule_name: str | None = None
-    # Health changes of the targets, announced once the transaction holding them has committed.
-    changes: list[SecretStatusChanged] = field(default_factory=list)
 
     @property
     def logged(self) -> bool:

@@ -37,6 +37,16 @@ _SERVICE_AND_ENDPOINT = (
 )
 
 
+def _no_service(slug: str) -> NotFound:
+    return NotFound(f"service {slug!r} does not exist")
+
+
+def _check_slug(slug: str) -> None:
+    """No service can have a slug off the pattern; and PostgreSQL would refuse some (NUL)."""
+    if not re.fullmatch(SLUG_PATTERN, slug):
+        raise _no_service(slug)
+
+
 class ServiceStore:
     """Services and their endpoints, for one session."""
 
@@ -45,12 +55,10 @@ class ServiceStore:
 
     async def get(self, slug: str) -> Service:
         """The service `slug`, or NotFound."""
-        if not re.fullmatch(SLUG_PATTERN, slug):
-            # No service can have this slug; and PostgreSQL would refuse some (NUL) outright.
-            raise NotFound(f"service {slug!r} does not exist")
+        _check_slug(slug)
         service = (await self.session.execute(_SERVICE, {"slug": slug})).scalar_one_or_none()
         if service is None:
-            raise NotFound(f"service {slug!r} does not exist")
+            raise _no_service(slug)
         return service
 
     async def endpoints(self, service: Service) -> list[Endpoint]:
@@ -64,14 +72,13 @@ class ServiceStore:
 
     async def get_endpoint(self, slug: str, readable_id: str) -> tuple[Service, Endpoint]:
         """A service and one of its endpoints, or NotFound naming which is missing."""
-        if not re.fullmatch(SLUG_PATTERN, slug):
-            raise NotFound(f"service {slug!r} does not exist")
+        _check_slug(slug)
         found = await self.session.execute(
             _SERVICE_AND_ENDPOINT, {"slug": slug, "readable_id": readable_id}
         )
         row = found.one_or_none()
         if row is None:
-            raise NotFound(f"service {slug!r} does not exist")
+            raise _no_service(slug)
         service, endpoint = row
         if endpoint is None:
             raise NotFound(f"service {slug!r} has no endpoint {readable_id!r}")
