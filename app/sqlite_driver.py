@@ -1,11 +1,14 @@
 """SQLAlchemy's aiosqlite adapter, with one trip to the driver's thread per statement.
 
 aiosqlite runs each SQLite connection in a thread of its own; every awaited call on it is a
-trip there and back through a queue and the event loop (~35 µs here). SQLAlchemy's adapter makes
-four or five trips per statement (open a cursor, execute, fetch the rows, close the cursor),
-which on a refresh's twenty-odd statements cost more than SQLite's own work. `OneTripCursor` does
-all of that in a single function run in the connection's thread and keeps what SQLAlchemy reads
-afterwards (description, rowcount, lastrowid, rows) on the loop's side.
+trip there and back through a queue and the event loop (~35-50 µs here). SQLAlchemy's adapter
+makes four or five trips per statement (open a cursor, execute, fetch the rows, close the
+cursor), which on a refresh's twenty-odd statements cost more than SQLite's own work.
+`OneTripCursor` does all of that in a single function run in the connection's thread and keeps
+what SQLAlchemy reads afterwards (description, rowcount, lastrowid, rows) on the loop's side.
+`OneTripConnection` also skips the trip of a commit or rollback when SQLite has no transaction
+open: every pooled connection is rolled back when it is returned, and a read-only session never
+began one (sqlite3 begins a transaction only before a write).
 
 It reaches into `aiosqlite.Connection._execute` and `._conn`, as SQLAlchemy's own adapter does
 (`_tx`, `_conn`); tests/test_db.py checks it against the installed aiosqlite.
@@ -112,6 +115,21 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
     __slots__ = ()
 
     _cursor_cls = OneTripCursor  # type: ignore[assignment]  # a subclass, as it should be
+
+    def _in_transaction(self) -> bool:
+        """Whether SQLite has a transaction open on this connection. Read on the loop's side:
+        `in_transaction` only asks SQLite's autocommit flag, and nothing else runs on this
+        connection while its one user awaits here."""
+        driver = self._connection
+        return driver._connection is not None and driver._conn.in_transaction
+
+    def commit(self) -> None:
+        if self._in_transaction():
+            super().commit()
+
+    def rollback(self) -> None:
+        if self._in_transaction():
+            super().rollback()
 
 
 class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):

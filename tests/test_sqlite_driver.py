@@ -92,3 +92,27 @@ async def test_errors_are_sqlalchemys_and_the_connection_stays_usable(engine: As
             await connection.execute(text("SELECT * FROM missing"))
         await connection.rollback()
         assert (await connection.execute(text("SELECT count(*) FROM item"))).scalar_one() == 0
+
+
+async def test_commit_and_rollback_make_a_trip_only_when_sqlite_has_a_transaction(
+    engine: AsyncEngine, trips: list[str]
+) -> None:
+    # A read begins no transaction in SQLite: its commit, and the rollback every connection
+    # gets when it goes back to the pool, have nothing to do.
+    trips.clear()
+    async with engine.connect() as connection:
+        await connection.execute(text("SELECT count(*) FROM item"))
+        await connection.commit()
+    assert trips == ["_run"]
+
+    # A write's commit and a write's rollback still go to SQLite, and do what they say.
+    trips.clear()
+    async with engine.connect() as connection:
+        await connection.execute(text("INSERT INTO item (name, n) VALUES ('kept', 1)"))
+        await connection.commit()
+        await connection.execute(text("INSERT INTO item (name, n) VALUES ('dropped', 2)"))
+        await connection.rollback()
+    assert trips == ["_run", "commit", "_run", "rollback"]
+    async with engine.connect() as connection:
+        names = (await connection.execute(text("SELECT name FROM item"))).scalars().all()
+    assert names == ["kept"]

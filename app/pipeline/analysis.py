@@ -6,7 +6,9 @@ call); the services store uses it to refuse a bad action when it is saved.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,6 +23,7 @@ from app.pipeline.schemas import (
     UpdateObjectNode,
     UpdateSecretNode,
     WebRequestNode,
+    parse_action,
 )
 
 
@@ -70,6 +73,37 @@ def referenced_secrets(nodes: list[Any]) -> set[str]:
     names = {segments[1] for _, segments in binding_paths(nodes) if segments[0] == "secrets"}
     names |= {name for _, name in signing_keys(nodes)}
     return names | {name for _, name in update_targets(nodes)}
+
+
+@dataclass(frozen=True)
+class CompiledAction:
+    """A stored action parsed, with what it reads and writes. Shared by every run of the same
+    action text, so nothing may change it (runs keep their state in their `RunContext`)."""
+
+    nodes: tuple[Any, ...]
+    reads: frozenset[str]  # every secret it reads or writes
+    targets: tuple[tuple[str, str], ...]  # (node path, secret) of every `update_secret`
+
+
+_COMPILED: dict[str, CompiledAction] = {}
+_COMPILED_MAX = 512
+
+
+def compile_action(raw: list[dict[str, Any]]) -> CompiledAction:
+    """The action as runs use it, parsed and analysed once per distinct text: parsing and the
+    analysis cost more than a refresh's database work. Keyed by the exact JSON (key order kept:
+    it is the order of form fields and headers), so an edited action is simply another key."""
+    key = json.dumps(raw, separators=(",", ":"))
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        nodes = parse_action(raw)
+        compiled = CompiledAction(
+            tuple(nodes), frozenset(referenced_secrets(nodes)), tuple(update_targets(nodes))
+        )
+        if len(_COMPILED) >= _COMPILED_MAX:
+            del _COMPILED[next(iter(_COMPILED))]  # the oldest
+        _COMPILED[key] = compiled
+    return compiled
 
 
 def assigned_variables(nodes: list[Any]) -> set[str]:

@@ -7,6 +7,7 @@ import logging
 import random
 import re
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
@@ -467,7 +468,7 @@ NODE_RUNNERS: dict[str, type[Any]] = {
 }
 
 
-async def run_block(nodes: list[Any], ctx: RunContext, path: str) -> None:
+async def run_block(nodes: Sequence[Any], ctx: RunContext, path: str) -> None:
     """Run nodes in order, one trace entry each (appended when the node starts)."""
     for index, node in enumerate(nodes):
         node_path = f"{path}[{index}]"
@@ -492,7 +493,7 @@ async def run_block(nodes: list[Any], ctx: RunContext, path: str) -> None:
             entry["duration_ms"] = round((time.perf_counter() - started) * 1000, 2)
 
 
-async def execute(nodes: list[Any], ctx: RunContext) -> None:
+async def execute(nodes: Sequence[Any], ctx: RunContext) -> None:
     """Walk a whole action; `end_execution` ends it early and successfully."""
     try:
         await run_block(nodes, ctx, "action")

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from app.auth.actor import Actor
 from app.auth.dependencies import CurrentActor, refuse, require
 from app.dependencies import KeyringDep, RunnerDep, SessionDep, SettingsDep
-from app.errors import Conflict, InvalidInput
+from app.errors import InvalidInput
 from app.handlers import ErrorResponse
 from app.middleware import received_at
 from app.pipeline.context import RequestData
@@ -129,9 +129,6 @@ async def refresh_secret(
     request: Request,
     actor: CurrentActor,
     runner: RunnerDep,
-    session: SessionDep,
-    keyring: KeyringDep,
-    settings: SettingsDep,
     force: bool = Query(
         False,
         description="Run even though a target is `needs_reauth` (after fixing the grant some "
@@ -146,17 +143,11 @@ async def refresh_secret(
     if not actor.may_hold_any("services.run:"):
         # Refused before the lookup, so no one without run rights learns which secrets exist.
         refuse(actor, "services.run:SLUG")
-    store = SecretStore(session, keyring, settings)
-    found = await store.get(secret)
-    if not found.refresh_endpoint:
-        raise Conflict(
-            f"secret {secret!r} has no refresh_endpoint; bind one with PATCH /v1/secrets/{secret} "
-            '{"refresh_endpoint": "SLUG/READABLE_ID"}'
-        )
-    slug, readable_id = found.refresh_endpoint.split("/", 1)
+    # The secret, its endpoint and the secrets that uses, in one read (no session of the
+    # request's own: none may stay open across the outbound call).
+    prepared = await runner.prepare_refresh(secret)
+    slug, readable_id = prepared.service.slug, prepared.endpoint.readable_id
     ensure_can_run(actor, slug, readable_id)
-    # The request's session must not hold a transaction open across the outbound call.
-    await session.commit()
     outcome = await runner.run_endpoint(
         slug,
         readable_id,
@@ -164,8 +155,8 @@ async def refresh_secret(
         trigger="refresh",
         force=force,
         received_at=received_at(request.scope),
+        prepared=prepared,
     )
-    await session.commit()
     # The run says what it stored; only otherwise (it failed, or it shared or adopted a run
     # that stored nothing for this secret) is the secret's state read again.
     stored = outcome.stored.get(secret)
@@ -173,7 +164,9 @@ async def refresh_secret(
     if stored is not None:
         version, expires_at = stored.version, stored.expires_at
     else:
-        state = await store.describe(await store.get(secret))
+        async with runner.session_factory() as session:
+            store = SecretStore(session, runner.keyring, runner.settings)
+            state = await store.describe(await store.get(secret))
         version, expires_at = state.version, state.expires_at
     result = RefreshResult.model_validate(
         {

@@ -18,7 +18,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -51,10 +51,9 @@ from app.errors import (
 )
 from app.events import Events, RunFinished, SecretStatusChanged, emit_after_commit
 from app.outbound import Outbound
-from app.pipeline.analysis import referenced_secrets, update_targets
+from app.pipeline.analysis import compile_action
 from app.pipeline.context import RequestData, RunContext
 from app.pipeline.nodes import execute
-from app.pipeline.schemas import parse_action
 from app.runs.models import Run, RunSecret
 from app.secrets.models import SecretVersion
 from app.secrets.schemas import ValueWritten
@@ -125,8 +124,8 @@ class PreparedRun:
 
     service: Service
     endpoint: Endpoint
-    nodes: list[Any]
-    targets: list[tuple[str, str]]
+    nodes: Sequence[Any]
+    targets: Sequence[tuple[str, str]]
     secrets: dict[str, LoadedSecret | None]
 
     @property
@@ -197,6 +196,7 @@ class Runner:
         run_id: str | None = None,
         schedule_name: str | None = None,
         received_at: float | None = None,
+        prepared: PreparedRun | None = None,
     ) -> RunOutcome:
         """Run one endpoint end to end; NotFound/MethodNotAllowed are raised, all else is a run.
 
@@ -204,9 +204,10 @@ class Runner:
         already in flight, if there is one; with `received_at` (the `time.monotonic()` its
         request arrived at), also the last run, if that landed after the request arrived. Every
         run goes on to its end even if its caller goes away: its upstream may already have
-        rotated a token.
+        rotated a token. `prepared`: the endpoint as the caller already loaded it (see
+        `prepare_refresh`), instead of loading it again.
         """
-        job = Job(actor, trigger, method, request, force, run_id, schedule_name)
+        job = Job(actor, trigger, method, request, force, run_id, schedule_name, prepared)
         if request is not None or schedule_name is not None:
             # It reads the caller's request, or it is a schedule's tick that must be recorded as
             # that tick: it is nobody else's run.
@@ -337,7 +338,7 @@ class Runner:
         targets were refreshed meanwhile adopts that result instead of calling again.
         """
         try:
-            snapshot = await self._prepare(slug, readable_id, job.method)
+            snapshot = job.prepared or await self._prepare(slug, readable_id, job.method)
             if flight is not None:
                 flight.targets = snapshot.target_names
                 flight.loaded.set()
@@ -380,20 +381,39 @@ class Runner:
 
     # --- loading and checking ----------------------------------------------------------------
 
+    async def prepare_refresh(self, secret: str) -> PreparedRun:
+        """The `refresh_endpoint` of a secret, loaded for a run: the secret, the endpoint and the
+        secrets it uses in one short read-only transaction (a refresh's lookups, all at once).
+        NotFound for an unknown secret, Conflict for one without a refresh endpoint."""
+        async with self.session_factory() as session:
+            found = await SecretStore(session, self.keyring, self.settings).get(secret)
+            if not found.refresh_endpoint:
+                raise Conflict(
+                    f"secret {secret!r} has no refresh_endpoint; bind one with PATCH "
+                    f'/v1/secrets/{secret} {{"refresh_endpoint": "SLUG/READABLE_ID"}}'
+                )
+            slug, readable_id = found.refresh_endpoint.split("/", 1)
+            return await self._load(session, slug, readable_id, None)
+
     async def _prepare(self, slug: str, readable_id: str, method: str | None) -> PreparedRun:
         """Load the endpoint and its secrets in one short read-only transaction."""
         async with self.session_factory() as session:
-            service, endpoint = await ServiceStore(session).get_endpoint(slug, readable_id)
-            if method is not None and method not in endpoint.methods:
-                raise MethodNotAllowed(
-                    f"endpoint {slug}/{readable_id} accepts {', '.join(endpoint.methods)}, "
-                    f"not {method}",
-                    allowed=endpoint.methods,
-                )
-            nodes = parse_action(endpoint.action)
-            store = SecretStore(session, self.keyring, self.settings)
-            secrets = await store.load_for_run(referenced_secrets(nodes))
-            return PreparedRun(service, endpoint, nodes, update_targets(nodes), secrets)
+            return await self._load(session, slug, readable_id, method)
+
+    async def _load(
+        self, session: AsyncSession, slug: str, readable_id: str, method: str | None
+    ) -> PreparedRun:
+        service, endpoint = await ServiceStore(session).get_endpoint(slug, readable_id)
+        if method is not None and method not in endpoint.methods:
+            raise MethodNotAllowed(
+                f"endpoint {slug}/{readable_id} accepts {', '.join(endpoint.methods)}, "
+                f"not {method}",
+                allowed=endpoint.methods,
+            )
+        action = compile_action(endpoint.action)
+        store = SecretStore(session, self.keyring, self.settings)
+        secrets = await store.load_for_run(set(action.reads))
+        return PreparedRun(service, endpoint, action.nodes, action.targets, secrets)
 
     async def _adopt(
         self, snapshot: PreparedRun, now: dict[str, LoadedSecret | None]
@@ -848,6 +868,7 @@ class Job:
     force: bool
     run_id: str | None = None
     schedule_name: str | None = None
+    prepared: PreparedRun | None = None  # loaded by the caller, not yet waited for
 
 
 def _changed(

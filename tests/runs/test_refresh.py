@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import TokenServer, secret_value, setup_oauth
+from tests.conftest import TokenServer, canonical_action, secret_value, setup_oauth
 
 
 class TestCanonicalRefresh:
@@ -32,6 +32,35 @@ class TestCanonicalRefresh:
         assert token_server.state.token_requests == 5
         errors = [r for r in token_server.state.requests if r.get("error")]
         assert errors == []
+
+
+class TestEditedAction:
+    async def test_a_run_uses_the_action_as_it_is_now(
+        self, client: httpx.AsyncClient, token_server: TokenServer
+    ) -> None:
+        # Runs keep parsed actions by their text: an edit must reach the very next run.
+        await setup_oauth(client, token_server)
+        assert (await client.get("/refresh/ACCESS_TOKEN")).json()["status"] == "succeeded"
+
+        async def put_action(action: list[dict[str, Any]]) -> None:
+            endpoint = {"readable_id": "refresh-token", "name": "Refresh", "action": action}
+            response = await client.put(
+                "/v1/services/oauth", json={"name": "OAuth", "endpoints": [endpoint]}
+            )
+            assert response.status_code == 200, response.text
+
+        elsewhere = canonical_action(f"{token_server.url}/no-such-token-endpoint")
+        await put_action(elsewhere)
+        failed = await client.get("/refresh/ACCESS_TOKEN")
+        assert failed.status_code == 502, failed.text
+        assert failed.json()["error"]["upstream_status"] == 404
+        assert token_server.state.token_requests == 1
+
+        await put_action(canonical_action(token_server.token_url))
+        again = await client.get("/refresh/ACCESS_TOKEN")
+        assert again.status_code == 200, again.text
+        assert again.json()["version"] == 2
+        assert token_server.state.token_requests == 2
 
 
 class TestSingleFlight:
