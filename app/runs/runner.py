@@ -18,10 +18,11 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import bindparam, delete, insert, select, text, update
@@ -39,7 +40,6 @@ from app.errors import (
     InternalError,
     MethodNotAllowed,
     NeedsReauth,
-    NotFound,
     PermissionDenied,
     RunFailed,
     SecretLocked,
@@ -386,13 +386,14 @@ class Runner:
         secrets it uses in one short read-only transaction (a refresh's lookups, all at once).
         NotFound for an unknown secret, Conflict for one without a refresh endpoint."""
         async with self.session_factory() as session:
-            found = await SecretStore(session, self.keyring, self.settings).get(secret)
-            if not found.refresh_endpoint:
+            store = SecretStore(session, self.keyring, self.settings)
+            refresh_endpoint = await store.refresh_endpoint(secret)
+            if not refresh_endpoint:
                 raise Conflict(
                     f"secret {secret!r} has no refresh_endpoint; bind one with PATCH "
                     f'/v1/secrets/{secret} {{"refresh_endpoint": "SLUG/READABLE_ID"}}'
                 )
-            slug, readable_id = found.refresh_endpoint.split("/", 1)
+            slug, readable_id = refresh_endpoint.split("/", 1)
             return await self._load(session, slug, readable_id, None)
 
     async def _prepare(self, slug: str, readable_id: str, method: str | None) -> PreparedRun:
@@ -586,13 +587,9 @@ class Runner:
                 kept = True
             if error is None:
                 try:
+                    outcome.response = ctx.redactor.value(ctx.result)
                     async with self.session_factory() as session, session.begin():
-                        outcome.stored = await self._store_writes(session, record)
-                        outcome.response = ctx.redactor.value(ctx.result)
-                        if record.logged:
-                            await self._save_record(session, record, outcome, kept)
-                        elif kept:
-                            await self._drop_record(session, ctx.run_id)
+                        outcome.stored = await self._store_writes(session, record, outcome, kept)
                     return outcome
                 except (TokenfarmError, SQLAlchemyError) as exc:
                     # The transaction rolled back: none of this run's writes stayed.
@@ -663,28 +660,33 @@ class Runner:
         )
 
     async def _store_writes(
-        self, session: AsyncSession, record: RunRecord
+        self, session: AsyncSession, record: RunRecord, outcome: RunOutcome, kept: bool
     ) -> dict[str, ValueWritten]:
-        """Write every pending secret compare-and-set on the version the run started from."""
-        store = SecretStore(session, self.keyring, self.settings)
+        """Write every pending secret compare-and-set on the version the run started from, and
+        record the run as succeeded (or forget its kept answer if it isn't logged)."""
         ctx = record.ctx
-        stored: dict[str, ValueWritten] = {}
-        secrets = await store.get_many(set(ctx.writes))
+        written = sorted(ctx.writes)
+        then: Callable[[Connection], None] | None = None
+        if record.logged:
+            row, completed = self._record_rows(record, outcome, kept)
+            names = sorted(record.prepared.target_names)
+            then = partial(
+                _write_run, row=row, completed=completed, names=names, kept=kept, written=written
+            )
+        elif kept:
+            then = partial(_drop_run, run_id=ctx.run_id)
+        writes = []
         for name, write in ctx.writes.items():
             loaded = record.prepared.secrets[name]
             assert loaded is not None  # the pre-flight check guarantees it
-            secret = secrets.get(name)
-            if secret is None:
-                raise NotFound(f"secret {name!r} does not exist")
-            stored[name] = await store.set_value(
-                secret,
-                write.value,
-                expires_at=write.expires_at,
-                actor=ctx.actor.label,
-                source="run",
-                run_id=ctx.run_id,
-                expected_version=loaded.version,
-            )
+            writes.append((loaded, write.value, write.expires_at))
+        store = SecretStore(session, self.keyring, self.settings)
+        stored = await store.store_run_writes(
+            writes, actor=ctx.actor.label, run_id=ctx.run_id, then=then
+        )
+        for name in written:
+            loaded = record.prepared.secrets[name]
+            assert loaded is not None
             if loaded.secret.status != "ok":
                 emit_after_commit(
                     session,
@@ -767,10 +769,10 @@ class Runner:
             )
         return self.keyring.encrypt({"writes": writes})
 
-    async def _save_record(
-        self, session: AsyncSession, record: RunRecord, outcome: RunOutcome, kept: bool
-    ) -> None:
-        """Complete the run row (inserted now, or kept since the upstream answered)."""
+    def _record_rows(
+        self, record: RunRecord, outcome: RunOutcome, kept: bool
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The run row as first inserted, and the columns that complete it."""
         ctx = record.ctx
         error = outcome.error_body or {}
         completed: dict[str, Any] = {
@@ -785,18 +787,18 @@ class Runner:
         }
         if kept and outcome.status == "succeeded":
             completed["recovery"] = None
-        row = self._run_row(record, outcome, outcome.status)
+        return self._run_row(record, outcome, outcome.status), completed
+
+    async def _save_record(
+        self, session: AsyncSession, record: RunRecord, outcome: RunOutcome, kept: bool
+    ) -> None:
+        """Complete the run row (inserted now, or kept since the upstream answered)."""
+        row, completed = self._record_rows(record, outcome, kept)
         names = sorted(record.prepared.target_names)
         connection = await session.connection()
         await connection.run_sync(
             _write_run, row, completed, names, kept=kept, written=sorted(outcome.written)
         )
-
-    @staticmethod
-    async def _drop_record(session: AsyncSession, run_id: str) -> None:
-        """Forget the kept answer of a stored run that isn't logged (enable_log is off)."""
-        connection = await session.connection()
-        await connection.execute(delete(RUN_TABLE).where(RUN_TABLE.c.id == run_id))
 
 
 # Built once: building and keying a statement costs several times what executing it does.
@@ -811,6 +813,11 @@ _MARK_WRITTEN = (
     )
     .values(written=True)
 )
+
+
+def _drop_run(connection: Connection, run_id: str) -> None:
+    """Forget the kept answer of a stored run that isn't logged (enable_log is off)."""
+    connection.execute(delete(RUN_TABLE).where(RUN_TABLE.c.id == run_id))
 
 
 def _write_run(

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from app.secrets.models import Secret
-
 LEAD_SHARE = 0.1
 """Default lead: this share of a value's lifetime (from when it was written to when it expires)."""
 MIN_LEAD_SECONDS = 30.0
@@ -35,6 +33,28 @@ class Timed(Protocol):
     def updated_at(self) -> datetime: ...
 
 
+class Plannable(Protocol):
+    """What planning needs of a secret (a `Secret`, or a row of its table, is one)."""
+
+    @property
+    def refresh_endpoint(self) -> str | None: ...
+
+    @property
+    def refresh_as(self) -> str | None: ...
+
+    @property
+    def environment_specific(self) -> bool: ...
+
+    @property
+    def locked(self) -> bool: ...
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def refresh_before_expiry_seconds(self) -> int | None: ...
+
+
 @dataclass(frozen=True)
 class ValueTiming:
     """A value's timing as a write leaves it, for planning before the row is updated."""
@@ -43,7 +63,7 @@ class ValueTiming:
     updated_at: datetime
 
 
-def refresh_lead_seconds(secret: Secret, value: Timed) -> float:
+def refresh_lead_seconds(secret: Plannable, value: Timed) -> float:
     """How long before expiry to refresh: the secret's own setting, else 10 % of the lifetime
     (at least 30 s, but never more than half the lifetime).
 
@@ -58,7 +78,7 @@ def refresh_lead_seconds(secret: Secret, value: Timed) -> float:
     return min(max(MIN_LEAD_SECONDS, lifetime * LEAD_SHARE), max(lifetime / 2, 0.0))
 
 
-def refreshes_on_its_own(secret: Secret) -> bool:
+def refreshes_on_its_own(secret: Plannable) -> bool:
     """Whether the scheduler may refresh this secret: bound to an endpoint and an account, and a
     kind of secret a run can write (environment-specific, not locked) that isn't `needs_reauth`."""
     return bool(
@@ -71,7 +91,7 @@ def refreshes_on_its_own(secret: Secret) -> bool:
 
 
 def plan_next_refresh(
-    secret: Secret, value: Timed, now: datetime, *, rng: random.Random | None = None
+    secret: Plannable, value: Timed, now: datetime, *, rng: random.Random | None = None
 ) -> datetime | None:
     """When the scheduler should refresh `value` (None: never on its own), never before `now`."""
     if value.expires_at is None or not refreshes_on_its_own(secret):

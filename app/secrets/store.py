@@ -6,6 +6,7 @@ Services only `flush()`; the request's session commits once at the end.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -123,6 +124,10 @@ _SECRETS_WITH_VALUES = (
     .execution_options(populate_existing=True)
 )
 _UPDATE_SECRET = update(SECRET_TABLE).where(SECRET_TABLE.c.id == bindparam("w_secret_id"))
+_SECRET_ROWS = select(SECRET_TABLE).where(SECRET_TABLE.c.id.in_(bindparam("ids", expanding=True)))
+_REFRESH_ENDPOINT = select(SECRET_TABLE.c.refresh_endpoint).where(
+    SECRET_TABLE.c.name == bindparam("name")
+)
 
 
 def _store_value(connection: Connection, write: _ValueWrite) -> bool:
@@ -158,6 +163,33 @@ def _store_value(connection: Connection, write: _ValueWrite) -> bool:
     return True
 
 
+def _store_run_writes(
+    connection: Connection,
+    writes: list[_ValueWrite],
+    now: datetime,
+    then: Callable[[Connection], None] | None,
+) -> tuple[int, bool] | None:
+    """A run's writes, planned on the secret rows as they are now (read again here: one may
+    have been reconfigured during the run), then `then` (the run's own record).
+
+    None when all is written; else (secret id, whether the secret is gone) of the first write
+    refused: the secret was deleted, or its value is no longer at the version the run read.
+    """
+    ids = [write.secret_id for write in writes]
+    secrets = {row.id: row for row in connection.execute(_SECRET_ROWS, {"ids": ids})}
+    for write in writes:
+        secret = secrets.get(write.secret_id)
+        if secret is None:
+            return write.secret_id, True
+        timing = ValueTiming(write.row["expires_at"], now)
+        write.row["next_refresh_at"] = plan_next_refresh(secret, timing, now)
+        if not _store_value(connection, write):
+            return write.secret_id, False
+    if then is not None:
+        then(connection)
+    return None
+
+
 class SecretStore:
     """Secrets, their values and versions, for one session."""
 
@@ -178,6 +210,17 @@ class SecretStore:
         if secret is None:
             raise NotFound(f"secret {name!r} does not exist")
         return secret
+
+    async def refresh_endpoint(self, name: str) -> str | None:
+        """The `refresh_endpoint` of the secret called `name` (None: unbound), or NotFound."""
+        if not re.fullmatch(SECRET_NAME_PATTERN, name):
+            raise NotFound(f"secret {name!r} does not exist")
+        connection = await self.session.connection()
+        found = (await connection.execute(_REFRESH_ENDPOINT, {"name": name})).one_or_none()
+        if found is None:
+            raise NotFound(f"secret {name!r} does not exist")
+        endpoint: str | None = found.refresh_endpoint
+        return endpoint
 
     async def get_many(self, names: set[str]) -> dict[str, Secret]:
         """The secrets called `names` that exist, by name (one query)."""
@@ -540,6 +583,82 @@ class SecretStore:
         return ValueWritten(
             name=secret.name, version=version, environment=env, expires_at=expires_at
         )
+
+    async def store_run_writes(
+        self,
+        writes: Sequence[tuple[LoadedSecret, Any, datetime | None]],
+        *,
+        actor: str,
+        run_id: str,
+        then: Callable[[Connection], None] | None = None,
+    ) -> dict[str, ValueWritten]:
+        """Store every write of a run, each compare-and-set on the version the run read, then
+        `then` (the run's record): in one greenlet, on Core statements, since every refresh
+        passes here. What `set_value` does for a run's write, for all of them at once.
+
+        (loaded secret, value, expires_at) per write; VersionConflict if a value changed during
+        the run, NotFound if a secret was deleted meanwhile (nothing is written then).
+        """
+        now = utcnow()
+        changes = {
+            "updated_at": now,
+            "status": "ok",
+            "last_error": None,
+            "failure_count": 0,
+            "last_refreshed_at": now,
+        }
+        planned: list[_ValueWrite] = []
+        for loaded, value, expires_at in writes:
+            if value is None:
+                raise InvalidInput("a secret value can't be null; delete the secret instead")
+            if expires_at is not None and expires_at.tzinfo is not None:
+                expires_at = expires_at.astimezone(UTC)
+            planned.append(
+                _ValueWrite(
+                    secret_id=_id(loaded.secret),
+                    environment=loaded.environment,
+                    base_version=loaded.version or None,
+                    row={
+                        "version": loaded.version + 1,
+                        "ciphertext": self.keyring.encrypt(value),
+                        "expires_at": expires_at,
+                        "updated_at": now,
+                        "next_refresh_at": None,  # planned on the secret row as it is now
+                    },
+                    history={"source": "run", "run_id": run_id, "actor": actor, "created_at": now},
+                    secret_changes=changes,
+                    versions_kept=self.settings.versions_kept,
+                )
+            )
+        connection = await self._connection()
+        by_id = {
+            write.secret_id: loaded for (loaded, _, _), write in zip(writes, planned, strict=True)
+        }
+        try:
+            refused = await connection.run_sync(_store_run_writes, planned, now, then)
+        except IntegrityError:
+            # A first value another writer inserted meanwhile (one row per secret/environment).
+            raise VersionConflict(
+                "a secret the run writes was written concurrently; nothing was written"
+            ) from None
+        if refused is not None:
+            secret_id, gone = refused
+            secret = by_id[secret_id].secret
+            if gone:
+                raise NotFound(f"secret {secret.name!r} does not exist")
+            now_at = await self._current(secret, by_id[secret_id].environment)
+            raise self._changed_during_run(
+                secret, by_id[secret_id].version, now_at.version if now_at else 0
+            )
+        return {
+            by_id[write.secret_id].secret.name: ValueWritten(
+                name=by_id[write.secret_id].secret.name,
+                version=write.row["version"],
+                environment=write.environment,
+                expires_at=write.row["expires_at"],
+            )
+            for write in planned
+        }
 
     @staticmethod
     def _changed_during_run(secret: Secret, expected: int, current: int) -> VersionConflict:
