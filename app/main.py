@@ -16,6 +16,7 @@ from app.auth.tokens import TokenService, load_jwt_secret
 from app.config import Settings, get_settings
 from app.configuration.router import router as configuration_router
 from app.crypto import load_keyring
+from app.fastpath import FastPaths
 from app.handlers import install_error_handlers
 from app.health import router as health_router
 from app.logs import configure_logging
@@ -28,7 +29,6 @@ from app.runs.router import router as runs_router
 from app.runtime import runtime, scheduling
 from app.schedules.router import router as schedules_router
 from app.secrets.cache import ValueCache
-from app.secrets.fastpath import CachedValueReads
 from app.secrets.router import router as secrets_router
 from app.services.router import router as services_router
 
@@ -101,7 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         app.include_router(router)
     document_security(app)
-    # Added last is outermost: the request id and access log wrap the cached reads too.
-    app.add_middleware(CachedValueReads)
+    # Added last is outermost: the request id and access log wrap the fast paths too.
+    app.add_middleware(FastPaths)
     app.add_middleware(RequestIdMiddleware)
     return app

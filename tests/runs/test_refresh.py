@@ -6,8 +6,11 @@ import asyncio
 from typing import Any
 
 import httpx
+from fastapi import FastAPI, Request
 
-from tests.conftest import TokenServer, canonical_action, secret_value, setup_oauth
+from app.auth.actor import Actor
+from app.auth.dependencies import current_actor
+from tests.conftest import TokenServer, canonical_action, create_secret, secret_value, setup_oauth
 
 
 class TestCanonicalRefresh:
@@ -117,3 +120,83 @@ class TestDocumentation:
 
         assert response.status_code == 200
         assert "swagger" in response.text.lower()
+
+
+class TestRefreshBeforeRouting:
+    """A caller the actor cache knows is served by `app/fastpath.py` without FastAPI's routing:
+    the same checks and answers as the route, which still answers every error before a run."""
+
+    @staticmethod
+    def count_route_callers(app: FastAPI) -> list[int]:
+        """How often a route resolved its caller (the fast path doesn't)."""
+        resolved: list[int] = []
+
+        async def counted(request: Request) -> Actor:
+            resolved.append(1)
+            return await current_actor(request)
+
+        app.dependency_overrides[current_actor] = counted
+        return resolved
+
+    async def test_a_known_callers_refresh_skips_the_route_and_answers_the_same(
+        self, app: FastAPI, client: httpx.AsyncClient, token_server: TokenServer
+    ) -> None:
+        await setup_oauth(client, token_server)
+        resolved = self.count_route_callers(app)
+        await client.get("/v1/secrets")  # the owner's credential is in the actor cache now
+        assert len(resolved) == 1
+
+        first = await client.get("/refresh/ACCESS_TOKEN")
+        second = await client.get("/refresh/ACCESS_TOKEN")
+        forced = await client.get("/refresh/ACCESS_TOKEN?force=true")  # a query: the route
+
+        assert len(resolved) == 2
+        for number, response in enumerate((first, second, forced), start=1):
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert body["status"] == "succeeded" and body["version"] == number
+            assert set(body) == {
+                "run_id", "status", "error", "response", "coalesced", "adopted",
+                "secret", "version", "expires_at",
+            }  # fmt: skip
+            assert response.headers["x-request-id"]
+        assert token_server.state.token_requests == 3
+        assert token_server.state.is_active(await secret_value(client, "ACCESS_TOKEN"))
+
+    async def test_errors_before_the_run_are_the_routes(
+        self, app: FastAPI, client: httpx.AsyncClient, token_server: TokenServer
+    ) -> None:
+        await setup_oauth(client, token_server)
+        await create_secret(client, "UNBOUND", "x")
+        await client.get("/v1/secrets")
+        resolved = self.count_route_callers(app)
+
+        missing = await client.get("/refresh/NO_SUCH_SECRET")
+        unbound = await client.get("/refresh/UNBOUND")
+
+        assert missing.status_code == 404, missing.text
+        assert missing.json()["error"]["type"] == "not_found"
+        assert unbound.status_code == 409, unbound.text
+        assert "has no refresh_endpoint" in unbound.json()["error"]["message"]
+        assert len(resolved) == 2  # both answered by the route
+        assert token_server.state.token_requests == 0
+
+    async def test_a_failed_run_answers_as_the_route_does(
+        self, app: FastAPI, client: httpx.AsyncClient, token_server: TokenServer
+    ) -> None:
+        await setup_oauth(client, token_server)
+        await client.get("/v1/secrets")
+        resolved = self.count_route_callers(app)
+        token_server.state.queue_faults("invalid_grant")
+
+        failed = await client.get("/refresh/ACCESS_TOKEN")
+        stopped = await client.get("/refresh/ACCESS_TOKEN")
+
+        assert resolved == []
+        assert failed.status_code == 502, failed.text
+        body = failed.json()
+        assert body["status"] == "failed" and body["run_id"]
+        assert body["error"]["oauth_error"] == "invalid_grant"
+        assert stopped.status_code == 409, stopped.text
+        assert stopped.json()["error"]["type"] == "needs_reauth"
+        assert token_server.state.token_requests == 1
