@@ -61,11 +61,23 @@ PLANNED_BY = (
 )
 
 
-@dataclass
+@dataclass(frozen=True)
+class SecretState:
+    """What a run needs of a secret's row: read with Core, not loaded as a `Secret` (every run
+    reads several, and loading ORM objects costs more than the query)."""
+
+    id: int
+    name: str
+    environment_specific: bool
+    locked: bool
+    status: str
+
+
+@dataclass(frozen=True)
 class LoadedSecret:
     """A secret with its current value for one environment, as a run sees it."""
 
-    secret: Secret
+    secret: SecretState
     environment: str
     value: Any
     version: int
@@ -122,6 +134,27 @@ _SECRETS_WITH_VALUES = (
     )
     .where(col(Secret.name).in_(bindparam("names", expanding=True)))
     .execution_options(populate_existing=True)
+)
+_LOAD_FOR_RUN = (
+    select(
+        SECRET_TABLE.c.id,
+        SECRET_TABLE.c.name,
+        SECRET_TABLE.c.environment_specific,
+        SECRET_TABLE.c.locked,
+        SECRET_TABLE.c.status,
+        VALUE_TABLE.c.environment,
+        VALUE_TABLE.c.version,
+        VALUE_TABLE.c.ciphertext,
+        VALUE_TABLE.c.expires_at,
+    )
+    .select_from(
+        SECRET_TABLE.outerjoin(
+            VALUE_TABLE,
+            (VALUE_TABLE.c.secret_id == SECRET_TABLE.c.id)
+            & VALUE_TABLE.c.environment.in_(bindparam("environments", expanding=True)),
+        )
+    )
+    .where(SECRET_TABLE.c.name.in_(bindparam("names", expanding=True)))
 )
 _UPDATE_SECRET = update(SECRET_TABLE).where(SECRET_TABLE.c.id == bindparam("w_secret_id"))
 _SECRET_ROWS = select(SECRET_TABLE).where(SECRET_TABLE.c.id.in_(bindparam("ids", expanding=True)))
@@ -245,7 +278,7 @@ class SecretStore:
             await self.session.flush()
         return await self.session.connection()
 
-    async def _current(self, secret: Secret, environment: str) -> SecretValue | None:
+    async def _current(self, secret: Secret | SecretState, environment: str) -> SecretValue | None:
         return (
             await self.session.execute(
                 select(SecretValue)
@@ -483,15 +516,27 @@ class SecretStore:
 
     async def load_for_run(self, names: set[str]) -> dict[str, LoadedSecret | None]:
         """Secrets a run reads or writes, with their current values in this environment (one
-        query for all of them)."""
+        Core query for all of them)."""
         loaded: dict[str, LoadedSecret | None] = dict.fromkeys(names)
-        for secret, current in await self._with_values(sorted(names)):
-            loaded[secret.name] = LoadedSecret(
-                secret=secret,
-                environment=self.value_environment(secret),
-                value=self.keyring.decrypt(current.ciphertext) if current else None,
-                version=current.version if current else 0,
-                expires_at=current.expires_at if current else None,
+        environments = sorted({self.settings.environment, ALL_ENVIRONMENTS})
+        connection = await self.session.connection()
+        found = await connection.execute(
+            _LOAD_FOR_RUN, {"names": sorted(names), "environments": environments}
+        )
+        for row in found:
+            state = SecretState(row.id, row.name, row.environment_specific, row.locked, row.status)
+            environment = (
+                self.settings.environment if state.environment_specific else ALL_ENVIRONMENTS
+            )
+            matches = row.environment == environment
+            if not matches and loaded[state.name] is not None:
+                continue  # the row of the other environment, after this one's
+            loaded[state.name] = LoadedSecret(
+                secret=state,
+                environment=environment,
+                value=self.keyring.decrypt(row.ciphertext) if matches else None,
+                version=row.version if matches else 0,
+                expires_at=row.expires_at if matches else None,
             )
         return loaded
 
@@ -615,7 +660,7 @@ class SecretStore:
                 expires_at = expires_at.astimezone(UTC)
             planned.append(
                 _ValueWrite(
-                    secret_id=_id(loaded.secret),
+                    secret_id=loaded.secret.id,
                     environment=loaded.environment,
                     base_version=loaded.version or None,
                     row={
@@ -661,7 +706,9 @@ class SecretStore:
         }
 
     @staticmethod
-    def _changed_during_run(secret: Secret, expected: int, current: int) -> VersionConflict:
+    def _changed_during_run(
+        secret: Secret | SecretState, expected: int, current: int
+    ) -> VersionConflict:
         return VersionConflict(
             f"secret {secret.name!r} changed during the run (version {expected} became "
             f"{current}); nothing was written"
