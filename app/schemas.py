@@ -1,11 +1,81 @@
-"""Pieces every domain's request models share."""
+"""Pieces every domain's models share: the strict request model and the error body."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.pipeline.schemas import NODE_TYPES
+
+# Pydantic puts the tag of a discriminated union into an error's location; readers don't want it.
+UNION_TAGS = {*NODE_TYPES, "comparison", "all", "any", "not", "basic", "bearer"}
 
 
 class StrictModel(BaseModel):
     """Unknown fields are refused, so a typo never passes silently."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class InputProblem(BaseModel):
+    """One thing wrong with the input: where, and what to fix."""
+
+    path: str = Field(examples=["endpoints[0].action[2].then[0]"])
+    message: str = Field(examples=["unknown node type 'teleport'"])
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong: a stable `type`, a message for people, and details by type."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(examples=["not_found"])
+    message: str = Field(examples=["secret 'ACCESS_TOKEN' does not exist"])
+    errors: list[InputProblem] | None = Field(
+        None,
+        description="Every problem of a `validation_error` (absent otherwise).",
+        exclude_if=lambda errors: errors is None,
+    )
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response (a failed run adds its `run_id` and `status`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: ErrorDetail
+
+
+def format_location(loc: tuple[Any, ...]) -> str:
+    """`("body", "endpoints", 0, "action", 2, "if", "then", 0)` -> `endpoints[0].action[2].then[0]`.
+
+    The tags pydantic adds for discriminated unions (`"if"` above) are left out.
+    """
+    parts: list[str] = []
+    expect_tag = False
+    for item in loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc:
+        if expect_tag and isinstance(item, str) and item in UNION_TAGS:
+            expect_tag = False
+            continue
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(f".{item}" if parts else str(item))
+        expect_tag = isinstance(item, int) or item in ("condition", "not", "auth")
+    return "".join(parts)
+
+
+def describe_error(error: dict[str, Any]) -> str:
+    """A validation error as a sentence that says what to fix."""
+    ctx = error.get("ctx") or {}
+    if error["type"] == "union_tag_invalid":
+        return f"unknown node type {ctx.get('tag')!r} (known: {', '.join(NODE_TYPES)})"
+    if error["type"] == "union_tag_not_found":
+        return f"every node needs a 'type' (one of: {', '.join(NODE_TYPES)})"
+    if error["type"] == "extra_forbidden":
+        return "unknown field"
+    if error["type"] == "json_invalid":
+        return f"the request body is not valid JSON ({ctx.get('error', 'decode error')})"
+    message = str(error.get("msg", "invalid value"))
+    return message.removeprefix("Value error, ")

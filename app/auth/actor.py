@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from app.errors import NotAuthenticated, PermissionDenied
+
 ActorKind = Literal["user", "service_account", "anonymous", "system"]
 
 
@@ -47,3 +49,20 @@ class Actor:
     def can_write_all(self, secrets: set[str]) -> bool:
         """Whether a run acting for it may write every one of `secrets` (the update rule)."""
         return all(self.can(f"secrets.update_from_service:{name}") for name in secrets)
+
+
+def refuse(actor: Actor, permission: str, alternatives: str = "") -> None:
+    """401 for the anonymous caller (it should log in), 403 naming the permission otherwise."""
+    wanted = f"the permission {permission!r}{alternatives}"
+    if actor.kind == "anonymous":
+        raise NotAuthenticated(
+            f"log in (POST /auth/token) or send an API key: this needs {wanted}",
+            permission=permission,
+        )
+    raise PermissionDenied(f"this needs {wanted}", permission=permission)
+
+
+def ensure(actor: Actor, permission: str) -> None:
+    """Refuse unless the actor holds `permission` (for checks that name a secret or service)."""
+    if not actor.can(permission):
+        refuse(actor, permission)

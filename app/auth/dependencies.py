@@ -19,10 +19,10 @@ from fastapi.security.utils import get_authorization_scheme_param
 
 from app.auth import keys
 from app.auth.accounts import AccountStore
-from app.auth.actor import Actor
+from app.auth.actor import Actor, ensure
 from app.auth.cache import ActorCache
 from app.db import utcnow
-from app.errors import NotAuthenticated, PermissionDenied
+from app.errors import NotAuthenticated
 
 login_scheme = OAuth2PasswordBearer(
     tokenUrl="/auth/token",
@@ -131,23 +131,6 @@ def _calls(dependant: Dependant) -> set[Callable[..., Any]]:
             calls.add(sub.call)
         calls |= _calls(sub)
     return calls
-
-
-def refuse(actor: Actor, permission: str, alternatives: str = "") -> None:
-    """401 for the anonymous caller (it should log in), 403 naming the permission otherwise."""
-    wanted = f"the permission {permission!r}{alternatives}"
-    if actor.kind == "anonymous":
-        raise NotAuthenticated(
-            f"log in (POST /auth/token) or send an API key: this needs {wanted}",
-            permission=permission,
-        )
-    raise PermissionDenied(f"this needs {wanted}", permission=permission)
-
-
-def ensure(actor: Actor, permission: str) -> None:
-    """Refuse unless the actor holds `permission` (for checks that name a secret or service)."""
-    if not actor.can(permission):
-        refuse(actor, permission)
 
 
 def require(permission: str) -> Callable[..., object]:

@@ -34,9 +34,8 @@ from app.db import create_engine, session_factory
 from app.errors import Conflict
 from app.pipeline.schemas import SECRET_NAME_PATTERN
 from app.runs.log import RunLog
-from app.runs.router import RUN_ID_PATTERN
 from app.runs.runner import RunOutcome
-from app.runs.schemas import RecoveryResult, RunSummary
+from app.runs.schemas import RUN_ID_PATTERN, RecoveryResult, RunSummary
 from app.secrets.schemas import SecretRead
 from app.secrets.store import SecretStore
 from app.services.schemas import READABLE_ID_PATTERN, SLUG_PATTERN

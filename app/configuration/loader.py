@@ -18,7 +18,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from app.configuration.document import Document
 from app.errors import InvalidInput
-from app.handlers import UNION_TAGS, describe_error, format_location
+from app.schemas import UNION_TAGS, describe_error, format_location
 
 MAX_DOCUMENT_BYTES = 1024 * 1024
 # Aliases share nodes, so a small file can expand into a huge document ("billion laughs").

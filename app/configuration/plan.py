@@ -20,8 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from app.auth.accounts import AccountStore
-from app.auth.actor import Actor
-from app.auth.dependencies import ensure
+from app.auth.actor import Actor, ensure
 from app.auth.models import Role, ServiceAccount, User, UserRole
 from app.auth.permissions import validate_permissions
 from app.config import Settings

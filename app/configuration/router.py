@@ -16,8 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.auth.actor import Actor
-from app.auth.dependencies import CurrentActor, refuse
+from app.auth.actor import Actor, refuse
+from app.auth.dependencies import CurrentActor
 from app.configuration.apply import apply_document
 from app.configuration.document import MANAGE_PERMISSIONS
 from app.configuration.loader import MAX_DOCUMENT_BYTES, load
@@ -25,7 +25,7 @@ from app.configuration.schemas import DOCUMENT_EXAMPLE, ApplyRequest, ApplyResul
 from app.configuration.values import ValueSource
 from app.dependencies import KeyringDep, SessionDep, SettingsDep
 from app.errors import InvalidInput
-from app.handlers import ErrorResponse
+from app.schemas import ErrorResponse
 
 router = APIRouter(tags=["configuration"])
 BODY_FILE = "<body>"

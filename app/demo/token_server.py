@@ -157,6 +157,9 @@ class TokenServerState:
         # While set, a request that arrives waits (before its grant is checked) until this
         # event is set: tests use it to order what happens while a run awaits its answer.
         self.gate: threading.Event | None = None
+        # How many requests have reached the gate and wait there (or waited): a test waits for
+        # this, not for the request count, before it lets later requests through.
+        self.gated = 0
         self._fault: str | None = None
         self._queued_faults: list[str] = []
         self._token_requests = 0
@@ -837,6 +840,8 @@ def create_token_server(state: TokenServerState) -> ASGIApp:
 
         gate = state.gate
         if gate is not None:
+            with state._lock:
+                state.gated += 1
             await asyncio.to_thread(gate.wait, 30)
         if state.latency_seconds > 0:
             await asyncio.sleep(state.latency_seconds)

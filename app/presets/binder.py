@@ -19,11 +19,11 @@ from app.config import Settings
 from app.crypto import Keyring
 from app.db import utcnow
 from app.errors import Conflict, InvalidInput, NotFound
-from app.handlers import describe_error, format_location
 from app.pipeline.analysis import validate_action
 from app.pipeline.schemas import dump_action
 from app.presets.catalog import PRESETS, ClientAuthParams, Preset, PresetParams
 from app.presets.schemas import RefresherRead, RefresherRequest
+from app.schemas import describe_error, format_location
 from app.secrets.models import Secret
 from app.secrets.schemas import SecretUpdate
 from app.secrets.store import SecretStore

@@ -8,11 +8,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 
-from app.auth.actor import Actor
-from app.auth.dependencies import CurrentActor, refuse, require
+from app.auth.actor import Actor, refuse
+from app.auth.dependencies import CurrentActor, require
 from app.dependencies import KeyringDep, RunnerDep, SessionDep, SettingsDep
 from app.errors import InvalidInput
-from app.handlers import ErrorResponse
 from app.middleware import received_at
 from app.pipeline.context import RequestData
 from app.pipeline.schemas import SECRET_NAME_PATTERN
@@ -20,6 +19,7 @@ from app.runs.log import RunLog
 from app.runs.recovery import Recovery
 from app.runs.runner import PreparedRun, Runner, RunOutcome
 from app.runs.schemas import (
+    RUN_ID_PATTERN,
     RecoveryResult,
     RefreshResult,
     RunDetail,
@@ -28,14 +28,13 @@ from app.runs.schemas import (
     RunSummary,
     RunTrigger,
 )
+from app.schemas import ErrorResponse
 from app.secrets.store import SecretStore
 from app.services.schemas import READABLE_ID_PATTERN, SLUG_PATTERN
 
 router = APIRouter(tags=["runs"])
 # The caller's own credentials are never handed to an action.
 PRIVATE_HEADERS = {"authorization", "cookie", "x-api-key"}
-# Run ids are UUIDs; anything else can't be in the log (and must not reach the database raw).
-RUN_ID_PATTERN = r"^[A-Za-z0-9-]{1,64}$"
 RUN_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in {

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.handlers import ErrorDetail
+from app.schemas import ErrorDetail
 
 RunResultStatus = Literal["succeeded", "failed"]
 # `storing`: the upstream answered and the writes are being stored (a run that stays so died
@@ -18,6 +18,8 @@ RunTrigger = Literal["api", "refresh", "read", "schedule", "expiry"]
 
 
 RUN_ID_EXAMPLE = "0b5c7a9e-3f1d-4c2a-9e8b-6d4f2a1c7e90"
+# Run ids are UUIDs; anything else can't be in the log (and must not reach the database raw).
+RUN_ID_PATTERN = r"^[A-Za-z0-9-]{1,64}$"
 
 
 class RunResult(BaseModel):

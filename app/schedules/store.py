@@ -11,8 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from app.auth.accounts import AccountStore
-from app.auth.actor import Actor
-from app.auth.dependencies import ensure
+from app.auth.actor import Actor, ensure
 from app.db import utcnow
 from app.errors import AlreadyExists, InvalidInput, NotFound
 from app.schedules.cron import check_cron, next_fire, zone

@@ -8,15 +8,15 @@ from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
 from app.auth.accounts import AccountStore
-from app.auth.actor import Actor
-from app.auth.dependencies import CurrentActor, ensure, require
+from app.auth.actor import Actor, ensure
+from app.auth.dependencies import CurrentActor, require
 from app.config import Environment
 from app.dependencies import KeyringDep, SessionDep, SettingsDep
 from app.errors import Conflict, NotFound, PermissionDenied
-from app.handlers import ErrorResponse
 from app.middleware import received_at
 from app.runs.router import ensure_can_run
 from app.runs.runner import Runner, RunOutcome
+from app.schemas import ErrorResponse
 from app.secrets.cache import CachedValue, ValueCache
 from app.secrets.models import Secret
 from app.secrets.schemas import (

@@ -35,13 +35,14 @@ async def add_twin_endpoint(client: httpx.AsyncClient, server: TokenServer) -> N
     assert response.status_code == 200, response.text
 
 
-async def wait_for_token_requests(server: TokenServer, count: int) -> None:
-    """Wait until the token server has received `count` token requests."""
+async def wait_at_gate(server: TokenServer, count: int) -> None:
+    """Wait until `count` token requests wait at the token server's gate (counted ones may not
+    have reached it yet: lifting the gate then would let them through)."""
     for _ in range(1000):
-        if server.state.token_requests >= count:
+        if server.state.gated >= count:
             return
         await asyncio.sleep(0.01)
-    raise AssertionError(f"the token server got {server.state.token_requests} of {count}")
+    raise AssertionError(f"{server.state.gated} of {count} token requests reached the gate")
 
 
 async def refused_grant(client: httpx.AsyncClient, server: TokenServer) -> None:
@@ -188,7 +189,7 @@ class TestLostRace:
         token_server.state.gate = gate
 
         first = asyncio.create_task(client.get("/refresh/ACCESS_TOKEN"))
-        await wait_for_token_requests(token_server, 1)
+        await wait_at_gate(token_server, 1)
         twin = asyncio.create_task(client.get("/api/services/oauth/twin"))
         # The twin waits for its turn behind the first run, which awaits its answer.
         await asyncio.sleep(0.5)
@@ -215,7 +216,7 @@ class TestLostRace:
         gate = threading.Event()
         token_server.state.gate = gate
         twin = asyncio.create_task(client.get("/api/services/oauth/twin"))
-        await wait_for_token_requests(token_server, 1)
+        await wait_at_gate(token_server, 1)
         token_server.state.gate = None
         # Another runner on the same database, sharing no turns with the app's runner.
         state = app.state
