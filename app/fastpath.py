@@ -110,13 +110,14 @@ async def _refresh(
     """Run a refresh as the route would (whether it answered)."""
     runner = scope["app"].state.runner
     name = match["name"]
+    arrived = received_at(scope)
     try:
-        prepared = await start_refresh(actor, runner, name)
+        target = await start_refresh(actor, runner, name, force=False, received_at=arrived)
     except TokenfarmError:
         return False  # nothing ran: the route checks again and answers the error
     try:
         response = await finish_refresh(
-            runner, actor, name, prepared, force=False, received_at=received_at(scope)
+            runner, actor, name, target, force=False, received_at=arrived
         )
     except TokenfarmError as exc:
         response = await tokenfarm_error(Request(scope), exc)

@@ -17,7 +17,7 @@ from app.pipeline.context import RequestData
 from app.pipeline.schemas import SECRET_NAME_PATTERN
 from app.runs.log import RunLog
 from app.runs.recovery import Recovery
-from app.runs.runner import PreparedRun, Runner, RunOutcome
+from app.runs.runner import RefreshTarget, Runner, RunOutcome
 from app.runs.schemas import (
     RUN_ID_PATTERN,
     RecoveryResult,
@@ -139,42 +139,43 @@ async def refresh_secret(
     Concurrent calls share one run. A secret whose grant was refused (`needs_reauth`) answers
     409 without calling anything until a value is set by hand or `force=true` is passed.
     """
-    prepared = await start_refresh(actor, runner, secret)
-    return await finish_refresh(
-        runner, actor, secret, prepared, force=force, received_at=received_at(request.scope)
-    )
+    arrived = received_at(request.scope)
+    target = await start_refresh(actor, runner, secret, force=force, received_at=arrived)
+    return await finish_refresh(runner, actor, secret, target, force=force, received_at=arrived)
 
 
-async def start_refresh(actor: Actor, runner: Runner, secret: str) -> PreparedRun:
+async def start_refresh(
+    actor: Actor, runner: Runner, secret: str, *, force: bool, received_at: float | None
+) -> RefreshTarget:
     """The checks and the lookup of a refresh (nothing is called yet; every error is raised)."""
     if not actor.may_hold_any("services.run:"):
         # Refused before the lookup, so no one without run rights learns which secrets exist.
         refuse(actor, "services.run:SLUG")
     # The secret, its endpoint and the secrets that uses, in one read (no session of the
     # request's own: none may stay open across the outbound call).
-    prepared = await runner.prepare_refresh(secret)
-    ensure_can_run(actor, prepared.service.slug, prepared.endpoint.readable_id)
-    return prepared
+    target = await runner.prepare_refresh(secret, force=force, received_at=received_at)
+    ensure_can_run(actor, target.slug, target.readable_id)
+    return target
 
 
 async def finish_refresh(
     runner: Runner,
     actor: Actor,
     secret: str,
-    prepared: PreparedRun,
+    target: RefreshTarget,
     *,
     force: bool,
     received_at: float | None,
 ) -> JSONResponse:
-    """Run a refresh `start_refresh` allowed, and answer it."""
+    """Run (or share) a refresh `start_refresh` allowed, and answer it."""
     outcome = await runner.run_endpoint(
-        prepared.service.slug,
-        prepared.endpoint.readable_id,
+        target.slug,
+        target.readable_id,
         actor=actor,
         trigger="refresh",
         force=force,
         received_at=received_at,
-        prepared=prepared,
+        prepared=target.prepared,
     )
     # The run says what it stored; only otherwise (it failed, or it shared or adopted a run
     # that stored nothing for this secret) is the secret's state read again.

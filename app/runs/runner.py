@@ -58,8 +58,7 @@ from app.runs.models import Run, RunSecret
 from app.secrets.models import SecretVersion
 from app.secrets.schemas import ValueWritten
 from app.secrets.store import LoadedSecret, SecretStore
-from app.services.models import Endpoint, Service
-from app.services.store import ServiceStore
+from app.services.store import EndpointState, ServiceState, ServiceStore
 
 logger = logging.getLogger("tokenfarm.run")
 RUN_TABLE = Run.__table__  # type: ignore[attr-defined]
@@ -122,8 +121,8 @@ class Flight:
 class PreparedRun:
     """An endpoint loaded for a run, with the secrets it reads and writes."""
 
-    service: Service
-    endpoint: Endpoint
+    service: ServiceState
+    endpoint: EndpointState
     nodes: Sequence[Any]
     targets: Sequence[tuple[str, str]]
     secrets: dict[str, LoadedSecret | None]
@@ -132,6 +131,16 @@ class PreparedRun:
     def target_names(self) -> set[str]:
         """The secrets the action may write."""
         return {name for _, name in self.targets}
+
+
+@dataclass
+class RefreshTarget:
+    """The endpoint a secret's refresh runs; `prepared` is None when a run of it was there to
+    share (if it is gone by the time the caller asks, `run_endpoint` loads it itself)."""
+
+    slug: str
+    readable_id: str
+    prepared: PreparedRun | None
 
 
 def endpoint_turn(slug: str, readable_id: str) -> str:
@@ -213,13 +222,7 @@ class Runner:
             # that tick: it is nobody else's run.
             return await self._detached(self._in_turn(slug, readable_id, job, None))
         key = (slug, readable_id, force)
-        flight = self._flights.get(key)
-        if flight is None and received_at is not None:
-            # A caller whose request arrived while the last run was in the air, but whose turn
-            # to be served came after it landed (a burst queues in the server), shares it too.
-            last = self._landed.get(key)
-            if last is not None and last.landed_at is not None and received_at < last.landed_at:
-                flight = last
+        flight = self._shared_flight(key, received_at)
         if flight is not None and flight.task is not None:
             await flight.loaded.wait()
             if flight.admits(actor) or flight.targets is None:
@@ -247,6 +250,18 @@ class Runner:
         flight.task = task
         task.add_done_callback(landed)
         return await asyncio.shield(task)
+
+    def _shared_flight(
+        self, key: tuple[str, str, bool], received_at: float | None
+    ) -> Flight | None:
+        """The run a caller without request data shares: the one in flight, else the last one
+        if it landed after the caller's request arrived (a burst queues in the server)."""
+        flight = self._flights.get(key)
+        if flight is None and received_at is not None:
+            last = self._landed.get(key)
+            if last is not None and last.landed_at is not None and received_at < last.landed_at:
+                flight = last
+        return flight
 
     async def drain(self, timeout_seconds: float) -> None:
         """Wait (at shutdown) for runs in flight to store what their upstream answered."""
@@ -381,9 +396,12 @@ class Runner:
 
     # --- loading and checking ----------------------------------------------------------------
 
-    async def prepare_refresh(self, secret: str) -> PreparedRun:
+    async def prepare_refresh(
+        self, secret: str, *, force: bool = False, received_at: float | None = None
+    ) -> RefreshTarget:
         """The `refresh_endpoint` of a secret, loaded for a run: the secret, the endpoint and the
-        secrets it uses in one short read-only transaction (a refresh's lookups, all at once).
+        secrets it uses in one short read-only transaction (a refresh's lookups, all at once);
+        not loaded when a run of it is there for this caller to share (`run_endpoint` decides).
         NotFound for an unknown secret, Conflict for one without a refresh endpoint."""
         async with self.session_factory() as session:
             store = SecretStore(session, self.keyring, self.settings)
@@ -394,7 +412,11 @@ class Runner:
                     f'/v1/secrets/{secret} {{"refresh_endpoint": "SLUG/READABLE_ID"}}'
                 )
             slug, readable_id = refresh_endpoint.split("/", 1)
-            return await self._load(session, slug, readable_id, None)
+            if self._shared_flight((slug, readable_id, force), received_at) is not None:
+                # In a burst most callers only join: they skip loading what the run loaded.
+                return RefreshTarget(slug, readable_id, None)
+            prepared = await self._load(session, slug, readable_id, None)
+            return RefreshTarget(slug, readable_id, prepared)
 
     async def _prepare(self, slug: str, readable_id: str, method: str | None) -> PreparedRun:
         """Load the endpoint and its secrets in one short read-only transaction."""

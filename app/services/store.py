@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
@@ -26,15 +28,45 @@ from app.services.schemas import (
 
 # The lookups of every run, built once (building a statement costs more than running it).
 _SERVICE = select(Service).where(col(Service.slug) == bindparam("slug"))
+SERVICE_TABLE = Service.__table__  # type: ignore[attr-defined]
+ENDPOINT_TABLE = Endpoint.__table__  # type: ignore[attr-defined]
 _SERVICE_AND_ENDPOINT = (
-    select(Service, Endpoint)
-    .outerjoin(
-        Endpoint,
-        (col(Endpoint.service_id) == col(Service.id))
-        & (col(Endpoint.readable_id) == bindparam("readable_id")),
+    select(
+        SERVICE_TABLE.c.slug,
+        SERVICE_TABLE.c.variables,
+        ENDPOINT_TABLE.c.readable_id,
+        ENDPOINT_TABLE.c.methods,
+        ENDPOINT_TABLE.c.enable_log,
+        ENDPOINT_TABLE.c.action,
     )
-    .where(col(Service.slug) == bindparam("slug"))
+    .select_from(
+        SERVICE_TABLE.outerjoin(
+            ENDPOINT_TABLE,
+            (ENDPOINT_TABLE.c.service_id == SERVICE_TABLE.c.id)
+            & (ENDPOINT_TABLE.c.readable_id == bindparam("readable_id")),
+        )
+    )
+    .where(SERVICE_TABLE.c.slug == bindparam("slug"))
 )
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """What a run needs of a service (read with Core: loading ORM objects costs more than the
+    query, and every run reads one)."""
+
+    slug: str
+    variables: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class EndpointState:
+    """What a run needs of an endpoint."""
+
+    readable_id: str
+    methods: list[str]
+    enable_log: bool
+    action: list[dict[str, Any]]
 
 
 def _no_service(slug: str) -> NotFound:
@@ -70,19 +102,24 @@ class ServiceStore:
         )
         return list((await self.session.execute(query)).scalars())
 
-    async def get_endpoint(self, slug: str, readable_id: str) -> tuple[Service, Endpoint]:
-        """A service and one of its endpoints, or NotFound naming which is missing."""
+    async def get_endpoint(self, slug: str, readable_id: str) -> tuple[ServiceState, EndpointState]:
+        """A service and one of its endpoints as a run needs them, or NotFound naming which is
+        missing (one query)."""
         _check_slug(slug)
-        found = await self.session.execute(
+        if self.session.new or self.session.dirty or self.session.deleted:
+            await self.session.flush()  # a service added in this transaction counts (apply)
+        connection = await self.session.connection()
+        found = await connection.execute(
             _SERVICE_AND_ENDPOINT, {"slug": slug, "readable_id": readable_id}
         )
         row = found.one_or_none()
         if row is None:
             raise _no_service(slug)
-        service, endpoint = row
-        if endpoint is None:
+        if row.readable_id is None:
             raise NotFound(f"service {slug!r} has no endpoint {readable_id!r}")
-        return service, endpoint
+        return ServiceState(row.slug, row.variables), EndpointState(
+            row.readable_id, row.methods, row.enable_log, row.action
+        )
 
     async def describe(self, service: Service) -> ServiceRead:
         """A service as the API shows it."""
