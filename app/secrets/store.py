@@ -92,7 +92,7 @@ def _id(secret: Secret) -> int:
 
 @dataclass
 class _ValueWrite:
-    """One new version of a value, as `_store_value` writes it."""
+    """One new version of a value, as `_store_values` writes it."""
 
     secret_id: int
     environment: str
@@ -163,37 +163,62 @@ _REFRESH_ENDPOINT = select(SECRET_TABLE.c.refresh_endpoint).where(
 )
 
 
-def _store_value(connection: Connection, write: _ValueWrite) -> bool:
-    """Write the value compare-and-set, its version row and the secret row's changes, and prune
-    the history (False, nothing written: the value is no longer at `base_version`).
+def _store_values(connection: Connection, writes: list[_ValueWrite]) -> int | None:
+    """Write each value compare-and-set (or first-time insert), then every version row, every
+    secret row's changes and the pruning of every history, each kind in one execution. None
+    when all is written; else the index of the first write whose value is no longer at its
+    `base_version` (stop there: the caller rolls the transaction back).
 
     Versions count up by one from 1 with every write and are never reused, so the ones to go
     are simply those at or below `version - versions_kept`.
     """
-    row, version = write.row, write.row["version"]
-    key = {"w_secret_id": write.secret_id, "w_environment": write.environment}
-    if write.base_version is None:
-        connection.execute(
-            _INSERT_VALUE, {"secret_id": write.secret_id, "environment": write.environment, **row}
-        )
-    else:
-        changed = connection.execute(_SET_VALUE, {**key, "w_version": write.base_version, **row})
-        if changed.rowcount != 1:
-            return False
+    if not writes:
+        return None
+    for index, write in enumerate(writes):
+        key = {"w_secret_id": write.secret_id, "w_environment": write.environment}
+        if write.base_version is None:
+            connection.execute(
+                _INSERT_VALUE,
+                {"secret_id": write.secret_id, "environment": write.environment, **write.row},
+            )
+        elif (
+            connection.execute(
+                _SET_VALUE, {**key, "w_version": write.base_version, **write.row}
+            ).rowcount
+            != 1
+        ):
+            return index
+    # No compare-and-set below: one execution each (executemany) for all the writes.
     connection.execute(
         _INSERT_VERSION,
-        {
-            "secret_id": write.secret_id,
-            "environment": write.environment,
-            "version": version,
-            "ciphertext": row["ciphertext"],
-            "expires_at": row["expires_at"],
-            **write.history,
-        },
+        [
+            {
+                "secret_id": write.secret_id,
+                "environment": write.environment,
+                "version": write.row["version"],
+                "ciphertext": write.row["ciphertext"],
+                "expires_at": write.row["expires_at"],
+                **write.history,
+            }
+            for write in writes
+        ],
     )
-    connection.execute(_UPDATE_SECRET, {"w_secret_id": write.secret_id, **write.secret_changes})
-    connection.execute(_PRUNE_VERSIONS, {**key, "w_version": version - write.versions_kept})
-    return True
+    connection.execute(
+        _UPDATE_SECRET,
+        [{"w_secret_id": write.secret_id, **write.secret_changes} for write in writes],
+    )
+    connection.execute(
+        _PRUNE_VERSIONS,
+        [
+            {
+                "w_secret_id": write.secret_id,
+                "w_environment": write.environment,
+                "w_version": write.row["version"] - write.versions_kept,
+            }
+            for write in writes
+        ],
+    )
+    return None
 
 
 def _store_run_writes(
@@ -209,15 +234,17 @@ def _store_run_writes(
     refused: the secret was deleted, or its value is no longer at the version the run read.
     """
     ids = [write.secret_id for write in writes]
-    secrets = {row.id: row for row in connection.execute(_SECRET_ROWS, {"ids": ids})}
+    found = connection.execute(_SECRET_ROWS, {"ids": ids}) if ids else ()
+    secrets = {row.id: row for row in found}
     for write in writes:
         secret = secrets.get(write.secret_id)
         if secret is None:
             return write.secret_id, True
         timing = ValueTiming(write.row["expires_at"], now)
         write.row["next_refresh_at"] = plan_next_refresh(secret, timing, now)
-        if not _store_value(connection, write):
-            return write.secret_id, False
+    refused = _store_values(connection, writes)
+    if refused is not None:
+        return writes[refused].secret_id, False
     if then is not None:
         then(connection)
     return None
@@ -609,7 +636,7 @@ class SecretStore:
         )
         try:
             # One greenlet for the four statements: each awaited call costs more than SQLite.
-            stored = await connection.run_sync(_store_value, write)
+            stored = await connection.run_sync(_store_values, [write]) is None
         except IntegrityError:
             # Two first writes raced on the unique (secret, environment) row.
             stored = False
