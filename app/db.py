@@ -88,15 +88,24 @@ def create_engine(url: str) -> AsyncEngine:
     return engine
 
 
-def create_lock_engine(engine: AsyncEngine) -> AsyncEngine | None:
+def create_lock_engine(engine: AsyncEngine, lock_timeout_seconds: float) -> AsyncEngine | None:
     """On PostgreSQL, a second pool for runs' advisory locks (None on SQLite).
 
     A run holds its endpoint's lock on a connection for its whole turn; a pool of their own
-    means waiting runs can never take every connection the short data transactions need.
+    means waiting runs can never take every connection the short data transactions need. Its
+    connections wait for a lock at most `lock_timeout_seconds` (set once per connection, not
+    per turn: a statement less on every run).
     """
     if engine.dialect.name != "postgresql":
         return None
-    return create_async_engine(engine.url, pool_pre_ping=True, pool_size=10, max_overflow=40)
+    timeout_ms = str(max(int(lock_timeout_seconds * 1000), 1))
+    return create_async_engine(
+        engine.url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=40,
+        connect_args={"server_settings": {"lock_timeout": timeout_ms}},
+    )
 
 
 def session_factory(

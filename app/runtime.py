@@ -46,7 +46,7 @@ async def runtime(settings: Settings, keyring: Keyring) -> AsyncIterator[Runtime
         events=events,
     )
     factory = session_factory(engine, events)
-    lock_engine = create_lock_engine(engine)
+    lock_engine = create_lock_engine(engine, settings.run_deadline_seconds)
     runner = Runner(factory, keyring, outbound, settings, lock_engine=lock_engine, events=events)
     # Webhooks: this process delivers the status changes of its own runs.
     notifier = Notifier(factory, keyring, settings)

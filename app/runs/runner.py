@@ -322,14 +322,13 @@ class Runner:
         if self.lock_engine is None:
             yield False
             return
-        wait_ms = int(self.settings.run_deadline_seconds * 1000)
+        keys = [advisory_key(name) for name in turns]
         try:
             async with self.lock_engine.connect() as connection, connection.begin():
-                await connection.execute(text(f"SET LOCAL lock_timeout = {wait_ms}"))
-                for name in turns:
-                    await connection.execute(
-                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": advisory_key(name)}
-                    )
+                # Every lock in one statement, in the turns' order (no deadlock): the function
+                # runs once per row, after the ordering. The pool's connections carry the
+                # lock_timeout (app/db.py `create_lock_engine`).
+                await connection.execute(_TAKE_TURNS, {"keys": keys})
                 yield True
         except DBAPIError as exc:
             if (
@@ -824,6 +823,10 @@ class Runner:
 
 
 # Built once: building and keying a statement costs several times what executing it does.
+_TAKE_TURNS = text(
+    "SELECT pg_advisory_xact_lock(t.key) "
+    "FROM unnest(CAST(:keys AS bigint[])) WITH ORDINALITY AS t(key, n) ORDER BY t.n"
+)
 _INSERT_RUN = insert(RUN_TABLE)
 _COMPLETE_RUN = update(RUN_TABLE).where(RUN_TABLE.c.id == bindparam("w_id"))
 _INSERT_RUN_SECRET = insert(RUN_SECRET_TABLE)

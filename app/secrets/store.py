@@ -282,11 +282,6 @@ class SecretStore:
         endpoint: str | None = found.refresh_endpoint
         return endpoint
 
-    async def get_many(self, names: set[str]) -> dict[str, Secret]:
-        """The secrets called `names` that exist, by name (one query)."""
-        found = await self.session.execute(_SECRETS_NAMED, {"names": sorted(names)})
-        return {secret.name: secret for secret in found.scalars()}
-
     def value_environment(self, secret: Secret, environment: str | None = None) -> str:
         """Where a value of this secret lives: `*` unless it is environment-specific."""
         if not secret.environment_specific:

@@ -16,11 +16,14 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import text
 
 from app.auth.actor import Actor
 from app.config import Settings
+from app.db import create_lock_engine
+from app.errors import Conflict
 from app.middleware import RequestIdMiddleware, received_at
-from app.runs.runner import Runner, RunOutcome
+from app.runs.runner import Runner, RunOutcome, advisory_key, endpoint_turn
 from tests.auth.conftest import Callers
 from tests.auth.conftest import callers as callers  # the fixture, for this module
 from tests.burst import burst_get
@@ -219,3 +222,44 @@ class TestAcrossReplicas:
         assert any(r.body["adopted"] for r in responses)
         assert token_server.state.is_active(await secret_value(client, "ACCESS_TOKEN"))
         assert token_server.state.is_active(await secret_value(client, "REFRESH_TOKEN"))
+
+    async def test_a_turn_held_past_the_deadline_elsewhere_is_refused_in_time(
+        self, app: FastAPI, client: httpx.AsyncClient, token_server: TokenServer
+    ) -> None:
+        """Another replica's run holds the endpoint's turn: this one waits at most the run
+        deadline (the lock pool's lock_timeout), then answers 409 and calls nothing."""
+        await setup_oauth(client, token_server)
+        settings = app.state.settings.model_copy(update={"run_deadline_seconds": 1.0})
+        lock_engine = create_lock_engine(app.state.engine, settings.run_deadline_seconds)
+        assert lock_engine is not None
+        runner = Runner(
+            app.state.session_factory,
+            app.state.keyring,
+            app.state.runner.outbound,
+            settings,
+            lock_engine=lock_engine,
+        )
+        actor = Actor(kind="system", name="replica", permissions=frozenset({"*"}))
+        key = advisory_key(endpoint_turn("oauth", "refresh-token"))
+        try:
+            async with app.state.engine.connect() as holder:
+                await holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+                started = time.monotonic()
+                with pytest.raises(Conflict, match="still running on another replica after 1 s"):
+                    await asyncio.wait_for(
+                        runner.run_endpoint(
+                            "oauth", "refresh-token", actor=actor, trigger="refresh"
+                        ),
+                        timeout=10,
+                    )
+                waited = time.monotonic() - started
+                await holder.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            assert 0.9 <= waited < 5, waited
+            assert token_server.state.token_requests == 0
+            # With the turn free again, the same runner runs.
+            outcome = await runner.run_endpoint(
+                "oauth", "refresh-token", actor=actor, trigger="refresh"
+            )
+            assert outcome.status == "succeeded", outcome.error_body
+        finally:
+            await lock_engine.dispose()
