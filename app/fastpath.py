@@ -47,27 +47,22 @@ class FastPaths:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        actor = _known_caller(scope)
-        if actor is not None:
+        if scope["type"] == "http" and scope["method"] == "GET":
             value = VALUE_PATH.fullmatch(scope["path"])
-            if value is not None:
-                if await _cached_read(scope, send, actor, value["name"]):
+            refresh = None if value is not None else REFRESH_PATH.fullmatch(scope["path"])
+            actor = _known_caller(scope) if value or refresh else None
+            if actor is not None:
+                if value is not None and await _cached_read(scope, send, actor, value["name"]):
                     return
-            else:
-                refresh = REFRESH_PATH.fullmatch(scope["path"])
                 if refresh is not None and await _refresh(scope, receive, send, actor, refresh):
                     return
         await self.app(scope, receive, send)
 
 
 def _known_caller(scope: Scope) -> Actor | None:
-    """The caller of a plain GET with one bearer credential the actor cache knows, else None."""
-    if (
-        scope["type"] != "http"
-        or scope["method"] != "GET"
-        or scope.get("query_string")
-        or scope.get("root_path")
-    ):
+    """The caller of a plain GET (no query string) with one bearer credential the actor cache
+    knows, else None."""
+    if scope.get("query_string") or scope.get("root_path"):
         return None
     authorization = None
     for key, value in scope["headers"]:
