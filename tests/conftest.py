@@ -277,6 +277,16 @@ def token_server(
     return TokenServer(state=state, url=server.url)
 
 
+async def wait_at_gate(server: TokenServer, count: int) -> None:
+    """Wait until `count` token requests wait at the token server's gate (counted ones may not
+    have reached it yet: lifting the gate then would let them through)."""
+    for _ in range(1000):
+        if server.state.gated >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{server.state.gated} of {count} token requests reached the gate")
+
+
 def canonical_action(token_url: str) -> list[dict[str, Any]]:
     """The DESIGN.md action (plus an else-throw), pointed at a token URL."""
     import copy

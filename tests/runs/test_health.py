@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from app.auth.actor import Actor
 from app.runs.runner import Runner
-from tests.conftest import CLIENT_ID, TokenServer, secret_value, setup_oauth
+from tests.conftest import CLIENT_ID, TokenServer, secret_value, setup_oauth, wait_at_gate
 
 
 async def metadata(client: httpx.AsyncClient, name: str) -> dict[str, Any]:
@@ -33,16 +33,6 @@ async def add_twin_endpoint(client: httpx.AsyncClient, server: TokenServer) -> N
         json={key: service[key] for key in ("name", "variables", "endpoints")},
     )
     assert response.status_code == 200, response.text
-
-
-async def wait_at_gate(server: TokenServer, count: int) -> None:
-    """Wait until `count` token requests wait at the token server's gate (counted ones may not
-    have reached it yet: lifting the gate then would let them through)."""
-    for _ in range(1000):
-        if server.state.gated >= count:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{server.state.gated} of {count} token requests reached the gate")
 
 
 async def refused_grant(client: httpx.AsyncClient, server: TokenServer) -> None:
@@ -156,19 +146,19 @@ class TestLostRace:
     ) -> None:
         """invalid_grant, but the stored refresh token changed since the run began."""
         await setup_oauth(client, token_server)
-        # Generous (loaded machines are slow to start the run), under the action's 1 s timeout.
-        token_server.state.latency_seconds = 0.75
         token_server.state.queue_faults("invalid_grant")
         fresh = token_server.state.issue_refresh_token(CLIENT_ID)
+        gate = threading.Event()
+        token_server.state.gate = gate
 
-        async def replace_refresh_token() -> None:
-            await asyncio.sleep(0.3)  # the run has loaded the old one and is waiting upstream
-            response = await client.put("/v1/secrets/REFRESH_TOKEN/value", json={"value": fresh})
-            assert response.status_code == 200, response.text
-
-        response, _ = await asyncio.gather(
-            client.get("/refresh/ACCESS_TOKEN"), replace_refresh_token()
-        )
+        refreshing = asyncio.create_task(client.get("/refresh/ACCESS_TOKEN"))
+        # The run has loaded the old refresh token and waits for the upstream's answer.
+        await wait_at_gate(token_server, 1)
+        replaced = await client.put("/v1/secrets/REFRESH_TOKEN/value", json={"value": fresh})
+        assert replaced.status_code == 200, replaced.text
+        token_server.state.gate = None
+        gate.set()
+        response = await refreshing
 
         assert response.status_code == 409, response.text
         error = response.json()["error"]
@@ -177,7 +167,6 @@ class TestLostRace:
         for name in ("ACCESS_TOKEN", "REFRESH_TOKEN"):
             assert (await metadata(client, name))["status"] == "ok"
         assert await secret_value(client, "REFRESH_TOKEN") == fresh
-        token_server.state.latency_seconds = 0
         assert (await client.get("/refresh/ACCESS_TOKEN")).status_code == 200
 
     async def test_endpoints_writing_the_same_secrets_take_turns(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from pathlib import Path
 
 import asyncpg
@@ -16,7 +17,7 @@ from app.config import Settings
 from tests.auth.conftest import Callers
 from tests.auth.conftest import callers as callers  # the fixture, for this module
 from tests.burst import burst_get
-from tests.conftest import TokenServer, secret_value, setup_oauth
+from tests.conftest import TokenServer, secret_value, setup_oauth, wait_at_gate
 from tests.processes import kill_hard, replica_env, run_cli, server_process
 
 
@@ -31,16 +32,15 @@ async def rotate_once(client: httpx.AsyncClient, server: TokenServer) -> None:
 async def conflicted_run(client: httpx.AsyncClient, server: TokenServer) -> httpx.Response:
     """A refresh whose writes lose their compare-and-set: ACCESS_TOKEN is set by hand mid-run."""
     await rotate_once(client, server)
-    # Generous margins: on a loaded machine the run may take a while to reach the token server.
-    server.state.latency_seconds = 0.75  # under the action's 1 s timeout
-
-    async def set_by_hand() -> None:
-        await asyncio.sleep(0.3)
-        response = await client.put("/v1/secrets/ACCESS_TOKEN/value", json={"value": "by-hand"})
-        assert response.status_code == 200, response.text
-
-    response, _ = await asyncio.gather(client.get("/refresh/ACCESS_TOKEN"), set_by_hand())
-    server.state.latency_seconds = 0
+    gate = threading.Event()
+    server.state.gate = gate
+    refreshing = asyncio.create_task(client.get("/refresh/ACCESS_TOKEN"))
+    await wait_at_gate(server, 1)  # the run has read ACCESS_TOKEN's version and waits upstream
+    by_hand = await client.put("/v1/secrets/ACCESS_TOKEN/value", json={"value": "by-hand"})
+    assert by_hand.status_code == 200, by_hand.text
+    server.state.gate = None
+    gate.set()
+    response = await refreshing
     assert response.status_code == 409, response.text
     return response
 
