@@ -7,6 +7,7 @@ still waiting for it.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import Counter
 from contextlib import ExitStack
@@ -27,7 +28,7 @@ from app.runs.runner import Runner, RunOutcome, advisory_key, endpoint_turn
 from tests.auth.conftest import Callers
 from tests.auth.conftest import callers as callers  # the fixture, for this module
 from tests.burst import burst_get
-from tests.conftest import TokenServer, secret_value, setup_oauth
+from tests.conftest import TokenServer, secret_value, setup_oauth, wait_at_gate
 from tests.processes import replica_env, server_process
 
 BURST = 100
@@ -99,14 +100,17 @@ class TestInOneProcess:
     ) -> None:
         """The upstream may already have rotated the token: the run must store it anyway."""
         await setup_oauth(client, token_server)
-        token_server.state.latency_seconds = 0.3
+        gate = threading.Event()
+        token_server.state.gate = gate
 
         caller = asyncio.ensure_future(client.get("/refresh/ACCESS_TOKEN"))
-        await asyncio.sleep(0.1)
+        await wait_at_gate(token_server, 1)  # the run's token request is at the upstream
         caller.cancel()
         with pytest.raises(asyncio.CancelledError):
             await caller
-        # The run answers after 0.3 s and then stores; under load storing can take a while.
+        token_server.state.gate = None
+        gate.set()
+        # The upstream answers now and the run stores; under load storing can take a while.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if await secret_value(client, "ACCESS_TOKEN") is not None:
