@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Column, DateTime, Dialect, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -116,6 +117,14 @@ def session_factory(
     return async_sessionmaker(
         engine, expire_on_commit=False, info={EVENTS_KEY: events} if events else None
     )
+
+
+async def flushed_connection(session: AsyncSession) -> AsyncConnection:
+    """The session's connection for Core statements, after its pending ORM changes are flushed
+    (Core statements don't autoflush: a row added in this transaction must be there for them)."""
+    if session.new or session.dirty or session.deleted:
+        await session.flush()
+    return await session.connection()
 
 
 NAMING_CONVENTION = {

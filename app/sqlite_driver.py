@@ -11,7 +11,7 @@ open: every pooled connection is rolled back when it is returned, and a read-onl
 began one (sqlite3 begins a transaction only before a write).
 
 It reaches into `aiosqlite.Connection._execute` and `._conn`, as SQLAlchemy's own adapter does
-(`_tx`, `_conn`); tests/test_db.py checks it against the installed aiosqlite.
+(`_tx`, `_conn`); tests/test_sqlite_driver.py checks it against the installed aiosqlite.
 """
 
 from __future__ import annotations

@@ -689,11 +689,7 @@ class Runner:
         written = sorted(ctx.writes)
         then: Callable[[Connection], None] | None = None
         if record.logged:
-            row, completed = self._record_rows(record, outcome, kept)
-            names = sorted(record.prepared.target_names)
-            then = partial(
-                _write_run, row=row, completed=completed, names=names, kept=kept, written=written
-            )
+            then = self._record_op(record, outcome, kept, written)
         elif kept:
             then = partial(_drop_run, run_id=ctx.run_id)
         writes = []
@@ -790,10 +786,11 @@ class Runner:
             )
         return self.keyring.encrypt({"writes": writes})
 
-    def _record_rows(
-        self, record: RunRecord, outcome: RunOutcome, kept: bool
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The run row as first inserted, and the columns that complete it."""
+    def _record_op(
+        self, record: RunRecord, outcome: RunOutcome, kept: bool, written: list[str]
+    ) -> Callable[[Connection], None]:
+        """What completes the run row (inserted now, or kept since the upstream answered), for
+        a connection: the run row as first inserted and the columns that complete it."""
         ctx = record.ctx
         error = outcome.error_body or {}
         completed: dict[str, Any] = {
@@ -808,18 +805,21 @@ class Runner:
         }
         if kept and outcome.status == "succeeded":
             completed["recovery"] = None
-        return self._run_row(record, outcome, outcome.status), completed
+        return partial(
+            _write_run,
+            row=self._run_row(record, outcome, outcome.status),
+            completed=completed,
+            names=sorted(record.prepared.target_names),
+            kept=kept,
+            written=written,
+        )
 
     async def _save_record(
         self, session: AsyncSession, record: RunRecord, outcome: RunOutcome, kept: bool
     ) -> None:
         """Complete the run row (inserted now, or kept since the upstream answered)."""
-        row, completed = self._record_rows(record, outcome, kept)
-        names = sorted(record.prepared.target_names)
         connection = await session.connection()
-        await connection.run_sync(
-            _write_run, row, completed, names, kept=kept, written=sorted(outcome.written)
-        )
+        await connection.run_sync(self._record_op(record, outcome, kept, sorted(outcome.written)))
 
 
 # Built once: building and keying a statement costs several times what executing it does.
@@ -829,6 +829,7 @@ _TAKE_TURNS = text(
 )
 _INSERT_RUN = insert(RUN_TABLE)
 _COMPLETE_RUN = update(RUN_TABLE).where(RUN_TABLE.c.id == bindparam("w_id"))
+_DROP_RUN = delete(RUN_TABLE).where(RUN_TABLE.c.id == bindparam("w_id"))
 _INSERT_RUN_SECRET = insert(RUN_SECRET_TABLE)
 _MARK_WRITTEN = (
     update(RUN_SECRET_TABLE)
@@ -842,7 +843,7 @@ _MARK_WRITTEN = (
 
 def _drop_run(connection: Connection, run_id: str) -> None:
     """Forget the kept answer of a stored run that isn't logged (enable_log is off)."""
-    connection.execute(delete(RUN_TABLE).where(RUN_TABLE.c.id == run_id))
+    connection.execute(_DROP_RUN, {"w_id": run_id})
 
 
 def _write_run(

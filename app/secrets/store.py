@@ -22,7 +22,7 @@ from app.auth.accounts import AccountStore
 from app.auth.actor import Actor
 from app.config import Settings
 from app.crypto import Keyring
-from app.db import utcnow
+from app.db import flushed_connection, utcnow
 from app.errors import (
     AlreadyExists,
     Conflict,
@@ -101,6 +101,71 @@ class _ValueWrite:
     history: dict[str, Any]  # the version row's columns besides the value's
     secret_changes: dict[str, Any]  # the secret row's changed columns
     versions_kept: int
+
+    @classmethod
+    def of(
+        cls,
+        secret_id: int,
+        environment: str,
+        *,
+        base_version: int | None,
+        version: int,
+        ciphertext: str,
+        expires_at: datetime | None,
+        next_refresh_at: datetime | None,
+        source: str,
+        run_id: str | None,
+        actor: str | None,
+        now: datetime,
+        versions_kept: int,
+    ) -> _ValueWrite:
+        """The write of one new version, with what it changes on the secret row."""
+        return cls(
+            secret_id=secret_id,
+            environment=environment,
+            base_version=base_version,
+            row={
+                "version": version,
+                "ciphertext": ciphertext,
+                "expires_at": expires_at,
+                "updated_at": now,
+                "next_refresh_at": next_refresh_at,
+            },
+            history={"source": source, "run_id": run_id, "actor": actor, "created_at": now},
+            secret_changes=_secret_changes(source, now),
+            versions_kept=versions_kept,
+        )
+
+
+def _secret_changes(source: str, now: datetime) -> dict[str, Any]:
+    """What a write changes on the secret row: a value set by hand is a fresh start, and one a
+    run wrote is a refresh that worked (the runner marks its targets so too), so the plan of
+    the next refresh must not see an old status."""
+    changes: dict[str, Any] = {"updated_at": now}
+    if source in FRESH_START_SOURCES or source == "run":
+        changes.update(status="ok", last_error=None, failure_count=0)
+    if source == "run":
+        changes["last_refreshed_at"] = now
+    return changes
+
+
+def _checked_value(value: Any, expires_at: datetime | None) -> datetime | None:
+    """Refuse a null value; the expiry in UTC, as every later read will say it."""
+    if value is None:
+        raise InvalidInput("a secret value can't be null; delete the secret instead")
+    if expires_at is not None and expires_at.tzinfo is not None:
+        return expires_at.astimezone(UTC)
+    return expires_at
+
+
+def _check_name(name: str) -> None:
+    """No secret can have a name off the pattern; and PostgreSQL would refuse some (NUL)."""
+    if not re.fullmatch(SECRET_NAME_PATTERN, name):
+        raise _no_secret(name)
+
+
+def _no_secret(name: str) -> NotFound:
+    return NotFound(f"secret {name!r} does not exist")
 
 
 # The statements of every write, built once: building and keying a statement costs several
@@ -262,23 +327,20 @@ class SecretStore:
 
     async def get(self, name: str) -> Secret:
         """The secret called `name`, or NotFound."""
-        if not re.fullmatch(SECRET_NAME_PATTERN, name):
-            # No secret can have this name; and PostgreSQL would refuse some (NUL) outright.
-            raise NotFound(f"secret {name!r} does not exist")
+        _check_name(name)
         found = await self.session.execute(_SECRETS_NAMED, {"names": [name]})
         secret = found.scalar_one_or_none()
         if secret is None:
-            raise NotFound(f"secret {name!r} does not exist")
+            raise _no_secret(name)
         return secret
 
     async def refresh_endpoint(self, name: str) -> str | None:
         """The `refresh_endpoint` of the secret called `name` (None: unbound), or NotFound."""
-        if not re.fullmatch(SECRET_NAME_PATTERN, name):
-            raise NotFound(f"secret {name!r} does not exist")
+        _check_name(name)
         connection = await self.session.connection()
         found = (await connection.execute(_REFRESH_ENDPOINT, {"name": name})).one_or_none()
         if found is None:
-            raise NotFound(f"secret {name!r} does not exist")
+            raise _no_secret(name)
         endpoint: str | None = found.refresh_endpoint
         return endpoint
 
@@ -294,11 +356,9 @@ class SecretStore:
         return environment or self.settings.environment
 
     async def _connection(self) -> AsyncConnection:
-        """The session's connection for Core statements, after pending ORM changes are flushed
-        (a secret created in this transaction must exist before its value refers to it)."""
-        if self.session.new or self.session.dirty or self.session.deleted:
-            await self.session.flush()
-        return await self.session.connection()
+        """The session's connection for Core statements (a secret created in this transaction
+        must exist before its value refers to it)."""
+        return await flushed_connection(self.session)
 
     async def _current(self, secret: Secret | SecretState, environment: str) -> SecretValue | None:
         return (
@@ -339,11 +399,10 @@ class SecretStore:
         self, name: str, environment: str | None = None
     ) -> tuple[Secret, SecretValue | None]:
         """The secret called `name` and its current value where `environment` says (one query)."""
-        if not re.fullmatch(SECRET_NAME_PATTERN, name):
-            raise NotFound(f"secret {name!r} does not exist")
+        _check_name(name)
         found = await self._with_values([name], environment)
         if not found:
-            raise NotFound(f"secret {name!r} does not exist")
+            raise _no_secret(name)
         return found[0]
 
     async def describe(self, secret: Secret) -> SecretRead:
@@ -575,17 +634,13 @@ class SecretStore:
         expected_version: int | None = None,
     ) -> ValueWritten:
         """Write a new version; with `expected_version`, only if the current one is still that."""
-        if value is None:
-            raise InvalidInput("a secret value can't be null; delete the secret instead")
+        expires_at = _checked_value(value, expires_at)
         env = self.value_environment(secret, environment)
-        if expires_at is not None and expires_at.tzinfo is not None:
-            # Stored in UTC; the answer should say it the way every later read will.
-            expires_at = expires_at.astimezone(UTC)
         ciphertext = self.keyring.encrypt(value)
         now = utcnow()
         if expected_version:
-            # A run's compare-and-set on the version it read: no need to read it again, the
-            # update below only matches that version.
+            # A compare-and-set on the version the caller read (a recovery): no need to read it
+            # again, the update below only matches that version.
             current_version, exists = expected_version, True
         else:
             current = await self._current(secret, env)
@@ -594,16 +649,22 @@ class SecretStore:
             if expected_version is not None and expected_version != current_version:
                 raise self._changed_during_run(secret, expected_version, current_version)
         version = current_version + 1
-        # What the write changes on the secret row: a value set by hand is a fresh start, and
-        # one a run wrote is a refresh that worked (the runner marks its targets so too), so the
-        # plan below must not see an old status.
-        changes: dict[str, Any] = {"updated_at": now}
-        if source in FRESH_START_SOURCES or source == "run":
-            changes.update(status="ok", last_error=None, failure_count=0)
-        if source == "run":
-            changes["last_refreshed_at"] = now
+        write = _ValueWrite.of(
+            _id(secret),
+            env,
+            base_version=current_version if exists else None,
+            version=version,
+            ciphertext=ciphertext,
+            expires_at=expires_at,
+            next_refresh_at=None,  # planned below, on the secret as the write leaves it
+            source=source,
+            run_id=run_id,
+            actor=actor,
+            now=now,
+            versions_kept=self.settings.versions_kept,
+        )
         # Core statements on the session's connection: the unit of work would cost more than
-        # the statements themselves (this is every refresh's path).
+        # the statements themselves (a run's writes take `store_run_writes`, the same way).
         connection = await self._connection()
         if source in FRESH_START_SOURCES and secret.status != "ok":
             # A person (or a recovery) set it right: whoever listens hears it has recovered.
@@ -611,24 +672,10 @@ class SecretStore:
                 self.session,
                 SecretStatusChanged(secret.name, secret.status, "ok", 0, None, run_id, now),
             )
-        for key, new_value in changes.items():
+        for key, new_value in write.secret_changes.items():
             # Stored by the UPDATE below, not by a flush.
             set_committed_value(secret, key, new_value)
-        write = _ValueWrite(
-            secret_id=_id(secret),
-            environment=env,
-            base_version=current_version if exists else None,
-            row={
-                "version": version,
-                "ciphertext": ciphertext,
-                "expires_at": expires_at,
-                "updated_at": now,
-                "next_refresh_at": plan_next_refresh(secret, ValueTiming(expires_at, now), now),
-            },
-            history={"source": source, "run_id": run_id, "actor": actor, "created_at": now},
-            secret_changes=changes,
-            versions_kept=self.settings.versions_kept,
-        )
+        write.row["next_refresh_at"] = plan_next_refresh(secret, ValueTiming(expires_at, now), now)
         try:
             # One greenlet for the four statements: each awaited call costs more than SQLite.
             stored = await connection.run_sync(_store_values, [write]) is None
@@ -667,36 +714,23 @@ class SecretStore:
         the run, NotFound if a secret was deleted meanwhile (nothing is written then).
         """
         now = utcnow()
-        changes = {
-            "updated_at": now,
-            "status": "ok",
-            "last_error": None,
-            "failure_count": 0,
-            "last_refreshed_at": now,
-        }
-        planned: list[_ValueWrite] = []
-        for loaded, value, expires_at in writes:
-            if value is None:
-                raise InvalidInput("a secret value can't be null; delete the secret instead")
-            if expires_at is not None and expires_at.tzinfo is not None:
-                expires_at = expires_at.astimezone(UTC)
-            planned.append(
-                _ValueWrite(
-                    secret_id=loaded.secret.id,
-                    environment=loaded.environment,
-                    base_version=loaded.version or None,
-                    row={
-                        "version": loaded.version + 1,
-                        "ciphertext": self.keyring.encrypt(value),
-                        "expires_at": expires_at,
-                        "updated_at": now,
-                        "next_refresh_at": None,  # planned on the secret row as it is now
-                    },
-                    history={"source": "run", "run_id": run_id, "actor": actor, "created_at": now},
-                    secret_changes=changes,
-                    versions_kept=self.settings.versions_kept,
-                )
+        planned = [
+            _ValueWrite.of(
+                loaded.secret.id,
+                loaded.environment,
+                base_version=loaded.version or None,
+                version=loaded.version + 1,
+                ciphertext=self.keyring.encrypt(value),
+                expires_at=_checked_value(value, expires_at),
+                next_refresh_at=None,  # planned on the secret row as it is now
+                source="run",
+                run_id=run_id,
+                actor=actor,
+                now=now,
+                versions_kept=self.settings.versions_kept,
             )
+            for loaded, value, expires_at in writes
+        ]
         connection = await self._connection()
         by_id = {
             write.secret_id: loaded for (loaded, _, _), write in zip(writes, planned, strict=True)
@@ -712,19 +746,19 @@ class SecretStore:
             secret_id, gone = refused
             secret = by_id[secret_id].secret
             if gone:
-                raise NotFound(f"secret {secret.name!r} does not exist")
+                raise _no_secret(secret.name)
             now_at = await self._current(secret, by_id[secret_id].environment)
             raise self._changed_during_run(
                 secret, by_id[secret_id].version, now_at.version if now_at else 0
             )
         return {
-            by_id[write.secret_id].secret.name: ValueWritten(
-                name=by_id[write.secret_id].secret.name,
+            loaded.secret.name: ValueWritten(
+                name=loaded.secret.name,
                 version=write.row["version"],
                 environment=write.environment,
                 expires_at=write.row["expires_at"],
             )
-            for write in planned
+            for (loaded, _, _), write in zip(writes, planned, strict=True)
         }
 
     @staticmethod

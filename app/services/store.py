@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from app.db import utcnow
+from app.db import flushed_connection, utcnow
 from app.errors import AlreadyExists, Conflict, NotFound
 from app.pipeline.analysis import validate_action
 from app.pipeline.schemas import dump_action
@@ -106,9 +106,8 @@ class ServiceStore:
         """A service and one of its endpoints as a run needs them, or NotFound naming which is
         missing (one query)."""
         _check_slug(slug)
-        if self.session.new or self.session.dirty or self.session.deleted:
-            await self.session.flush()  # a service added in this transaction counts (apply)
-        connection = await self.session.connection()
+        # A service added in this transaction counts (apply).
+        connection = await flushed_connection(self.session)
         found = await connection.execute(
             _SERVICE_AND_ENDPOINT, {"slug": slug, "readable_id": readable_id}
         )
