@@ -1,9 +1,10 @@
-# One command each: `make run` starts tokenfarm on SQLite with a demo; `make test` runs every test.
+# One command each: `make run` starts tokenfarm on SQLite with a demo; `make test` runs every test;
+# `make docs` builds docs/ into site/ (strict: a broken link fails it).
 VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
 
-.PHONY: install run test lint clean
+.PHONY: install run test lint docs clean
 
 $(BIN)/tokenfarm: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,5 +24,8 @@ lint: install
 	$(BIN)/ruff check app tests migrations
 	$(BIN)/mypy app
 
+docs: install
+	$(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) data site .pytest_cache .mypy_cache .ruff_cache
