@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.auth.dependencies import bearer_token
+from app.auth.permissions import secret_read
 from app.errors import TokenfarmError
 from app.handlers import tokenfarm_error
 from app.middleware import received_at
@@ -79,7 +80,7 @@ def _known_caller(scope: Scope) -> Actor | None:
 
 async def _cached_read(scope: Scope, send: Send, actor: Actor, name: str) -> bool:
     """Answer a value read from the value cache (whether it did)."""
-    if not actor.can(f"secrets.read:{name}"):
+    if not actor.can(secret_read(name)):
         return False
     value_cache: ValueCache = scope["app"].state.value_cache
     body = value_cache.answer(name, None, None)

@@ -33,6 +33,7 @@ from sqlmodel import col, select
 
 from app import __version__
 from app.auth.dependencies import require
+from app.auth.permissions import Permission
 from app.db import utcnow
 from app.events import Event, RunFinished, SchedulerLag, SecretStatusChanged, UpstreamCall
 from app.schedules.models import Schedule
@@ -253,7 +254,7 @@ async def schedule_families(session: AsyncSession, now: datetime) -> list[Metric
 
 @router.get(
     "/metrics",
-    dependencies=[Depends(require("metrics.read"))],
+    dependencies=[Depends(require(Permission.METRICS_READ))],
     response_class=Response,
     responses={
         200: {

@@ -11,10 +11,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from app.auth import keys
-from app.auth.actor import Actor, permission_matches
+from app.auth.actor import Actor
 from app.auth.models import ApiKey, Role, ServiceAccount, ServiceAccountRole, User, UserRole
 from app.auth.passwords import MIN_PASSWORD_LENGTH, hash_password, verify_password
-from app.auth.permissions import ensure_may_grant, validate_permissions
+from app.auth.permissions import (
+    Permission,
+    ensure_may_grant,
+    permission_matches,
+    validate_permissions,
+)
 from app.auth.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -56,7 +61,7 @@ def _id(row: User | ServiceAccount | Role) -> int:
 def _ensure_fit_for_anonymous(permissions: list[str]) -> None:
     """Opening an endpoint to everyone is a choice; opening account management never is."""
     for permission in permissions:
-        if permission_matches(permission, "accounts.manage"):
+        if permission_matches(permission, Permission.ACCOUNTS_MANAGE):
             raise Conflict(
                 f"the anonymous role can't hold {permission!r}: callers without a credential "
                 "must never manage accounts"

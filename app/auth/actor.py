@@ -5,16 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from app.auth.permissions import permission_matches, secret_update_from_service, service_run
 from app.errors import NotAuthenticated, PermissionDenied
 
 ActorKind = Literal["user", "service_account", "anonymous", "system"]
-
-
-def permission_matches(granted: str, wanted: str) -> bool:
-    """Whether a granted permission covers a wanted one (a trailing `*` matches any suffix)."""
-    if granted == "*" or granted == wanted:
-        return True
-    return granted.endswith("*") and wanted.startswith(granted[:-1])
 
 
 @dataclass(frozen=True)
@@ -44,15 +38,16 @@ class Actor:
     def can_run(self, slug: str, readable_id: str) -> bool:
         """Running an endpoint needs `services.run:SLUG` or `services.run:SLUG/ID` (for a
         caller, and for the `run_as`/`refresh_as` account a run acts as)."""
-        return self.can(f"services.run:{slug}") or self.can(f"services.run:{slug}/{readable_id}")
+        return self.can(service_run(slug)) or self.can(service_run(slug, readable_id))
 
     def can_write_all(self, secrets: set[str]) -> bool:
         """Whether a run acting for it may write every one of `secrets` (the update rule)."""
-        return all(self.can(f"secrets.update_from_service:{name}") for name in secrets)
+        return all(self.can(secret_update_from_service(name)) for name in secrets)
 
 
 def refuse(actor: Actor, permission: str, alternatives: str = "") -> None:
     """401 for the anonymous caller (it should log in), 403 naming the permission otherwise."""
+    permission = str(permission)  # a `Permission` member's repr is not its name
     wanted = f"the permission {permission!r}{alternatives}"
     if actor.kind == "anonymous":
         raise NotAuthenticated(

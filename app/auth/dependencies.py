@@ -7,7 +7,7 @@ the OpenAPI document declares both schemes so `/docs` can use either.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -21,6 +21,7 @@ from app.auth import keys
 from app.auth.accounts import AccountStore
 from app.auth.actor import Actor, ensure
 from app.auth.cache import ActorCache
+from app.auth.permissions import Permission, plain_permission
 from app.db import utcnow
 from app.errors import NotAuthenticated
 
@@ -133,12 +134,24 @@ def _calls(dependant: Dependant) -> set[Callable[..., Any]]:
     return calls
 
 
-def require(permission: str) -> Callable[..., object]:
-    """A route dependency that refuses callers without a fixed permission."""
+def require(permission: Permission) -> Callable[[Actor], Awaitable[Actor]]:
+    """A route dependency that refuses callers without a plain permission.
+
+    An unknown name raises UnknownPermission at once, while the router is being imported: a
+    typo must stop the app from starting, not lock everyone out of (or into) a route.
+    """
+    wanted = plain_permission(permission)
 
     async def check(actor: CurrentActor) -> Actor:
-        ensure(actor, permission)
+        ensure(actor, wanted)
         return actor
 
-    check.__name__ = f"require_{permission.replace('.', '_').replace(':', '_')}"
+    check.__name__ = f"require_{wanted.name.lower()}"
+    check.permission = wanted  # type: ignore[attr-defined]  # read by required_permission()
     return check
+
+
+def required_permission(call: Callable[..., object]) -> Permission | None:
+    """The permission a `require(...)` dependency checks; None for any other callable."""
+    permission = getattr(call, "permission", None)
+    return permission if isinstance(permission, Permission) else None

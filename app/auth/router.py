@@ -9,6 +9,7 @@ from fastapi.security import OAuth2PasswordRequestForm
 
 from app.auth.accounts import AccountStore
 from app.auth.dependencies import CurrentActor, require
+from app.auth.permissions import Permission
 from app.auth.schemas import (
     ACCOUNT_NAME_PATTERN,
     ApiKeyCreate,
@@ -29,7 +30,7 @@ from app.db import utcnow
 from app.dependencies import SessionDep
 
 auth_router = APIRouter(tags=["auth"])
-router = APIRouter(tags=["accounts"], dependencies=[Depends(require("accounts.manage"))])
+router = APIRouter(tags=["accounts"], dependencies=[Depends(require(Permission.ACCOUNTS_MANAGE))])
 NamePath = Annotated[str, Path(pattern=ACCOUNT_NAME_PATTERN, examples=["ci-deployer"])]
 
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
+from app.auth.permissions import Permission
 from app.auth.permissions import problem as permission_problem
 from app.auth.schemas import ACCOUNT_NAME_PATTERN, AccountName, RoleName
 from app.errors import InvalidInput
@@ -59,7 +60,7 @@ def _timezone(name: str) -> str:
     return name
 
 
-Permission = Annotated[str, Field(max_length=200), AfterValidator(_permission)]
+RolePermission = Annotated[str, Field(max_length=200), AfterValidator(_permission)]
 
 
 class ValueFrom(Strict):
@@ -126,7 +127,7 @@ class RoleSpec(Strict):
 
     name: RoleName
     description: Description = ""
-    permissions: list[Permission] = Field(default_factory=list)
+    permissions: list[RolePermission] = Field(default_factory=list)
 
 
 class ServiceAccountSpec(Strict):
@@ -180,10 +181,10 @@ SECTIONS: dict[Kind, str] = {
     "service": "services",
     "schedule": "schedules",
 }
-MANAGE_PERMISSIONS: dict[Kind, str] = {
-    "role": "accounts.manage",
-    "service_account": "accounts.manage",
-    "secret": "secrets.manage",
-    "service": "services.manage",
-    "schedule": "schedules.manage",
+MANAGE_PERMISSIONS: dict[Kind, Permission] = {
+    "role": Permission.ACCOUNTS_MANAGE,
+    "service_account": Permission.ACCOUNTS_MANAGE,
+    "secret": Permission.SECRETS_MANAGE,
+    "service": Permission.SERVICES_MANAGE,
+    "schedule": Permission.SCHEDULES_MANAGE,
 }

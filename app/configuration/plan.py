@@ -22,7 +22,7 @@ from sqlmodel import col
 from app.auth.accounts import AccountStore
 from app.auth.actor import Actor, ensure
 from app.auth.models import Role, ServiceAccount, User, UserRole
-from app.auth.permissions import validate_permissions
+from app.auth.permissions import Permission, act_as, validate_permissions
 from app.config import Settings
 from app.configuration.document import (
     BUILTIN_ROLES,
@@ -124,9 +124,9 @@ def permissions_needed(document: Document) -> list[str]:
             needed.append(MANAGE_PERMISSIONS[kind])
     secrets = document.secrets or []
     if any(spec.refresher is not None for spec in secrets):
-        needed.append("services.manage")
-    needed += [f"act_as:{spec.refresh_as}" for spec in secrets if spec.refresh_as]
-    needed += [f"act_as:{spec.run_as}" for spec in document.schedules or []]
+        needed.append(Permission.SERVICES_MANAGE)
+    needed += [act_as(spec.refresh_as) for spec in secrets if spec.refresh_as]
+    needed += [act_as(spec.run_as) for spec in document.schedules or []]
     return list(dict.fromkeys(needed))
 
 

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.auth.actor import Actor, refuse
 from app.auth.dependencies import CurrentActor
+from app.auth.permissions import Permission
 from app.configuration.apply import apply_document
 from app.configuration.document import MANAGE_PERMISSIONS
 from app.configuration.loader import MAX_DOCUMENT_BYTES, load
@@ -29,7 +30,12 @@ from app.schemas import ErrorResponse
 
 router = APIRouter(tags=["configuration"])
 BODY_FILE = "<body>"
-MANAGE_ORDER = ["secrets.manage", "services.manage", "accounts.manage", "schedules.manage"]
+MANAGE_ORDER = [
+    Permission.SECRETS_MANAGE,
+    Permission.SERVICES_MANAGE,
+    Permission.ACCOUNTS_MANAGE,
+    Permission.SCHEDULES_MANAGE,
+]
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain")
 # The JSON form carries the document and the values of its env references.
 MAX_BODY_BYTES = 2 * MAX_DOCUMENT_BYTES

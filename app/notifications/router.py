@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Request, Response, status
 
 from app.auth.dependencies import CurrentActor, require
+from app.auth.permissions import Permission
 from app.dependencies import KeyringDep, SessionDep, SettingsDep
 from app.notifications.notifier import Notifier
 from app.notifications.schemas import (
@@ -20,7 +21,7 @@ from app.notifications.schemas import (
 from app.notifications.store import WebhookStore
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
-MANAGE = [Depends(require("webhooks.manage"))]
+MANAGE = [Depends(require(Permission.WEBHOOKS_MANAGE))]
 NamePath = Annotated[str, Path(pattern=WEBHOOK_NAME_PATTERN, examples=["ops-alerts"])]
 
 

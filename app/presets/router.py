@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from app.auth.dependencies import require
+from app.auth.permissions import Permission
 from app.dependencies import KeyringDep, SessionDep, SettingsDep
 from app.presets.binder import PresetBinder
 from app.presets.catalog import PRESETS
@@ -13,7 +14,7 @@ from app.presets.schemas import PresetRead, RefresherRead, RefresherRequest
 router = APIRouter(tags=["presets"])
 # Binding writes an endpoint (services.manage) and the secret's refresh_endpoint
 # (secrets.manage, as PATCH /v1/secrets/{name} needs): the caller must be allowed both.
-BIND = [Depends(require("services.manage")), Depends(require("secrets.manage"))]
+BIND = [Depends(require(Permission.SERVICES_MANAGE)), Depends(require(Permission.SECRETS_MANAGE))]
 
 
 async def _binder(session: SessionDep, keyring: KeyringDep, settings: SettingsDep) -> PresetBinder:
@@ -23,7 +24,7 @@ async def _binder(session: SessionDep, keyring: KeyringDep, settings: SettingsDe
 BinderDep = Depends(_binder)
 
 
-@router.get("/v1/presets", dependencies=[Depends(require("services.manage"))])
+@router.get("/v1/presets", dependencies=[Depends(require(Permission.SERVICES_MANAGE))])
 async def list_presets() -> list[PresetRead]:
     """The presets, each with the JSON schema of its params."""
     return [

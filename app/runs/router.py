@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from app.auth.actor import Actor, refuse
 from app.auth.dependencies import CurrentActor, require
+from app.auth.permissions import Permission, Scoped, service_run
 from app.dependencies import KeyringDep, RunnerDep, SessionDep, SettingsDep
 from app.errors import InvalidInput
 from app.middleware import received_at
@@ -52,7 +53,7 @@ RUN_RESPONSES: dict[int | str, dict[str, Any]] = {
 def ensure_can_run(actor: Actor, slug: str, readable_id: str) -> None:
     """Running needs `services.run:SLUG` or `services.run:SLUG/ID`."""
     if not actor.can_run(slug, readable_id):
-        refuse(actor, f"services.run:{slug}", f" or 'services.run:{slug}/{readable_id}'")
+        refuse(actor, service_run(slug), f" or {service_run(slug, readable_id)!r}")
 
 
 async def _request_data(request: Request) -> RequestData:
@@ -148,9 +149,9 @@ async def start_refresh(
     actor: Actor, runner: Runner, secret: str, *, force: bool, received_at: float | None
 ) -> RefreshTarget:
     """The checks and the lookup of a refresh (nothing is called yet; every error is raised)."""
-    if not actor.may_hold_any("services.run:"):
+    if not actor.may_hold_any(Scoped.SERVICES_RUN.prefix):
         # Refused before the lookup, so no one without run rights learns which secrets exist.
-        refuse(actor, "services.run:SLUG")
+        refuse(actor, service_run("SLUG"))
     # The secret, its endpoint and the secrets that uses, in one read (no session of the
     # request's own: none may stay open across the outbound call).
     target = await runner.prepare_refresh(secret, force=force, received_at=received_at)
@@ -199,7 +200,7 @@ async def finish_refresh(
     return _answer(result, outcome)
 
 
-@router.get("/v1/runs", dependencies=[Depends(require("runs.read"))])
+@router.get("/v1/runs", dependencies=[Depends(require(Permission.RUNS_READ))])
 async def list_runs(
     session: SessionDep,
     service: str | None = Query(
@@ -228,7 +229,7 @@ async def list_runs(
 
 @router.get(
     "/v1/runs/{run_id}",
-    dependencies=[Depends(require("runs.read"))],
+    dependencies=[Depends(require(Permission.RUNS_READ))],
     responses={404: {"description": "No such run in the log"}},
 )
 async def get_run(
@@ -241,7 +242,7 @@ async def get_run(
 
 @router.post(
     "/v1/runs/{run_id}/recover",
-    dependencies=[Depends(require("secrets.manage"))],
+    dependencies=[Depends(require(Permission.SECRETS_MANAGE))],
     responses={
         404: {"model": ErrorResponse, "description": "No such run in the log"},
         409: {

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlmodel import col
 
 from app.auth.actor import Actor
+from app.auth.permissions import secret_update_from_service
 from app.config import Settings
 from app.crypto import Keyring
 from app.db import utcnow
@@ -478,11 +479,11 @@ class Runner:
     def _preflight(prepared: PreparedRun, actor: Actor, force: bool) -> None:
         """Refuse the run before any node runs if a write target could not be stored."""
         for path, name in prepared.targets:
-            if not actor.can(f"secrets.update_from_service:{name}"):
+            if not actor.can(secret_update_from_service(name)):
                 raise PermissionDenied(
                     f"{path}: writing secret {name!r} needs the permission "
-                    f"'secrets.update_from_service:{name}'; nothing was called",
-                    permission=f"secrets.update_from_service:{name}",
+                    f"{secret_update_from_service(name)!r}; nothing was called",
+                    permission=secret_update_from_service(name),
                     secret=name,
                 )
             loaded = prepared.secrets.get(name)

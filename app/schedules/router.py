@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Response, status
 
 from app.auth.dependencies import CurrentActor, require
+from app.auth.permissions import Permission
 from app.dependencies import SessionDep
 from app.runs.log import RunLog
 from app.runs.schemas import RunSummary
@@ -19,7 +20,7 @@ from app.schedules.schemas import (
 from app.schedules.store import ScheduleStore
 
 router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
-MANAGE = [Depends(require("schedules.manage"))]
+MANAGE = [Depends(require(Permission.SCHEDULES_MANAGE))]
 NamePath = Annotated[str, Path(pattern=SCHEDULE_NAME_PATTERN, examples=["hourly-refresh"])]
 
 
@@ -65,7 +66,7 @@ async def delete_schedule(name: NamePath, store: ScheduleStore = StoreDep) -> Re
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/{name}/runs", dependencies=[Depends(require("runs.read"))])
+@router.get("/{name}/runs", dependencies=[Depends(require(Permission.RUNS_READ))])
 async def schedule_runs(
     name: NamePath,
     session: SessionDep,

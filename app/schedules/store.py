@@ -12,6 +12,7 @@ from sqlmodel import col
 
 from app.auth.accounts import AccountStore
 from app.auth.actor import Actor, ensure
+from app.auth.permissions import act_as
 from app.db import utcnow
 from app.errors import AlreadyExists, InvalidInput, NotFound
 from app.schedules.cron import check_cron, next_fire, zone
@@ -65,7 +66,7 @@ class ScheduleStore:
                 f"run_as: no service account {values['run_as']!r}", field="run_as"
             ) from None
         if run_as_changed:
-            ensure(actor, f"act_as:{values['run_as']}")
+            ensure(actor, act_as(values["run_as"]))
 
     @staticmethod
     def _plan(schedule: Schedule) -> None:

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from app.auth.accounts import AccountStore
 from app.auth.actor import Actor, ensure
 from app.auth.dependencies import CurrentActor, require
+from app.auth.permissions import Permission, secret_read, service_run
 from app.config import Environment
 from app.dependencies import KeyringDep, SessionDep, SettingsDep
 from app.errors import Conflict, NotFound, PermissionDenied
@@ -33,7 +34,7 @@ from app.secrets.schemas import (
 from app.secrets.store import SecretStore, expires_within
 
 router = APIRouter(prefix="/v1/secrets", tags=["secrets"])
-MANAGE = [Depends(require("secrets.manage"))]
+MANAGE = [Depends(require(Permission.SECRETS_MANAGE))]
 NAME_PATH = {"examples": ["ACCESS_TOKEN"]}
 ENVIRONMENT_QUERY = Query(None, description="Default: the service's environment.")
 
@@ -132,7 +133,7 @@ async def read_secret_value(
     `services.run:SLUG`); concurrent readers share one refresh. A failed refresh answers the
     run's error and `run_id`, and leaves the value as it was.
     """
-    ensure(actor, f"secrets.read:{name}")
+    ensure(actor, secret_read(name))
     state = request.app.state
     cache: ValueCache = state.value_cache
     body = cache.answer(name, environment, min_valid_seconds)
@@ -213,10 +214,10 @@ async def _refresh_actor(
             f"which no longer exists; set another refresh_as with PATCH /v1/secrets/{secret.name}"
         ) from None
     if not account.can_run(slug, readable_id):
-        permission = f"services.run:{slug}"
+        permission = service_run(slug)
         raise PermissionDenied(
             f"secret {secret.name!r} is refreshed as service account {account.name!r}, which "
-            f"needs the permission {permission!r} or 'services.run:{slug}/{readable_id}'",
+            f"needs the permission {permission!r} or {service_run(slug, readable_id)!r}",
             permission=permission,
         )
     return account

@@ -20,6 +20,7 @@ from sqlmodel import col
 
 from app.auth.accounts import AccountStore
 from app.auth.actor import Actor
+from app.auth.permissions import act_as
 from app.config import Settings
 from app.crypto import Keyring
 from app.db import flushed_connection, utcnow
@@ -467,7 +468,7 @@ class SecretStore:
 
         `caller` None is the system itself (config as code, the demo), which may name any account.
         """
-        permission = f"act_as:{account}"
+        permission = act_as(account)
         if caller is not None and not caller.can(permission):
             # Checked first: no one learns which accounts exist without being allowed to use them.
             raise PermissionDenied(

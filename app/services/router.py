@@ -5,12 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Response, status
 
 from app.auth.dependencies import require
+from app.auth.permissions import Permission
 from app.dependencies import SessionDep
 from app.services.schemas import ServiceBody, ServiceCreate, ServiceRead
 from app.services.store import ServiceStore
 
 router = APIRouter(prefix="/v1/services", tags=["services"])
-MANAGE = [Depends(require("services.manage"))]
+MANAGE = [Depends(require(Permission.SERVICES_MANAGE))]
 
 
 async def _store(session: SessionDep) -> ServiceStore:

@@ -2,16 +2,121 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 
-from app.auth.actor import Actor, permission_matches
-from app.auth.permissions import ensure_may_grant, is_valid_permission, validate_permissions
-from app.errors import InvalidInput, PermissionDenied
+from app.auth.actor import Actor, refuse
+from app.auth.dependencies import require, required_permission
+from app.auth.permissions import (
+    Permission,
+    Scoped,
+    UnknownPermission,
+    act_as,
+    ensure_may_grant,
+    is_valid_permission,
+    permission_matches,
+    secret_connect,
+    secret_read,
+    secret_update_from_service,
+    secret_use,
+    service_run,
+    validate_permissions,
+)
+from app.errors import InvalidInput, NotAuthenticated, PermissionDenied
 
 
 def actor(*permissions: str) -> Actor:
     """A service account holding `permissions`."""
     return Actor(kind="service_account", name="test", permissions=frozenset(permissions))
+
+
+class TestNames:
+    def test_the_plain_permissions_are_those_of_the_design(self) -> None:
+        assert {p.value for p in Permission} == {
+            "secrets.manage",
+            "services.manage",
+            "schedules.manage",
+            "runs.read",
+            "accounts.manage",
+            "settings.manage",
+            "providers.manage",
+            "webhooks.manage",
+            "metrics.read",
+        }
+        assert all(is_valid_permission(p) for p in Permission)
+
+    @pytest.mark.parametrize(
+        ("built", "expected"),
+        [
+            (secret_read("ACCESS_TOKEN"), "secrets.read:ACCESS_TOKEN"),
+            (
+                secret_update_from_service("ACCESS_TOKEN"),
+                "secrets.update_from_service:ACCESS_TOKEN",
+            ),
+            (secret_use("CLIENT_SECRET"), "secrets.use:CLIENT_SECRET"),
+            (secret_connect("GITHUB"), "secrets.connect:GITHUB"),
+            (service_run("oauth"), "services.run:oauth"),
+            (service_run("oauth", "refresh-token"), "services.run:oauth/refresh-token"),
+            (act_as("ci-deployer"), "act_as:ci-deployer"),
+        ],
+    )
+    def test_a_scoped_permission_is_built_from_what_it_names(
+        self, built: str, expected: str
+    ) -> None:
+        assert built == expected and type(built) is str
+        assert is_valid_permission(built)
+
+    def test_every_scope_has_a_naming_rule(self) -> None:
+        for scope in Scoped:
+            assert is_valid_permission(f"{scope.prefix}*")
+            assert not is_valid_permission(f"{scope.prefix}has space")
+
+    def test_a_refusal_names_a_plain_permission_by_its_name(self) -> None:
+        with pytest.raises(PermissionDenied) as denied:
+            refuse(actor(), Permission.RUNS_READ)
+        assert denied.value.message == "this needs the permission 'runs.read'"
+        assert denied.value.extra["permission"] == "runs.read"
+        assert type(denied.value.extra["permission"]) is str
+        anonymous = Actor(kind="anonymous", name="anonymous", permissions=frozenset())
+        with pytest.raises(NotAuthenticated, match=r"this needs the permission 'runs\.read'$"):
+            refuse(anonymous, Permission.RUNS_READ)
+
+
+class TestRequire:
+    def test_a_typo_is_refused_naming_it_and_the_known_permissions(self) -> None:
+        with pytest.raises(UnknownPermission) as caught:
+            require("runs.raed")  # type: ignore[arg-type]
+        message = str(caught.value)
+        assert message.startswith("'runs.raed' is not a permission (did you mean 'runs.read'?)")
+        assert all(p.value in message for p in Permission)
+
+    def test_a_router_with_a_typo_fails_to_import(self, tmp_path: Path) -> None:
+        source = tmp_path / "typo_router.py"
+        source.write_text(
+            "from fastapi import APIRouter, Depends\n"
+            "from app.auth.dependencies import require\n"
+            'router = APIRouter(dependencies=[Depends(require("secrets.mange"))])\n'
+        )
+        spec = importlib.util.spec_from_file_location("typo_router", source)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        with pytest.raises(UnknownPermission, match=r"did you mean 'secrets\.manage'"):
+            spec.loader.exec_module(module)
+
+    @pytest.mark.parametrize(
+        "permission", ["", "*", "secrets.*", "secrets.read:X", "services.run:oauth", "Runs.Read"]
+    )
+    def test_only_a_plain_permission_can_be_required(self, permission: str) -> None:
+        # A scoped one names something from the request: the route checks it in its body.
+        with pytest.raises(UnknownPermission):
+            require(permission)  # type: ignore[arg-type]
+
+    def test_the_dependency_says_what_it_checks(self) -> None:
+        assert required_permission(require(Permission.RUNS_READ)) is Permission.RUNS_READ
+        assert required_permission(require("runs.read")) is Permission.RUNS_READ  # type: ignore[arg-type]
+        assert required_permission(actor) is None
 
 
 class TestGrammar:

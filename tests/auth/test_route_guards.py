@@ -14,7 +14,8 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import iter_route_contexts
 
-from app.auth.dependencies import CurrentActor, current_actor, require
+from app.auth.dependencies import CurrentActor, current_actor, require, required_permission
+from app.auth.permissions import Permission, is_valid_permission
 from app.config import Settings
 from app.main import create_app
 
@@ -71,6 +72,20 @@ def _is_require(call: Callable[..., Any]) -> bool:
     return getattr(call, "__qualname__", "") == f"{require.__name__}.<locals>.check" and (
         getattr(call, "__module__", "") == require.__module__
     )
+
+
+def required_permissions(app: FastAPI) -> dict[tuple[str, str], set[Any]]:
+    """(method, path) -> what each of its `require(...)` dependencies checks (None: unreadable)."""
+    required: dict[tuple[str, str], set[Any]] = {}
+    for route in iter_route_contexts(app.routes):
+        dependant: Dependant | None = getattr(route, "dependant", None)
+        if dependant is None:
+            continue
+        checks = {required_permission(call) for call in _calls(dependant) if _is_require(call)}
+        for method in (route.methods or set()) - {"HEAD"}:
+            assert route.path is not None
+            required[(method, route.path)] = checks
+    return required
 
 
 def route_guards(app: FastAPI) -> dict[tuple[str, str], Guard | None]:
@@ -192,9 +207,23 @@ class TestRouteWalk:
         assert unguarded(app) == []
         assert unchecked(app) == [("GET", "/v1/who")]
 
+    def test_every_permission_the_routes_require_is_a_known_name(self, bare_app: FastAPI) -> None:
+        required = required_permissions(bare_app)
+        used = set().union(*required.values())
+        assert None not in used, "a require() dependency that doesn't say what it checks"
+        assert all(isinstance(p, Permission) and is_valid_permission(p) for p in used)
+        # The walk reads real requirements: these routes are guarded by their plain permission.
+        assert required[("GET", "/v1/runs")] == {Permission.RUNS_READ}
+        assert required[("POST", "/v1/roles")] == {Permission.ACCOUNTS_MANAGE}
+        assert required[("POST", "/v1/secrets/{name}/refresher")] == {
+            Permission.SERVICES_MANAGE,
+            Permission.SECRETS_MANAGE,
+        }
+        assert required[("GET", "/v1/secrets/{name}/value")] == set()
+
     def test_a_router_level_requirement_counts(self, tmp_path: Path) -> None:
         app = _fresh_app(tmp_path)
-        guarded = APIRouter(dependencies=[Depends(require("runs.read"))])
+        guarded = APIRouter(dependencies=[Depends(require(Permission.RUNS_READ))])
 
         @guarded.get("/v1/guarded")
         async def fine() -> dict[str, str]:
