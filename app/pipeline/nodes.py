@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import re
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -17,6 +15,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 from jsonpath_ng import JSONPath
 from jsonpath_ng.ext import parse as parse_jsonpath
 
+from app.backoff import backoff_seconds, parse_retry_after
 from app.errors import (
     BadUpstreamResponse,
     BindingError,
@@ -103,22 +102,6 @@ def parse_expiry(expires_in: Any, expires_at: Any, now: float) -> datetime | Non
         except (ValueError, OverflowError):
             raise BindingError("'expires_at' must be an ISO 8601 time or epoch seconds") from None
     return _from_epoch(_as_seconds(expires_at, "expires_at"), "expires_at")
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a `Retry-After` header (delta-seconds or an HTTP date), if valid."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - now)
 
 
 def _with_query(url: str, query: dict[str, Any]) -> str:
@@ -299,9 +282,14 @@ class WebRequest:
                 return None
             delay = retry_after
         else:
-            # Exponential backoff with "equal jitter": half fixed, half random.
-            ceiling = min(policy.max_delay_seconds, policy.base_delay_seconds * 2 ** (attempt - 1))
-            delay = ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - not crypto
+            # "Equal jitter": half the exponential ceiling fixed, half random.
+            delay = backoff_seconds(
+                attempt,
+                base_seconds=policy.base_delay_seconds,
+                max_seconds=policy.max_delay_seconds,
+                fixed_share=0.5,
+                random_share=0.5,
+            )
         if time.monotonic() + delay >= ctx.deadline:
             failure.message += " (no time left in the run's deadline for another attempt)"
             return None
