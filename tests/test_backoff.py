@@ -9,18 +9,18 @@ import pytest
 from app.backoff import backoff_seconds, parse_retry_after
 
 
-class Lowest(random.Random):
-    """Jitter at its lower bound."""
+class Pinned(random.Random):
+    """A generator whose draws sit at a fixed share of their range (0: lowest, 1: highest)."""
+
+    def __init__(self, share: float) -> None:
+        super().__init__()
+        self.share = share
 
     def uniform(self, a: float, b: float) -> float:
-        return a
+        return a + (b - a) * self.share
 
 
-class Highest(random.Random):
-    """Jitter at its upper bound."""
-
-    def uniform(self, a: float, b: float) -> float:
-        return b
+LOWEST, HIGHEST = Pinned(0.0), Pinned(1.0)
 
 
 def equal_jitter(attempt: int, rng: random.Random | None = None) -> float:
@@ -38,11 +38,11 @@ class TestBackoffSeconds:
     def test_ceiling_doubles_from_the_base_up_to_the_cap(
         self, attempt: int, ceiling: float
     ) -> None:
-        assert equal_jitter(attempt, Lowest()) == ceiling / 2
-        assert equal_jitter(attempt, Highest()) == ceiling
+        assert equal_jitter(attempt, LOWEST) == ceiling / 2
+        assert equal_jitter(attempt, HIGHEST) == ceiling
 
     def test_attempt_zero_counts_as_the_first(self) -> None:
-        assert equal_jitter(0, Highest()) == equal_jitter(1, Highest()) == 0.5
+        assert equal_jitter(0, HIGHEST) == equal_jitter(1, HIGHEST) == 0.5
 
     def test_fixed_share_is_always_waited_and_the_random_share_added(self) -> None:
         def refresh_backoff(rng: random.Random) -> float:
@@ -50,8 +50,8 @@ class TestBackoffSeconds:
                 3, base_seconds=30, max_seconds=3600, fixed_share=1.0, random_share=0.1, rng=rng
             )
 
-        assert refresh_backoff(Lowest()) == 120
-        assert refresh_backoff(Highest()) == pytest.approx(132)
+        assert refresh_backoff(LOWEST) == 120
+        assert refresh_backoff(HIGHEST) == pytest.approx(132)
 
     def test_default_generator_spreads_within_the_bounds(self) -> None:
         delays = [equal_jitter(4) for _ in range(200)]
