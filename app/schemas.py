@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -10,6 +11,17 @@ from app.pipeline.schemas import NODE_TYPES
 
 # Pydantic puts the tag of a discriminated union into an error's location; readers don't want it.
 UNION_TAGS = {*NODE_TYPES, "comparison", "all", "any", "not", "basic", "bearer"}
+
+
+def all_finite(value: Any) -> bool:
+    """Whether every number in a JSON value is finite (Python's parser lets NaN and 1e999 in)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(all_finite(item) for item in value.values())
+    if isinstance(value, list):
+        return all(all_finite(item) for item in value)
+    return True
 
 
 class StrictModel(BaseModel):

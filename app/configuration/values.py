@@ -7,13 +7,13 @@ file, never what it holds.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from app.configuration.document import ValueFrom
+from app.schemas import all_finite
 
 MAX_FILE_BYTES = 1024 * 1024
 
@@ -78,17 +78,6 @@ def _parse(text: str, value_format: str, what: str) -> Any:
         ) from None
     except ValueError:
         raise ValueUnavailable(f"{what} is not valid JSON") from None
-    if value is None or not _finite(value):
+    if value is None or not all_finite(value):
         raise ValueUnavailable(f"{what} holds null, NaN or Infinity, which no secret can hold")
     return value
-
-
-def _finite(value: Any) -> bool:
-    """Whether every number inside is finite."""
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        return all(_finite(item) for item in value.values())
-    if isinstance(value, list):
-        return all(_finite(item) for item in value)
-    return True

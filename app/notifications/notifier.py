@@ -19,7 +19,6 @@ import hashlib
 import hmac
 import json
 import logging
-import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import __version__
+from app.backoff import backoff_seconds, parse_retry_after
 from app.config import Settings
 from app.crypto import Keyring
 from app.db import utcnow
@@ -37,7 +37,6 @@ from app.events import Event, SecretStatusChanged
 from app.notifications.schemas import EventType, PingResult
 from app.notifications.store import DeliveryTarget, WebhookStore
 from app.outbound import Outbound, describe_target
-from app.pipeline.nodes import parse_retry_after
 
 logger = logging.getLogger("tokenfarm.notifications")
 
@@ -59,9 +58,14 @@ class DeliveryPolicy:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
         if retry_after is not None:
             return min(retry_after, self.max_delay_seconds)
-        # Exponential backoff with "equal jitter": half fixed, half random.
-        ceiling = min(self.max_delay_seconds, self.base_delay_seconds * 2 ** (attempt - 1))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - not crypto
+        # "Equal jitter": half the exponential ceiling fixed, half random.
+        return backoff_seconds(
+            attempt,
+            base_seconds=self.base_delay_seconds,
+            max_seconds=self.max_delay_seconds,
+            fixed_share=0.5,
+            random_share=0.5,
+        )
 
 
 def sign(signing_secret: str, timestamp: int, body: str) -> str:

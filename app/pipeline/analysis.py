@@ -1,78 +1,57 @@
 """Static analysis of an action: what it reads and writes, and whether it names only known things.
 
 The runner uses it for the pre-flight check (every `update_secret` target, before any outbound
-call); the services store uses it to refuse a bad action when it is saved.
+call); the services store uses it to refuse a bad action when it is saved. It asks each node (the
+`ActionNode` methods), never which type a node is.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from app.errors import ActionInvalid
-from app.pipeline.bindings import BINDING, PathError, iter_paths, split_path
-from app.pipeline.nodes import compile_jsonpath
-from app.pipeline.schemas import (
-    ACTION_ADAPTER,
-    IfNode,
-    SignJwtNode,
-    TryNode,
-    UpdateObjectNode,
-    UpdateSecretNode,
-    WebRequestNode,
-    parse_action,
-)
+from app.pipeline.bindings import PathError, iter_paths, split_path
+from app.pipeline.nodes.base import ActionNode
+from app.pipeline.schemas import ACTION_ADAPTER, parse_action
 
 
-def walk(nodes: list[Any], path: str = "action") -> Iterator[tuple[str, Any]]:
+def walk(nodes: Sequence[ActionNode], path: str = "action") -> Iterator[tuple[str, ActionNode]]:
     """Every node of an action, depth first, with its path (`action[2].then[0]`)."""
     for index, node in enumerate(nodes):
         node_path = f"{path}[{index}]"
         yield node_path, node
-        if isinstance(node, IfNode):
-            yield from walk(node.then, f"{node_path}.then")
-            yield from walk(node.else_, f"{node_path}.else")
-        elif isinstance(node, TryNode):
-            yield from walk(node.do, f"{node_path}.do")
-            yield from walk(node.catch, f"{node_path}.catch")
+        for name, block in node.blocks():
+            yield from walk(block, f"{node_path}.{name}")
 
 
-def _own_fields(node: Any) -> dict[str, Any]:
-    """A node's fields as JSON, without nested node lists (those are walked on their own)."""
-    dumped = node.model_dump(by_alias=True, mode="json", exclude_none=True)
-    for nested in ("then", "else", "do", "catch"):
-        dumped.pop(nested, None)
-    return dumped
+def update_targets(nodes: Sequence[ActionNode]) -> list[tuple[str, str]]:
+    """(node path, secret name) of every secret the action writes, whichever branch it sits in."""
+    return [(path, name) for path, node in walk(nodes) for _, name in node.secrets_written()]
 
 
-def update_targets(nodes: list[Any]) -> list[tuple[str, str]]:
-    """(node path, secret name) of every `update_secret`, whichever branch it sits in."""
-    return [(path, node.secret) for path, node in walk(nodes) if isinstance(node, UpdateSecretNode)]
-
-
-def binding_paths(nodes: list[Any], root: str = "action") -> Iterator[tuple[str, list[str]]]:
+def binding_paths(
+    nodes: Sequence[ActionNode], root: str = "action"
+) -> Iterator[tuple[str, list[str]]]:
     """(node path + field, split binding path) of every binding in the action."""
     for path, node in walk(nodes, root):
-        for where, raw in iter_paths(_own_fields(node)):
+        for where, raw in iter_paths(node.own_fields()):
             try:
                 yield f"{path}{where}", split_path(raw)
             except PathError as exc:
                 raise ActionInvalid(f"{path}{where}", str(exc)) from None
 
 
-def signing_keys(nodes: list[Any]) -> list[tuple[str, str]]:
-    """(node path, secret name) of every `sign_jwt` key."""
-    return [(path, node.key_secret) for path, node in walk(nodes) if isinstance(node, SignJwtNode)]
-
-
-def referenced_secrets(nodes: list[Any]) -> set[str]:
-    """Names of every secret the action reads (through a binding or as a signing key) or writes."""
+def referenced_secrets(nodes: Sequence[ActionNode]) -> set[str]:
+    """Names of every secret the action reads (through a binding or named by a field, such as a
+    signing key) or writes."""
     names = {segments[1] for _, segments in binding_paths(nodes) if segments[0] == "secrets"}
-    names |= {name for _, name in signing_keys(nodes)}
-    return names | {name for _, name in update_targets(nodes)}
+    for _, node in walk(nodes):
+        names.update(name for _, name in node.secrets_read())
+        names.update(name for _, name in node.secrets_written())
+    return names
 
 
 @dataclass(frozen=True)
@@ -106,17 +85,9 @@ def compile_action(raw: list[dict[str, Any]]) -> CompiledAction:
     return compiled
 
 
-def assigned_variables(nodes: list[Any]) -> set[str]:
+def assigned_variables(nodes: Sequence[ActionNode]) -> set[str]:
     """Variables some node of the action sets."""
-    names: set[str] = set()
-    for _, node in walk(nodes):
-        if isinstance(node, UpdateObjectNode):
-            names.update(node.values)
-        elif isinstance(node, WebRequestNode):
-            names.update(node.result_mapping)
-        elif isinstance(node, SignJwtNode):
-            names.add(node.into)
-    return names
+    return {name for _, node in walk(nodes) for name in node.variables_set()}
 
 
 def validate_action(
@@ -140,31 +111,8 @@ def validate_action(
         if root == "secrets" and segments[1] not in known_secrets:
             raise ActionInvalid(path, f"unknown secret {segments[1]!r} (create it first)")
     for path, node in walk(nodes, prefix):
-        if isinstance(node, UpdateSecretNode) and node.secret not in known_secrets:
-            raise ActionInvalid(
-                f"{path}.secret", f"unknown secret {node.secret!r} (create it first)"
-            )
-        if isinstance(node, SignJwtNode) and node.key_secret not in known_secrets:
-            raise ActionInvalid(
-                f"{path}.key_secret", f"unknown secret {node.key_secret!r} (create it first)"
-            )
-        if isinstance(node, WebRequestNode):
-            for variable, expression in node.result_mapping.items():
-                try:
-                    compile_jsonpath(expression)
-                except ValueError as exc:
-                    raise ActionInvalid(f"{path}.result_mapping.{variable}", str(exc)) from None
-            if not _plausible_url(node.url):
-                raise ActionInvalid(f"{path}.url", "must be an absolute http:// or https:// URL")
+        for field, name in (*node.secrets_written(), *node.secrets_read()):
+            if name not in known_secrets:
+                raise ActionInvalid(f"{path}.{field}", f"unknown secret {name!r} (create it first)")
+        node.check(path)
     return nodes
-
-
-def _plausible_url(url: str) -> bool:
-    """Whether a URL can be http(s); one with bindings is checked again when it is rendered."""
-    if BINDING.search(url):
-        return url.lower().startswith(("http://", "https://", "{{"))
-    try:
-        parts = urlsplit(url)
-        return parts.scheme in ("http", "https") and bool(parts.hostname)
-    except ValueError:
-        return False

@@ -1,4 +1,4 @@
-"""Evaluation of the condition language: comparisons and all/any/not groups.
+"""The condition language: comparisons and all/any/not groups, their models and evaluation.
 
 Values compare as JSON values: `true` is not `1`, `"1"` is not `1`. Errors name the operand types
 only, never the values, because an operand may be a secret.
@@ -7,10 +7,81 @@ only, never the values, because an operand may be a secret.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Discriminator, Field, Tag, model_validator
 
 from app.errors import BindingError
-from app.pipeline.schemas import AllOf, AnyOf, Comparison, NotOf
+from app.pipeline.nodes.base import Strict
+
+ComparisonOp = Literal[
+    "has_value", "equals", "not_equals", "lt", "lte", "gt", "gte", "in", "not_in"
+]
+
+
+class Comparison(Strict):
+    """`{"op", "left", "right"}`; `has_value` takes only `left`."""
+
+    op: ComparisonOp
+    left: Any = None
+    right: Any = None
+
+    @model_validator(mode="after")
+    def _operands(self) -> Comparison:
+        # Operands may be null on purpose, so "given" means present in the input.
+        if "left" not in self.model_fields_set:
+            raise ValueError(f"'{self.op}' needs 'left'")
+        if self.op == "has_value" and "right" in self.model_fields_set:
+            raise ValueError("'has_value' takes only 'left'")
+        if self.op != "has_value" and "right" not in self.model_fields_set:
+            raise ValueError(f"'{self.op}' needs 'right'")
+        return self
+
+
+class AllOf(Strict):
+    """True when every condition is."""
+
+    all: list[Condition] = Field(min_length=1)
+
+
+class AnyOf(Strict):
+    """True when at least one condition is."""
+
+    any: list[Condition] = Field(min_length=1)
+
+
+class NotOf(Strict):
+    """True when the condition is false."""
+
+    not_: Condition = Field(alias="not")
+
+
+def _condition_tag(value: Any) -> str | None:
+    """Which condition model a raw dict is, by the key it carries."""
+    if isinstance(value, BaseModel):
+        return {Comparison: "comparison", AllOf: "all", AnyOf: "any", NotOf: "not"}.get(type(value))
+    if isinstance(value, dict):
+        for key in ("op", "all", "any", "not"):
+            if key in value:
+                return "comparison" if key == "op" else key
+    return None
+
+
+Condition = Annotated[
+    Annotated[Comparison, Tag("comparison")]
+    | Annotated[AllOf, Tag("all")]
+    | Annotated[AnyOf, Tag("any")]
+    | Annotated[NotOf, Tag("not")],
+    Discriminator(
+        _condition_tag,
+        custom_error_type="invalid_condition",
+        custom_error_message='a condition is {"op", "left", "right"}, {"all": [...]}, '
+        '{"any": [...]} or {"not": {...}}',
+    ),
+]
+
+for _model in (AllOf, AnyOf, NotOf):
+    _model.model_rebuild()
 
 
 def has_value(value: Any) -> bool:

@@ -8,12 +8,16 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from app.auth.actor import Actor
-from app.errors import RunFailed
-from app.outbound import Outbound, OutboundResponse
 from app.pipeline.bindings import dig, render
+
+if TYPE_CHECKING:
+    # Names for the annotations only: node modules import this one, and the command line imports
+    # the node schemas without needing the HTTP client.
+    from app.auth.actor import Actor
+    from app.errors import RunFailed
+    from app.outbound import Outbound, OutboundResponse
 
 REDACTED = "[REDACTED]"
 MIN_REDACTED_LENGTH = 4

@@ -1,4 +1,4 @@
-"""The `sign_jwt` node: signs claims with a key held in a secret (RFC 7523 assertions).
+"""What the `sign_jwt` node does: signs claims with a key held in a secret (RFC 7523 assertions).
 
 Keys are loaded with `cryptography` before python-jose sees them, so an unusable key fails with a
 message that says what is wrong with it, never what it is: library errors may quote key material.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -18,8 +18,10 @@ from jose.exceptions import JOSEError
 
 from app.errors import BindingError
 from app.pipeline.bindings import dig
-from app.pipeline.context import RunContext
-from app.pipeline.schemas import SignJwtNode
+
+if TYPE_CHECKING:
+    from app.pipeline.context import RunContext
+    from app.pipeline.nodes.sign_jwt import SignJwtNode
 
 # RFC 7518 §3.2: an HMAC key must be at least as long as the hash output.
 MIN_HMAC_KEY_BYTES = 32
@@ -114,35 +116,29 @@ def _present(values: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in values.items() if value is not None}
 
 
-class SignJwt:
-    """Signs a JWT into a variable; the token is a credential, so it is redacted everywhere."""
-
-    def __init__(self, node: SignJwtNode) -> None:
-        self.node = node
-
-    async def run(self, ctx: RunContext, path: str, entry: dict[str, Any]) -> None:
-        node = self.node
-        entry["algorithm"] = node.algorithm
-        entry["into"] = node.into
-        where = f"secret {node.key_secret!r}"
-        if node.key_field is not None:
-            where = f"field {node.key_field!r} of {where}"
-        key = load_key(node.algorithm, key_material(node, ctx.secrets), where)
-        header = _present(ctx.render(node.header))
-        claims = _present(ctx.render(node.claims))
-        now = int(ctx.clock())
-        claims.setdefault("iat", now)
-        claims.setdefault("exp", now + node.expires_in_seconds)
-        claims.setdefault("jti", secrets.token_urlsafe(24))
-        # Names only: claim values may identify people or carry secrets of their own.
-        entry["claims"] = sorted(claims)
-        if header:
-            entry["header"] = sorted(header)
-        try:
-            token = jwt.encode(claims, key, algorithm=node.algorithm, headers=header)
-        except (JOSEError, TypeError, ValueError):
-            raise BindingError(
-                "sign_jwt: the claims or header can't be signed (every value must be JSON)"
-            ) from None
-        ctx.redactor.add(token)
-        ctx.variables[node.into] = token
+def sign_into(node: SignJwtNode, ctx: RunContext, entry: dict[str, Any]) -> None:
+    """Sign a JWT into the node's variable; the token is a credential, so it is redacted."""
+    entry["algorithm"] = node.algorithm
+    entry["into"] = node.into
+    where = f"secret {node.key_secret!r}"
+    if node.key_field is not None:
+        where = f"field {node.key_field!r} of {where}"
+    key = load_key(node.algorithm, key_material(node, ctx.secrets), where)
+    header = _present(ctx.render(node.header))
+    claims = _present(ctx.render(node.claims))
+    now = int(ctx.clock())
+    claims.setdefault("iat", now)
+    claims.setdefault("exp", now + node.expires_in_seconds)
+    claims.setdefault("jti", secrets.token_urlsafe(24))
+    # Names only: claim values may identify people or carry secrets of their own.
+    entry["claims"] = sorted(claims)
+    if header:
+        entry["header"] = sorted(header)
+    try:
+        token = jwt.encode(claims, key, algorithm=node.algorithm, headers=header)
+    except (JOSEError, TypeError, ValueError):
+        raise BindingError(
+            "sign_jwt: the claims or header can't be signed (every value must be JSON)"
+        ) from None
+    ctx.redactor.add(token)
+    ctx.variables[node.into] = token

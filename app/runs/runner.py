@@ -54,7 +54,7 @@ from app.events import Events, RunFinished, SecretStatusChanged, emit_after_comm
 from app.outbound import Outbound
 from app.pipeline.analysis import compile_action
 from app.pipeline.context import RequestData, RunContext
-from app.pipeline.nodes import execute
+from app.pipeline.engine import execute
 from app.runs.models import Run, RunSecret
 from app.secrets.models import SecretVersion
 from app.secrets.schemas import ValueWritten

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from app.backoff import backoff_seconds
+
 LEAD_SHARE = 0.1
 """Default lead: this share of a value's lifetime (from when it was written to when it expires)."""
 MIN_LEAD_SECONDS = 30.0
@@ -108,8 +110,12 @@ def backoff_after_failure(
 ) -> datetime:
     """When to try again after `failure_count` failed refreshes in a row: 30 s, doubling, at most
     an hour, plus up to 10 % jitter."""
-    exponent = max(failure_count - 1, 0)
-    # Capping the exponent first keeps 2**n small for any count.
-    delay = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** min(exponent, 32))
-    delay += (rng or random).uniform(0.0, delay * BACKOFF_JITTER_SHARE)
+    delay = backoff_seconds(
+        failure_count,
+        base_seconds=BACKOFF_BASE_SECONDS,
+        max_seconds=BACKOFF_MAX_SECONDS,
+        fixed_share=1.0,
+        random_share=BACKOFF_JITTER_SHARE,
+        rng=rng,
+    )
     return now + timedelta(seconds=delay)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -20,7 +19,7 @@ from pydantic.json_schema import SkipJsonSchema
 from app.auth.schemas import ACCOUNT_NAME_PATTERN
 from app.config import Environment
 from app.pipeline.schemas import SECRET_NAME_PATTERN
-from app.schemas import StrictModel
+from app.schemas import StrictModel, all_finite
 from app.text import Description
 
 REFRESH_ENDPOINT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}/[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -73,22 +72,11 @@ RefreshBeforeExpirySeconds = Annotated[
 ]
 
 
-def _finite(value: Any) -> bool:
-    """Whether every number in a JSON value is finite (Python's parser lets NaN and 1e999 in)."""
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        return all(_finite(item) for item in value.values())
-    if isinstance(value, list):
-        return all(_finite(item) for item in value)
-    return True
-
-
 def _storable(value: Any) -> Any:
     """Refuse what would read back as null: null itself, NaN and Infinity anywhere inside."""
     if value is None:
         raise ValueError("a secret value can't be null (any other JSON value is fine)")
-    if not _finite(value):
+    if not all_finite(value):
         raise ValueError("a secret value can't hold NaN or Infinity (JSON has no such numbers)")
     return value
 

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
+from app.backoff import parse_retry_after
 from app.errors import classify_status
-from app.pipeline.nodes import parse_retry_after
 from tests.conftest import TokenServer, secret_value, setup_oauth
 
 

@@ -1,0 +1,1 @@
+"""Node types, one module per family; `registry.py` lists them (see `base.ActionNode`)."""
