@@ -21,6 +21,7 @@ import re
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.auth.dependencies import bearer_token
@@ -28,7 +29,7 @@ from app.errors import TokenfarmError
 from app.handlers import tokenfarm_error
 from app.middleware import received_at
 from app.pipeline.schemas import SECRET_NAME_PATTERN
-from app.runs.router import finish_refresh, start_refresh
+from app.runs.refresh import finish_refresh, start_refresh
 
 if TYPE_CHECKING:
     from app.auth.actor import Actor
@@ -107,13 +108,13 @@ async def _refresh(
     name = match["name"]
     arrived = received_at(scope)
     try:
-        target = await start_refresh(actor, runner, name, force=False, received_at=arrived)
+        target = await start_refresh(runner, actor, name, force=False, received_at=arrived)
     except TokenfarmError:
         return False  # nothing ran: the route checks again and answers the error
+    response: Response
     try:
-        response = await finish_refresh(
-            runner, actor, name, target, force=False, received_at=arrived
-        )
+        answer = await finish_refresh(runner, actor, name, target, force=False, received_at=arrived)
+        response = JSONResponse(answer.result.model_dump(mode="json"), answer.http_status)
     except TokenfarmError as exc:
         response = await tokenfarm_error(Request(scope), exc)
     await response(scope, receive, send)
