@@ -7,16 +7,20 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
+from starlette.types import Scope
 
+from app.auth.actor import Actor
 from app.auth.dependencies import CurrentActor, require
 from app.dependencies import KeyringDep, RunnerDep, SessionDep, SettingsDep
-from app.errors import InvalidInput
+from app.errors import InvalidInput, TokenfarmError
+from app.fastpath import FastPath
 from app.middleware import received_at
 from app.pipeline.context import RequestData
 from app.pipeline.schemas import SECRET_NAME_PATTERN
 from app.runs.log import RunLog
 from app.runs.recovery import Recovery
 from app.runs.refresh import ensure_can_run, finish_refresh, run_fields, start_refresh
+from app.runs.runner import Runner
 from app.runs.schemas import (
     RUN_ID_PATTERN,
     RecoveryResult,
@@ -122,6 +126,26 @@ async def refresh_secret(
     target = await start_refresh(runner, actor, secret, force=force, received_at=arrived)
     answer = await finish_refresh(runner, actor, secret, target, force=force, received_at=arrived)
     return _answer(answer.result, answer.http_status)
+
+
+async def refresh_secret_fast(
+    scope: Scope, actor: Actor, params: dict[str, str]
+) -> JSONResponse | None:
+    """`refresh_secret`'s fast path: a plain refresh (no `force`), as the route runs it. An error
+    before the run (unknown secret, a missing permission) hands the request to the route, which
+    checks again and answers it; nothing was called."""
+    runner: Runner = scope["app"].state.runner
+    secret = params["secret"]
+    arrived = received_at(scope)
+    try:
+        target = await start_refresh(runner, actor, secret, force=False, received_at=arrived)
+    except TokenfarmError:
+        return None
+    answer = await finish_refresh(runner, actor, secret, target, force=False, received_at=arrived)
+    return _answer(answer.result, answer.http_status)
+
+
+FAST_PATHS = (FastPath(refresh_secret, refresh_secret_fast, {"secret": SECRET_NAME_PATTERN}),)
 
 
 @router.get("/v1/runs", dependencies=[Depends(require("runs.read"))])

@@ -6,15 +6,19 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import JSONResponse
+from starlette.types import Scope
 
-from app.auth.actor import ensure
+from app.auth.actor import Actor, ensure
 from app.auth.dependencies import CurrentActor, require
 from app.config import Environment
 from app.dependencies import KeyringDep, SessionDep, SettingsDep
+from app.fastpath import FastPath
 from app.middleware import received_at
+from app.pipeline.schemas import SECRET_NAME_PATTERN
 from app.runs.refresh import read_value
 from app.runs.runner import RunOutcome
 from app.schemas import ErrorResponse
+from app.secrets.cache import ValueCache
 from app.secrets.schemas import (
     MAX_MIN_VALID_SECONDS,
     RollbackRequest,
@@ -142,6 +146,22 @@ async def read_secret_value(
     if isinstance(read, RunOutcome):
         return _failed_refresh(read)
     return Response(read, media_type="application/json")
+
+
+async def read_secret_value_fast(
+    scope: Scope, actor: Actor, params: dict[str, str]
+) -> Response | None:
+    """`read_secret_value`'s fast path: a plain read the value cache can answer, as the route
+    answers it; anything else (a missing permission, no cached value) is the route's."""
+    name = params["name"]
+    if not actor.can(f"secrets.read:{name}"):
+        return None
+    cache: ValueCache = scope["app"].state.value_cache
+    body = cache.answer(name, None, None)
+    return None if body is None else Response(body, media_type="application/json")
+
+
+FAST_PATHS = (FastPath(read_secret_value, read_secret_value_fast, {"name": SECRET_NAME_PATTERN}),)
 
 
 def _failed_refresh(outcome: RunOutcome) -> JSONResponse:
