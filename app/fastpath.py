@@ -1,63 +1,136 @@
-"""The two hot paths, answered before routing when the caller's credential is in the actor cache.
+"""Shortcuts for the hot routes, answered before routing when the caller's credential is in the
+actor cache.
 
 Apps poll `GET /v1/secrets/NAME/value` and `GET /refresh/NAME` far more often than anything else,
 and FastAPI's routing, dependency solving and exception layers cost more than a token read and a
-good share of a refresh. Here they go straight to the code the routes run, with the same checks:
+good share of a refresh. A route that wants to skip them declares a `FastPath` beside itself (its
+router module): the route's endpoint, the shortcut, and the patterns its path parameters must
+match (the ones the route checks). This module is only the mechanism: it matches a request on the
+route's own `path_regex`, finds the caller in the actor cache, and asks the shortcut, which calls
+the same domain code the route calls and answers exactly what the route would, or None to hand
+the request on to the route. A domain error a shortcut raises is answered by the app's own
+handler, as the route's would be.
 
-- A value read, when the caller holds `secrets.read:NAME` and the value cache (SQLite: valid while
-  nothing was committed) holds the value: the answer is exactly what the route would send, from
-  the same caches. Anything else goes on to the route, so this path only ever answers a 200.
-- A refresh: `start_refresh` and `finish_refresh`, exactly what the route calls. An error before
-  the run starts (unknown secret, a missing permission) hands the request to the route, which
-  answers it; one after it started is answered here through the app's own error handler.
-
-Anything else (no or another credential shape, a query string, a caller the cache doesn't know)
-goes to the route, which resolves, checks and answers in full.
+Anything else (another method, no or another credential shape, a query string, a caller the
+cache doesn't know) goes to the route, which resolves, checks and answers in full. Setting
+`app.state.fast_paths = False` sends everything to the routes (the tests compare the two answers).
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.auth.dependencies import bearer_token
-from app.auth.permissions import secret_read
 from app.errors import TokenfarmError
 from app.handlers import tokenfarm_error
-from app.middleware import received_at
-from app.pipeline.schemas import SECRET_NAME_PATTERN
-from app.runs.router import finish_refresh, start_refresh
 
 if TYPE_CHECKING:
     from app.auth.actor import Actor
     from app.auth.cache import ActorCache
-    from app.secrets.cache import ValueCache
 
-NAME = SECRET_NAME_PATTERN.strip("^$")
-VALUE_PATH = re.compile(r"/v1/secrets/(?P<name>" + NAME + r")/value")
-REFRESH_PATH = re.compile(r"/refresh/(?P<name>" + NAME + r")")
+# (scope, the known caller, the path parameters) -> the route's answer, or None: ask the route.
+Shortcut = Callable[["Scope", "Actor", dict[str, str]], Awaitable[Response | None]]
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """A route's shortcut, declared beside the route: `endpoint` is the route's endpoint function
+    (it finds the route and its path pattern), `params` the patterns its path parameters must
+    match for the shortcut to be asked (anything else is the route's to refuse)."""
+
+    endpoint: Callable[..., Any]
+    shortcut: Shortcut
+    params: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Bound:
+    """A fast path bound to its route: the route's path regex and the parameters' patterns."""
+
+    path_regex: re.Pattern[str]
+    params: tuple[tuple[str, re.Pattern[str]], ...]
+    shortcut: Shortcut
+
+    def match(self, path: str) -> dict[str, str] | None:
+        """The path parameters when `path` is the route's and they match, else None."""
+        found = self.path_regex.match(path)
+        if found is None:
+            return None
+        values = found.groupdict()
+        for name, pattern in self.params:
+            if pattern.fullmatch(values[name]) is None:
+                return None
+        return values
+
+
+def bind(routes: Sequence[BaseRoute], fast_paths: Iterable[FastPath]) -> list[_Bound]:
+    """Each fast path with its route's own path regex, as the app serves it (prefix included). A
+    fast path for a route the app doesn't serve on GET, or for a parameter its path doesn't have,
+    is a programming error."""
+    by_endpoint = {
+        route.endpoint: route
+        for route in iter_route_contexts(routes)
+        if isinstance(route.original_route, APIRoute) and "GET" in (route.methods or ())
+    }
+    bound = []
+    for fast_path in fast_paths:
+        route = by_endpoint.get(fast_path.endpoint)
+        if route is None:
+            raise LookupError(f"no GET route for the fast path of {fast_path.endpoint.__name__}")
+        missing = set(fast_path.params) - set(route.param_convertors)
+        if missing:
+            raise LookupError(f"{route.path} has no path parameter {sorted(missing)}")
+        params = tuple((name, re.compile(pattern)) for name, pattern in fast_path.params.items())
+        bound.append(_Bound(route.path_regex, params, fast_path.shortcut))
+    return bound
 
 
 class FastPaths:
-    """Pure ASGI: answers a plain value read or refresh of a known caller, or hands it on."""
+    """Pure ASGI: answers a plain GET of a known caller through its route's shortcut, or hands
+    it on."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, paths: Sequence[_Bound]) -> None:
         self.app = app
+        self.paths = tuple(paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
-            value = VALUE_PATH.fullmatch(scope["path"])
-            refresh = None if value is not None else REFRESH_PATH.fullmatch(scope["path"])
-            actor = _known_caller(scope) if value or refresh else None
-            if actor is not None:
-                if value is not None and await _cached_read(scope, send, actor, value["name"]):
+            for path in self.paths:
+                params = path.match(scope["path"])
+                if params is None:
+                    continue
+                if await _answered(path.shortcut, params, scope, receive, send):
                     return
-                if refresh is not None and await _refresh(scope, receive, send, actor, refresh):
-                    return
+                break
         await self.app(scope, receive, send)
+
+
+async def _answered(
+    shortcut: Shortcut, params: dict[str, str], scope: Scope, receive: Receive, send: Send
+) -> bool:
+    """Ask the shortcut for a known caller, and send its answer (whether there was one)."""
+    if not scope["app"].state.fast_paths:
+        return False
+    actor = _known_caller(scope)
+    if actor is None:
+        return False
+    try:
+        response = await shortcut(scope, actor, params)
+    except TokenfarmError as exc:
+        response = await tokenfarm_error(Request(scope), exc)
+    if response is None:
+        return False
+    await response(scope, receive, send)
+    return True
 
 
 def _known_caller(scope: Scope) -> Actor | None:
@@ -76,46 +149,3 @@ def _known_caller(scope: Scope) -> Actor | None:
         return None
     actor_cache: ActorCache = scope["app"].state.actor_cache
     return actor_cache.get(credential)
-
-
-async def _cached_read(scope: Scope, send: Send, actor: Actor, name: str) -> bool:
-    """Answer a value read from the value cache (whether it did)."""
-    if not actor.can(secret_read(name)):
-        return False
-    value_cache: ValueCache = scope["app"].state.value_cache
-    body = value_cache.answer(name, None, None)
-    if body is None:
-        return False
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [
-                (b"content-length", str(len(body)).encode()),
-                (b"content-type", b"application/json"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-    return True
-
-
-async def _refresh(
-    scope: Scope, receive: Receive, send: Send, actor: Actor, match: re.Match[str]
-) -> bool:
-    """Run a refresh as the route would (whether it answered)."""
-    runner = scope["app"].state.runner
-    name = match["name"]
-    arrived = received_at(scope)
-    try:
-        target = await start_refresh(actor, runner, name, force=False, received_at=arrived)
-    except TokenfarmError:
-        return False  # nothing ran: the route checks again and answers the error
-    try:
-        response = await finish_refresh(
-            runner, actor, name, target, force=False, received_at=arrived
-        )
-    except TokenfarmError as exc:
-        response = await tokenfarm_error(Request(scope), exc)
-    await response(scope, receive, send)
-    return True

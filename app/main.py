@@ -16,7 +16,7 @@ from app.auth.tokens import TokenService, load_jwt_secret
 from app.config import Settings, get_settings
 from app.configuration.router import router as configuration_router
 from app.crypto import load_keyring
-from app.fastpath import FastPaths
+from app.fastpath import FastPaths, bind
 from app.handlers import install_error_handlers
 from app.health import router as health_router
 from app.logs import configure_logging
@@ -25,10 +25,12 @@ from app.metrics import router as metrics_router
 from app.middleware import RequestIdMiddleware
 from app.notifications.router import router as webhooks_router
 from app.presets.router import router as presets_router
+from app.runs.router import FAST_PATHS as RUN_FAST_PATHS
 from app.runs.router import router as runs_router
 from app.runtime import runtime, scheduling
 from app.schedules.router import router as schedules_router
 from app.secrets.cache import ValueCache
+from app.secrets.router import FAST_PATHS as SECRET_FAST_PATHS
 from app.secrets.router import router as secrets_router
 from app.services.router import router as services_router
 
@@ -101,7 +103,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         app.include_router(router)
     document_security(app)
-    # Added last is outermost: the request id and access log wrap the fast paths too.
-    app.add_middleware(FastPaths)
+    # Added last is outermost: the request id and access log wrap the fast paths too. The
+    # shortcuts are declared beside their routes and matched on those routes' own paths.
+    app.state.fast_paths = True  # False: every request is routed (tests compare the answers)
+    app.add_middleware(FastPaths, paths=bind(app.routes, [*SECRET_FAST_PATHS, *RUN_FAST_PATHS]))
     app.add_middleware(RequestIdMiddleware)
     return app

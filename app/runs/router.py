@@ -7,18 +7,21 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
+from starlette.types import Scope
 
-from app.auth.actor import Actor, refuse
+from app.auth.actor import Actor
 from app.auth.dependencies import CurrentActor, require
-from app.auth.permissions import Permission, Scoped, service_run
+from app.auth.permissions import Permission
 from app.dependencies import KeyringDep, RunnerDep, SessionDep, SettingsDep
-from app.errors import InvalidInput
+from app.errors import InvalidInput, TokenfarmError
+from app.fastpath import FastPath
 from app.middleware import received_at
 from app.pipeline.context import RequestData
 from app.pipeline.schemas import SECRET_NAME_PATTERN
 from app.runs.log import RunLog
 from app.runs.recovery import Recovery
-from app.runs.runner import RefreshTarget, Runner, RunOutcome
+from app.runs.refresh import ensure_can_run, finish_refresh, run_fields, start_refresh
+from app.runs.runner import Runner
 from app.runs.schemas import (
     RUN_ID_PATTERN,
     RecoveryResult,
@@ -30,7 +33,6 @@ from app.runs.schemas import (
     RunTrigger,
 )
 from app.schemas import ErrorResponse
-from app.secrets.store import SecretStore
 from app.services.schemas import READABLE_ID_PATTERN, SLUG_PATTERN
 
 router = APIRouter(tags=["runs"])
@@ -50,12 +52,6 @@ RUN_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def ensure_can_run(actor: Actor, slug: str, readable_id: str) -> None:
-    """Running needs `services.run:SLUG` or `services.run:SLUG/ID`."""
-    if not actor.can_run(slug, readable_id):
-        refuse(actor, service_run(slug), f" or {service_run(slug, readable_id)!r}")
-
-
 async def _request_data(request: Request) -> RequestData:
     """The caller's query, JSON or form body and headers, for `request.*` bindings."""
     body: Any = None
@@ -72,22 +68,9 @@ async def _request_data(request: Request) -> RequestData:
     return RequestData(query=dict(request.query_params), body=body, headers=headers)
 
 
-def _run_fields(outcome: RunOutcome) -> dict[str, Any]:
-    """The fields every run answer shares."""
-    failed = outcome.error_body is not None
-    return {
-        "run_id": outcome.run_id,
-        "status": outcome.status,
-        "error": outcome.error_body,
-        "response": None if failed else outcome.response,
-        "coalesced": outcome.coalesced,
-        "adopted": outcome.adopted,
-    }
-
-
-def _answer(result: RunResult, outcome: RunOutcome) -> JSONResponse:
+def _answer(result: RunResult, http_status: int) -> JSONResponse:
     """The result as its documented schema renders it, with the run's status code."""
-    return JSONResponse(result.model_dump(mode="json"), status_code=outcome.http_status)
+    return JSONResponse(result.model_dump(mode="json"), status_code=http_status)
 
 
 SlugPath = Annotated[str, Path(pattern=SLUG_PATTERN, examples=["oauth"])]
@@ -108,7 +91,7 @@ async def run_endpoint(
     outcome = await runner.run_endpoint(
         slug, readable_id, actor=actor, trigger="api", method=request.method, request=data
     )
-    return _answer(RunResult.model_validate(_run_fields(outcome)), outcome)
+    return _answer(RunResult.model_validate(run_fields(outcome)), outcome.http_status)
 
 
 for _method in ("GET", "POST", "PUT"):
@@ -141,63 +124,29 @@ async def refresh_secret(
     409 without calling anything until a value is set by hand or `force=true` is passed.
     """
     arrived = received_at(request.scope)
-    target = await start_refresh(actor, runner, secret, force=force, received_at=arrived)
-    return await finish_refresh(runner, actor, secret, target, force=force, received_at=arrived)
+    target = await start_refresh(runner, actor, secret, force=force, received_at=arrived)
+    answer = await finish_refresh(runner, actor, secret, target, force=force, received_at=arrived)
+    return _answer(answer.result, answer.http_status)
 
 
-async def start_refresh(
-    actor: Actor, runner: Runner, secret: str, *, force: bool, received_at: float | None
-) -> RefreshTarget:
-    """The checks and the lookup of a refresh (nothing is called yet; every error is raised)."""
-    if not actor.may_hold_any(Scoped.SERVICES_RUN.prefix):
-        # Refused before the lookup, so no one without run rights learns which secrets exist.
-        refuse(actor, service_run("SLUG"))
-    # The secret, its endpoint and the secrets that uses, in one read (no session of the
-    # request's own: none may stay open across the outbound call).
-    target = await runner.prepare_refresh(secret, force=force, received_at=received_at)
-    ensure_can_run(actor, target.slug, target.readable_id)
-    return target
+async def refresh_secret_fast(
+    scope: Scope, actor: Actor, params: dict[str, str]
+) -> JSONResponse | None:
+    """`refresh_secret`'s fast path: a plain refresh (no `force`), as the route runs it. An error
+    before the run (unknown secret, a missing permission) hands the request to the route, which
+    checks again and answers it; nothing was called."""
+    runner: Runner = scope["app"].state.runner
+    secret = params["secret"]
+    arrived = received_at(scope)
+    try:
+        target = await start_refresh(runner, actor, secret, force=False, received_at=arrived)
+    except TokenfarmError:
+        return None
+    answer = await finish_refresh(runner, actor, secret, target, force=False, received_at=arrived)
+    return _answer(answer.result, answer.http_status)
 
 
-async def finish_refresh(
-    runner: Runner,
-    actor: Actor,
-    secret: str,
-    target: RefreshTarget,
-    *,
-    force: bool,
-    received_at: float | None,
-) -> JSONResponse:
-    """Run (or share) a refresh `start_refresh` allowed, and answer it."""
-    outcome = await runner.run_endpoint(
-        target.slug,
-        target.readable_id,
-        actor=actor,
-        trigger="refresh",
-        force=force,
-        received_at=received_at,
-        prepared=target.prepared,
-    )
-    # The run says what it stored; only otherwise (it failed, or it shared or adopted a run
-    # that stored nothing for this secret) is the secret's state read again.
-    stored = outcome.stored.get(secret)
-    version: int | None
-    if stored is not None:
-        version, expires_at = stored.version, stored.expires_at
-    else:
-        async with runner.session_factory() as session:
-            store = SecretStore(session, runner.keyring, runner.settings)
-            state = await store.describe(await store.get(secret))
-        version, expires_at = state.version, state.expires_at
-    result = RefreshResult.model_validate(
-        {
-            **_run_fields(outcome),
-            "secret": secret,
-            "version": version,
-            "expires_at": expires_at,
-        }
-    )
-    return _answer(result, outcome)
+FAST_PATHS = (FastPath(refresh_secret, refresh_secret_fast, {"secret": SECRET_NAME_PATTERN}),)
 
 
 @router.get("/v1/runs", dependencies=[Depends(require(Permission.RUNS_READ))])

@@ -6,20 +6,20 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import JSONResponse
+from starlette.types import Scope
 
-from app.auth.accounts import AccountStore
 from app.auth.actor import Actor, ensure
 from app.auth.dependencies import CurrentActor, require
-from app.auth.permissions import Permission, secret_read, service_run
+from app.auth.permissions import Permission, secret_read
 from app.config import Environment
 from app.dependencies import KeyringDep, SessionDep, SettingsDep
-from app.errors import Conflict, NotFound, PermissionDenied
+from app.fastpath import FastPath
 from app.middleware import received_at
-from app.runs.router import ensure_can_run
-from app.runs.runner import Runner, RunOutcome
+from app.pipeline.schemas import SECRET_NAME_PATTERN
+from app.runs.refresh import read_value
+from app.runs.runner import RunOutcome
 from app.schemas import ErrorResponse
-from app.secrets.cache import CachedValue, ValueCache
-from app.secrets.models import Secret
+from app.secrets.cache import ValueCache
 from app.secrets.schemas import (
     MAX_MIN_VALID_SECONDS,
     RollbackRequest,
@@ -31,7 +31,7 @@ from app.secrets.schemas import (
     SecretVersionRead,
     ValueWritten,
 )
-from app.secrets.store import SecretStore, expires_within
+from app.secrets.store import SecretStore
 
 router = APIRouter(prefix="/v1/secrets", tags=["secrets"])
 MANAGE = [Depends(require(Permission.SECRETS_MANAGE))]
@@ -135,92 +135,34 @@ async def read_secret_value(
     """
     ensure(actor, secret_read(name))
     state = request.app.state
-    cache: ValueCache = state.value_cache
-    body = cache.answer(name, environment, min_valid_seconds)
-    if body is not None:
-        return Response(body, media_type="application/json")
-    # No session is opened for an answer from the cache: the route makes its own.
-    async with state.session_factory() as session:
-        store = SecretStore(session, state.keyring, state.settings)
-        version = cache.version()
-        secret, current = await store.get_current(name, environment)
-        if min_valid_seconds is not None and expires_within(
-            current.expires_at if current else None, min_valid_seconds
-        ):
-            failed = await _refresh_for_read(
-                store,
-                secret,
-                actor,
-                state.runner,
-                environment,
-                min_valid_seconds,
-                received_at(request.scope),
-            )
-            if failed is not None:
-                return _failed_refresh(failed)
-            version = cache.version()
-            secret, current = await store.get_current(name, environment)
-        value = CachedValue.of(store.read_value(secret, current, environment))
-    cache.put(name, environment, value, version)
-    return Response(value.body, media_type="application/json")
-
-
-async def _refresh_for_read(
-    store: SecretStore,
-    secret: Secret,
-    caller: Actor,
-    runner: Runner,
-    environment: str | None,
-    seconds: int,
-    received: float | None,
-) -> RunOutcome | None:
-    """Run the secret's `refresh_endpoint` for a reader; answers the outcome only if it failed."""
-    name = secret.name
-    if not secret.refresh_endpoint:
-        raise Conflict(
-            f"secret {name!r} expires within {seconds} s and has no refresh_endpoint to refresh "
-            f"it; bind one with PATCH /v1/secrets/{name} "
-            '{"refresh_endpoint": "SLUG/READABLE_ID"}, or read without min_valid_seconds'
-        )
-    wanted = store.value_environment(secret, environment)
-    if wanted != store.value_environment(secret):
-        raise Conflict(
-            f"secret {name!r} expires within {seconds} s in environment {wanted!r}; this "
-            f"deployment refreshes only its own environment ({store.settings.environment!r})"
-        )
-    slug, readable_id = secret.refresh_endpoint.split("/", 1)
-    run_as = await _refresh_actor(store, secret, caller, slug, readable_id)
-    # The request's session must not hold a transaction open across the outbound call.
-    await store.session.commit()
-    outcome = await runner.run_endpoint(
-        slug, readable_id, actor=run_as, trigger="read", received_at=received
+    read = await read_value(
+        state.runner,
+        state.value_cache,
+        actor,
+        name,
+        environment=environment,
+        min_valid_seconds=min_valid_seconds,
+        received_at=received_at(request.scope),
     )
-    await store.session.commit()
-    return outcome if outcome.error_body is not None else None
+    if isinstance(read, RunOutcome):
+        return _failed_refresh(read)
+    return Response(read, media_type="application/json")
 
 
-async def _refresh_actor(
-    store: SecretStore, secret: Secret, caller: Actor, slug: str, readable_id: str
-) -> Actor:
-    """Who a refresh on read runs as: the secret's `refresh_as` account, else the caller."""
-    if secret.refresh_as is None:
-        ensure_can_run(caller, slug, readable_id)
-        return caller
-    try:
-        account = await AccountStore(store.session).actor_for_service_account(secret.refresh_as)
-    except NotFound:
-        raise Conflict(
-            f"secret {secret.name!r} is refreshed as service account {secret.refresh_as!r}, "
-            f"which no longer exists; set another refresh_as with PATCH /v1/secrets/{secret.name}"
-        ) from None
-    if not account.can_run(slug, readable_id):
-        permission = service_run(slug)
-        raise PermissionDenied(
-            f"secret {secret.name!r} is refreshed as service account {account.name!r}, which "
-            f"needs the permission {permission!r} or {service_run(slug, readable_id)!r}",
-            permission=permission,
-        )
-    return account
+async def read_secret_value_fast(
+    scope: Scope, actor: Actor, params: dict[str, str]
+) -> Response | None:
+    """`read_secret_value`'s fast path: a plain read the value cache can answer, as the route
+    answers it; anything else (a missing permission, no cached value) is the route's."""
+    name = params["name"]
+    if not actor.can(secret_read(name)):
+        return None
+    cache: ValueCache = scope["app"].state.value_cache
+    body = cache.answer(name, None, None)
+    return None if body is None else Response(body, media_type="application/json")
+
+
+FAST_PATHS = (FastPath(read_secret_value, read_secret_value_fast, {"name": SECRET_NAME_PATTERN}),)
 
 
 def _failed_refresh(outcome: RunOutcome) -> JSONResponse:

@@ -123,7 +123,8 @@ class TestDocumentation:
 
 
 class TestRefreshBeforeRouting:
-    """A caller the actor cache knows is served by `app/fastpath.py` without FastAPI's routing:
+    """A caller the actor cache knows is served by the fast path beside the route
+    (app/runs/router.py:refresh_secret_fast) without FastAPI's routing:
     the same checks and answers as the route, which still answers every error before a run."""
 
     @staticmethod

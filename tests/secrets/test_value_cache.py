@@ -144,7 +144,8 @@ class TestWhereItHoldsNothing:
 
 @sqlite_only
 class TestCachedReadsBeforeRouting:
-    """`FastPaths` (app/fastpath.py) answers a repeated plain read without touching the database,
+    """The fast path (app/secrets/router.py:read_secret_value_fast) answers a repeated plain read
+    without touching the database,
     with the route's exact answer, and leaves everything else to the route."""
 
     async def test_a_repeated_read_runs_no_statement_and_answers_the_same(

@@ -1,0 +1,194 @@
+"""Refreshing a secret through its `refresh_endpoint`: on demand (`GET /refresh/{secret}`) and
+before a value read that asks for `min_valid_seconds`.
+
+The rules of who may refresh what, and as whom, live here; the routes (and their fast paths) only
+parse, authorize, call these and turn what they answer into a response. Nothing here knows HTTP:
+errors are raised as domain errors, and a finished refresh is answered as data (`RefreshAnswer`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from app.auth.accounts import AccountStore
+from app.auth.actor import Actor, refuse
+from app.auth.permissions import Scoped, service_run
+from app.errors import Conflict, NotFound, PermissionDenied
+from app.runs.runner import RefreshTarget, Runner, RunOutcome
+from app.runs.schemas import RefreshResult
+from app.secrets.cache import CachedValue, ValueCache
+from app.secrets.models import Secret
+from app.secrets.store import SecretStore, expires_within
+
+
+def ensure_can_run(actor: Actor, slug: str, readable_id: str) -> None:
+    """Running needs `services.run:SLUG` or `services.run:SLUG/ID`."""
+    if not actor.can_run(slug, readable_id):
+        refuse(actor, service_run(slug), f" or {service_run(slug, readable_id)!r}")
+
+
+def run_fields(outcome: RunOutcome) -> dict[str, Any]:
+    """The fields every run answer (`RunResult` and what extends it) shares."""
+    failed = outcome.error_body is not None
+    return {
+        "run_id": outcome.run_id,
+        "status": outcome.status,
+        "error": outcome.error_body,
+        "response": None if failed else outcome.response,
+        "coalesced": outcome.coalesced,
+        "adopted": outcome.adopted,
+    }
+
+
+@dataclass(frozen=True)
+class RefreshAnswer:
+    """A finished refresh: the result and the status the run ended with."""
+
+    result: RefreshResult
+    http_status: int
+
+
+async def start_refresh(
+    runner: Runner, actor: Actor, secret: str, *, force: bool, received_at: float | None
+) -> RefreshTarget:
+    """The checks and the lookup of a refresh (nothing is called yet; every error is raised)."""
+    if not actor.may_hold_any(Scoped.SERVICES_RUN.prefix):
+        # Refused before the lookup, so no one without run rights learns which secrets exist.
+        refuse(actor, service_run("SLUG"))
+    # The secret, its endpoint and the secrets that uses, in one read (no session of the
+    # request's own: none may stay open across the outbound call).
+    target = await runner.prepare_refresh(secret, force=force, received_at=received_at)
+    ensure_can_run(actor, target.slug, target.readable_id)
+    return target
+
+
+async def finish_refresh(
+    runner: Runner,
+    actor: Actor,
+    secret: str,
+    target: RefreshTarget,
+    *,
+    force: bool,
+    received_at: float | None,
+) -> RefreshAnswer:
+    """Run (or share) a refresh `start_refresh` allowed: the run and the secret's state after it."""
+    outcome = await runner.run_endpoint(
+        target.slug,
+        target.readable_id,
+        actor=actor,
+        trigger="refresh",
+        force=force,
+        received_at=received_at,
+        prepared=target.prepared,
+    )
+    # The run says what it stored; only otherwise (it failed, or it shared or adopted a run
+    # that stored nothing for this secret) is the secret's state read again.
+    stored = outcome.stored.get(secret)
+    version: int | None
+    if stored is not None:
+        version, expires_at = stored.version, stored.expires_at
+    else:
+        async with runner.session_factory() as session:
+            store = SecretStore(session, runner.keyring, runner.settings)
+            state = await store.describe(await store.get(secret))
+        version, expires_at = state.version, state.expires_at
+    result = RefreshResult.model_validate(
+        {**run_fields(outcome), "secret": secret, "version": version, "expires_at": expires_at}
+    )
+    return RefreshAnswer(result, outcome.http_status)
+
+
+async def read_value(
+    runner: Runner,
+    cache: ValueCache,
+    actor: Actor,
+    name: str,
+    *,
+    environment: str | None,
+    min_valid_seconds: int | None,
+    received_at: float | None,
+) -> bytes | RunOutcome:
+    """A value read whose permission the caller was checked for: the `SecretValueRead` body
+    (from the cache when it can answer), refreshed first when it would expire within
+    `min_valid_seconds`; or the outcome of that refresh when it failed (the value is then left
+    as it was)."""
+    body = cache.answer(name, environment, min_valid_seconds)
+    if body is not None:
+        return body
+    # No session is opened for an answer from the cache: the read makes its own.
+    async with runner.session_factory() as session:
+        store = SecretStore(session, runner.keyring, runner.settings)
+        version = cache.version()
+        secret, current = await store.get_current(name, environment)
+        if min_valid_seconds is not None and expires_within(
+            current.expires_at if current else None, min_valid_seconds
+        ):
+            outcome = await _refresh_for_read(
+                store, secret, actor, runner, environment, min_valid_seconds, received_at
+            )
+            if outcome.error_body is not None:
+                return outcome
+            version = cache.version()
+            secret, current = await store.get_current(name, environment)
+        value = CachedValue.of(store.read_value(secret, current, environment))
+    cache.put(name, environment, value, version)
+    return value.body
+
+
+async def _refresh_for_read(
+    store: SecretStore,
+    secret: Secret,
+    caller: Actor,
+    runner: Runner,
+    environment: str | None,
+    seconds: int,
+    received_at: float | None,
+) -> RunOutcome:
+    """Run the secret's `refresh_endpoint` for a reader (trigger `read`)."""
+    name = secret.name
+    if not secret.refresh_endpoint:
+        raise Conflict(
+            f"secret {name!r} expires within {seconds} s and has no refresh_endpoint to refresh "
+            f"it; bind one with PATCH /v1/secrets/{name} "
+            '{"refresh_endpoint": "SLUG/READABLE_ID"}, or read without min_valid_seconds'
+        )
+    wanted = store.value_environment(secret, environment)
+    if wanted != store.value_environment(secret):
+        raise Conflict(
+            f"secret {name!r} expires within {seconds} s in environment {wanted!r}; this "
+            f"deployment refreshes only its own environment ({store.settings.environment!r})"
+        )
+    slug, readable_id = secret.refresh_endpoint.split("/", 1)
+    run_as = await _refresh_actor(store, secret, caller, slug, readable_id)
+    # The read's session must not hold a transaction open across the outbound call.
+    await store.session.commit()
+    outcome = await runner.run_endpoint(
+        slug, readable_id, actor=run_as, trigger="read", received_at=received_at
+    )
+    await store.session.commit()
+    return outcome
+
+
+async def _refresh_actor(
+    store: SecretStore, secret: Secret, caller: Actor, slug: str, readable_id: str
+) -> Actor:
+    """Who a refresh on read runs as: the secret's `refresh_as` account, else the caller."""
+    if secret.refresh_as is None:
+        ensure_can_run(caller, slug, readable_id)
+        return caller
+    try:
+        account = await AccountStore(store.session).actor_for_service_account(secret.refresh_as)
+    except NotFound:
+        raise Conflict(
+            f"secret {secret.name!r} is refreshed as service account {secret.refresh_as!r}, "
+            f"which no longer exists; set another refresh_as with PATCH /v1/secrets/{secret.name}"
+        ) from None
+    if not account.can_run(slug, readable_id):
+        permission = service_run(slug)
+        raise PermissionDenied(
+            f"secret {secret.name!r} is refreshed as service account {account.name!r}, which "
+            f"needs the permission {permission!r} or {service_run(slug, readable_id)!r}",
+            permission=permission,
+        )
+    return account
