@@ -4,14 +4,16 @@ Two concurrent refreshes would both spend the same rotating refresh token, and t
 its whole family. So a run takes turns with every other run of its endpoint and every run that
 writes one of the same secrets: in this process with asyncio locks, and on PostgreSQL with
 transaction-scoped advisory locks, held on a connection of their own, so replicas take turns
-too. And callers without request data share the run in flight (a `Flight`) instead of starting
-one of their own.
+too. Callers without request data share the run in flight (a `Flight`) instead of starting
+one of their own; and a run that waited for its turn adopts the result of the run that went
+first, if that one refreshed its targets meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,11 +21,15 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.auth.actor import Actor
 from app.errors import Conflict
-from app.runs.record import RunOutcome
+from app.runs.record import PreparedRun, RunOutcome
+from app.secrets import sql
+from app.secrets.sql import LoadedSecret
+
+logger = logging.getLogger("tokenfarm.run")
 
 # A flight's key: the endpoint (slug, readable_id) and whether the run is forced.
 FlightKey = tuple[str, str, bool]
@@ -186,3 +192,51 @@ class Flights:
                     del self._landed[old_key]
 
         return flight, landed
+
+
+def changed_versions(
+    before: dict[str, LoadedSecret | None], after: dict[str, LoadedSecret | None], names: set[str]
+) -> set[str]:
+    """Which of `names` hold another version now than before."""
+    changed = set()
+    for name in names:
+        old, new = before.get(name), after.get(name)
+        old_version = old.version if old else None
+        new_version = new.version if new else None
+        if old_version != new_version:
+            changed.add(name)
+    return changed
+
+
+async def adopt(
+    session_factory: async_sessionmaker[AsyncSession],
+    snapshot: PreparedRun,
+    now: dict[str, LoadedSecret | None],
+) -> RunOutcome | None:
+    """The result of a run that refreshed the targets since `snapshot` was loaded, if any.
+
+    Only a run's write counts: a value set by hand meanwhile is not a refresh.
+    """
+    changed = changed_versions(snapshot.secrets, now, snapshot.target_names)
+    if not changed:
+        return None
+    async with session_factory() as session:
+        for name in sorted(changed):
+            loaded = now[name]
+            if loaded is None:
+                continue
+            row = await sql.version_origin(
+                session, loaded.secret.id, loaded.environment, loaded.version
+            )
+            if row is not None and row.source == "run" and row.run_id:
+                logger.info(
+                    "run of %s/%s adopted run %s: %s was refreshed meanwhile",
+                    snapshot.service.slug,
+                    snapshot.endpoint.readable_id,
+                    row.run_id,
+                    name,
+                )
+                return RunOutcome(
+                    run_id=row.run_id, status="succeeded", http_status=200, adopted=True
+                )
+    return None

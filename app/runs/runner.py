@@ -50,7 +50,7 @@ from app.outbound import Outbound
 from app.pipeline.analysis import compile_action
 from app.pipeline.context import RequestData, RunContext
 from app.pipeline.nodes import execute
-from app.runs.flights import Flight, Flights, Turns, turns_of
+from app.runs.flights import Flight, Flights, Turns, adopt, changed_versions, turns_of
 from app.runs.record import PreparedRun, RunOutcome, RunRecord
 from app.secrets import health, sql
 from app.secrets.rules import Unwritable, why_runs_cannot_write
@@ -211,7 +211,7 @@ class Runner:
                     # A call with request data, or a schedule's tick (each is logged as its
                     # own run), never stands in for another run.
                     adopted = (
-                        await self._adopt(snapshot, prepared.secrets)
+                        await adopt(self.session_factory, snapshot, prepared.secrets)
                         if job.request is None
                         and job.schedule_name is None
                         and job.actor.can_write_all(prepared.target_names)
@@ -277,37 +277,6 @@ class Runner:
         store = SecretStore(session, self.keyring, self.settings)
         secrets = await store.load_for_run(set(action.reads))
         return PreparedRun(service, endpoint, action.nodes, action.targets, secrets)
-
-    async def _adopt(
-        self, snapshot: PreparedRun, now: dict[str, LoadedSecret | None]
-    ) -> RunOutcome | None:
-        """The result of a run that refreshed the targets since `snapshot` was loaded, if any.
-
-        Only a run's write counts: a value set by hand meanwhile is not a refresh.
-        """
-        changed = _changed(snapshot.secrets, now, snapshot.target_names)
-        if not changed:
-            return None
-        async with self.session_factory() as session:
-            for name in sorted(changed):
-                loaded = now[name]
-                if loaded is None:
-                    continue
-                row = await sql.version_origin(
-                    session, loaded.secret.id, loaded.environment, loaded.version
-                )
-                if row is not None and row.source == "run" and row.run_id:
-                    logger.info(
-                        "run of %s/%s adopted run %s: %s was refreshed meanwhile",
-                        snapshot.service.slug,
-                        snapshot.endpoint.readable_id,
-                        row.run_id,
-                        name,
-                    )
-                    return RunOutcome(
-                        run_id=row.run_id, status="succeeded", http_status=200, adopted=True
-                    )
-        return None
 
     @staticmethod
     def _preflight(prepared: PreparedRun, actor: Actor, force: bool) -> None:
@@ -507,10 +476,10 @@ class Runner:
         async with self.session_factory() as session:
             store = SecretStore(session, self.keyring, self.settings)
             now = await store.load_for_run(set(prepared.secrets))
-        changed = _changed(prepared.secrets, now, set(prepared.secrets))
+        changed = changed_versions(prepared.secrets, now, set(prepared.secrets))
         if not changed:
             return None
-        adopted = await self._adopt(prepared, now)
+        adopted = await adopt(self.session_factory, prepared, now)
         if adopted is not None:
             return adopted
         return Superseded(
@@ -611,17 +580,3 @@ def _store_run(
     if record is not None:
         record(connection)
     return None
-
-
-def _changed(
-    before: dict[str, LoadedSecret | None], after: dict[str, LoadedSecret | None], names: set[str]
-) -> set[str]:
-    """Which of `names` hold another version now than before."""
-    changed = set()
-    for name in names:
-        old, new = before.get(name), after.get(name)
-        old_version = old.version if old else None
-        new_version = new.version if new else None
-        if old_version != new_version:
-            changed.add(name)
-    return changed
