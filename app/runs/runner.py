@@ -13,7 +13,6 @@ the secrets' statements (app/secrets/sql.py), then the run record's (app/runs/re
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import time
 import uuid
@@ -450,18 +449,22 @@ class Runner:
     @staticmethod
     def _storing_failed(run_id: str, exc: Exception, kept: bool) -> TokenfarmError:
         """The error of a run whose writes could not be stored, saying how to recover them: a
-        new error (of the same kind as a domain error caught, which stays its cause)."""
+        new error (of the kind of a domain error caught, which stays its cause)."""
         if isinstance(exc, TokenfarmError):
-            error = copy.copy(exc)
+            message, extra = exc.message, dict(exc.extra)
         else:
-            error = StorageFailed("the run's outcome could not be stored; nothing was written")
+            message, extra = "the run's outcome could not be stored; nothing was written", {}
         if kept:
-            error.message += (
+            message += (
                 f"; the upstream's answer is kept encrypted in run {run_id}: write it with "
                 f"`tokenfarm runs recover {run_id}` or POST /v1/runs/{run_id}/recover"
             )
-            error.args = (error.message,)
-            error.extra = {**error.extra, "recoverable": True}
+            extra["recoverable"] = True
+        if not isinstance(exc, TokenfarmError):
+            return StorageFailed(message, **extra)
+        # A copy that keeps the kind's own attributes (status, error class), with the message.
+        error = type(exc).__new__(type(exc), message)
+        error.__dict__.update(exc.__dict__, message=message, extra=extra)
         error.__cause__ = exc
         return error
 
