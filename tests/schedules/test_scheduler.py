@@ -45,6 +45,26 @@ async def refresh_schedule(
     )
 
 
+async def refreshed_as_account(
+    client: httpx.AsyncClient, server: TokenServer, permissions: tuple[str, ...] | None = None
+) -> None:
+    """The canonical refresh, refreshed once, with ACCESS_TOKEN refreshed as RUN_AS on expiry."""
+    await setup_oauth(client, server)
+    await make_account(client, permissions=permissions)
+    response = await client.patch("/v1/secrets/ACCESS_TOKEN", json={"refresh_as": RUN_AS})
+    assert response.status_code == 200, response.text
+    assert (await client.get("/refresh/ACCESS_TOKEN")).status_code == 200
+
+
+def status_changes(app: FastAPI) -> list[SecretStatusChanged]:
+    """The secrets' status changes the app announces from now on."""
+    heard: list[SecretStatusChanged] = []
+    app.state.events.subscribe(
+        lambda event: heard.append(event) if isinstance(event, SecretStatusChanged) else None
+    )
+    return heard
+
+
 class TestTicks:
     async def test_nothing_runs_before_the_tick(
         self,
@@ -185,11 +205,9 @@ class TestPermissions:
         scheduler: Scheduler,
         clock: ManualClock,
     ) -> None:
-        await setup_oauth(client, token_server)
-        await make_account(client, permissions=("secrets.update_from_service:*",))
-        response = await client.patch("/v1/secrets/ACCESS_TOKEN", json={"refresh_as": RUN_AS})
-        assert response.status_code == 200, response.text
-        assert (await client.get("/refresh/ACCESS_TOKEN")).status_code == 200
+        await refreshed_as_account(
+            client, token_server, permissions=("secrets.update_from_service:*",)
+        )
         token_server.state.reset_counters()
         await clock.advance(3600)
 
@@ -210,15 +228,10 @@ class TestPermissions:
         clock: ManualClock,
     ) -> None:
         """Webhooks and metrics hear of a refresh refused for its refresh_as, like any failure."""
-        await setup_oauth(client, token_server)
-        await make_account(client, permissions=("secrets.update_from_service:*",))
-        response = await client.patch("/v1/secrets/ACCESS_TOKEN", json={"refresh_as": RUN_AS})
-        assert response.status_code == 200, response.text
-        assert (await client.get("/refresh/ACCESS_TOKEN")).status_code == 200
-        heard: list[SecretStatusChanged] = []
-        app.state.events.subscribe(
-            lambda event: heard.append(event) if isinstance(event, SecretStatusChanged) else None
+        await refreshed_as_account(
+            client, token_server, permissions=("secrets.update_from_service:*",)
         )
+        heard = status_changes(app)
         await clock.advance(3600)
 
         assert await scheduler.run_due() == 1
@@ -242,16 +255,9 @@ class TestPermissions:
         scheduler: Scheduler,
         clock: ManualClock,
     ) -> None:
-        await setup_oauth(client, token_server)
-        await make_account(client)
-        response = await client.patch("/v1/secrets/ACCESS_TOKEN", json={"refresh_as": RUN_AS})
-        assert response.status_code == 200, response.text
-        assert (await client.get("/refresh/ACCESS_TOKEN")).status_code == 200
+        await refreshed_as_account(client, token_server)
         assert (await client.delete(f"/v1/service-accounts/{RUN_AS}")).status_code == 204
-        heard: list[SecretStatusChanged] = []
-        app.state.events.subscribe(
-            lambda event: heard.append(event) if isinstance(event, SecretStatusChanged) else None
-        )
+        heard = status_changes(app)
         token_server.state.reset_counters()
         await clock.advance(3600)
 
@@ -405,11 +411,7 @@ class TestExpiryDrivenRefresh:
         scheduler: Scheduler,
         clock: ManualClock,
     ) -> None:
-        await setup_oauth(client, token_server)
-        await make_account(client)
-        response = await client.patch("/v1/secrets/ACCESS_TOKEN", json={"refresh_as": RUN_AS})
-        assert response.status_code == 200, response.text
-        assert (await client.get("/refresh/ACCESS_TOKEN")).status_code == 200
+        await refreshed_as_account(client, token_server)
         token_server.state.reset_counters()
         token_server.state.fault = "invalid_client"
         await clock.advance(3600)  # past the token's expiry: due
