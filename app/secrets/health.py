@@ -35,7 +35,7 @@ def changes_of_write(source: str, now: datetime) -> dict[str, Any]:
 
 
 def announce_healthy(
-    session: Any, name: str, old_status: str, run_id: str | None, at: datetime
+    session: AsyncSession, name: str, old_status: str, run_id: str | None, at: datetime
 ) -> None:
     """Tell listeners (after the commit) that a secret that was not `ok` is `ok` again."""
     if old_status != "ok":
