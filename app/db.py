@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Column, DateTime, Dialect, event
+from sqlalchemy import Column, DateTime, Dialect, Select, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -18,9 +18,11 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import SQLModel
 
-from app.errors import ConfigurationError
+from app.errors import ConfigurationError, NotFound
 from app.events import EVENTS_KEY, Events
 from app.sqlite_driver import one_trip_dbapi
+
+T = TypeVar("T")
 
 DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
@@ -125,6 +127,22 @@ async def flushed_connection(session: AsyncSession) -> AsyncConnection:
     if session.new or session.dirty or session.deleted:
         await session.flush()
     return await session.connection()
+
+
+async def one_or_not_found(
+    session: AsyncSession, query: Select[T], what: str, params: dict[str, Any] | None = None
+) -> T:
+    """The one object `query` finds, or NotFound saying "`what` does not exist" (every store's
+    lookup by name)."""
+    found = (await session.execute(query, params)).scalar_one_or_none()
+    if found is None:
+        raise NotFound(f"{what} does not exist")
+    return found
+
+
+def storable(message: str | None) -> str | None:
+    """Text every database stores: messages quote upstream answers, and PostgreSQL refuses NUL."""
+    return None if message is None else message.replace("\x00", "\ufffd")
 
 
 NAMING_CONVENTION = {

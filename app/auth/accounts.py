@@ -35,7 +35,7 @@ from app.auth.schemas import (
     UserUpdate,
 )
 from app.auth.tokens import TokenClaims
-from app.db import utcnow
+from app.db import one_or_not_found, utcnow
 from app.errors import AlreadyExists, Conflict, InvalidInput, NotAuthenticated, NotFound
 
 OWNER_ROLE = "owner"
@@ -166,10 +166,8 @@ class AccountStore:
 
     async def role(self, name: str) -> Role:
         """The role called `name`, or NotFound."""
-        role = await self._role_or_none(name)
-        if role is None:
-            raise NotFound(f"role {name!r} does not exist")
-        return role
+        query = select(Role).where(col(Role.name) == name)
+        return await one_or_not_found(self.session, query, f"role {name!r}")
 
     @staticmethod
     def describe_role(role: Role) -> RoleRead:
@@ -242,10 +240,7 @@ class AccountStore:
         if "\x00" in email:
             raise NotFound(f"user {email!r} does not exist")
         query = select(User).where(col(User.email) == email.strip().lower())
-        user = (await self.session.execute(query)).scalar_one_or_none()
-        if user is None:
-            raise NotFound(f"user {email!r} does not exist")
-        return user
+        return await one_or_not_found(self.session, query, f"user {email!r}")
 
     async def describe_user(self, user: User) -> UserRead:
         """A user as the API shows it."""
@@ -347,10 +342,7 @@ class AccountStore:
     async def service_account(self, name: str) -> ServiceAccount:
         """The service account called `name`, or NotFound."""
         query = select(ServiceAccount).where(col(ServiceAccount.name) == name)
-        account = (await self.session.execute(query)).scalar_one_or_none()
-        if account is None:
-            raise NotFound(f"service account {name!r} does not exist")
-        return account
+        return await one_or_not_found(self.session, query, f"service account {name!r}")
 
     async def describe_service_account(self, account: ServiceAccount) -> ServiceAccountRead:
         """A service account as the API shows it."""

@@ -45,6 +45,7 @@ from app.presets.catalog import PRESETS, ClientAuthParams
 from app.schedules.models import Schedule
 from app.schedules.store import unpack_environments
 from app.secrets.models import ALL_ENVIRONMENTS, Secret, SecretValue, SecretVersion
+from app.secrets.rules import why_runs_cannot_write
 from app.services.models import Endpoint, Service
 from app.services.schemas import ServiceCreate
 
@@ -455,8 +456,8 @@ class Planner:
             if target is None or target not in final.secrets:
                 continue
             environment_specific, locked = final.secrets[target]
-            if locked or not environment_specific:
-                why = "is locked" if locked else "is not environment-specific"
+            why = why_runs_cannot_write(environment_specific=environment_specific, locked=locked)
+            if why is not None:
                 loaded.problem(
                     where,
                     f"secret {target!r} {why}; runs write only unlocked, "

@@ -16,8 +16,8 @@ from sqlmodel import col
 from app.auth.actor import Actor
 from app.config import Settings
 from app.crypto import Keyring
-from app.db import utcnow
-from app.errors import AlreadyExists, InvalidInput, NotFound
+from app.db import one_or_not_found, utcnow
+from app.errors import AlreadyExists, InvalidInput
 from app.notifications.models import Webhook
 from app.notifications.schemas import (
     EVENT_TYPES,
@@ -68,12 +68,8 @@ class WebhookStore:
 
     async def get(self, name: str) -> Webhook:
         """A webhook by name, or NotFound."""
-        found = (
-            await self.session.execute(select(Webhook).where(col(Webhook.name) == name))
-        ).scalar_one_or_none()
-        if found is None:
-            raise NotFound(f"webhook {name!r} does not exist")
-        return found
+        query = select(Webhook).where(col(Webhook.name) == name)
+        return await one_or_not_found(self.session, query, f"webhook {name!r}")
 
     async def list_all(self) -> list[Webhook]:
         """Every webhook, by name."""

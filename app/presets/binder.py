@@ -25,6 +25,7 @@ from app.presets.catalog import PRESETS, ClientAuthParams, Preset, PresetParams
 from app.presets.schemas import RefresherRead, RefresherRequest
 from app.schemas import describe_error, format_location
 from app.secrets.models import Secret
+from app.secrets.rules import Unwritable, why_runs_cannot_write
 from app.secrets.schemas import SecretUpdate
 from app.secrets.store import SecretStore
 from app.services.models import Endpoint, Service
@@ -142,11 +143,12 @@ class PresetBinder:
     @staticmethod
     def _unwritable(secret: Secret) -> str | None:
         """Why a run could not write this secret (the runner's pre-flight rules), or None."""
-        if secret.locked:
-            return "is locked"
-        if not secret.environment_specific:
-            return "is not environment-specific (runs write only those)"
-        return None
+        why = why_runs_cannot_write(
+            environment_specific=secret.environment_specific, locked=secret.locked
+        )
+        if why is Unwritable.NOT_ENVIRONMENT_SPECIFIC:
+            return f"{why} (runs write only those)"
+        return why
 
     async def _refuse_shared(self, target: Secret, refresh_endpoint: str) -> None:
         """The endpoint belongs to one secret: replacing its action must not change another's."""

@@ -19,8 +19,8 @@ from app.config import Settings
 from app.crypto import Keyring
 from app.db import utcnow
 from app.errors import Conflict, NotFound
+from app.runs.flights import advisory_key, endpoint_turn
 from app.runs.models import Run, RunSecret
-from app.runs.runner import advisory_key, endpoint_turn
 from app.runs.schemas import RecoveredSecret, RecoveryResult
 from app.secrets.store import SecretStore
 

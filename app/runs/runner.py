@@ -3,33 +3,27 @@ then store every write at once (compare-and-set) and record the run.
 
 No database transaction holding data stays open across an outbound call: loading and storing are
 short transactions around the engine. Runs of one endpoint are single-flight: concurrent callers
-without request data share one execution (in this process). A run takes turns with every other run
-of its endpoint and every run that writes one of the same secrets (two endpoints refreshing one
-refresh token would otherwise both spend it): in this process with asyncio locks, and on
-PostgreSQL with transaction-scoped advisory locks, held on a connection of their own, so replicas
-take turns too. A run that waited and finds its targets already refreshed by another run adopts
-that result instead of calling the upstream again.
+without request data share one execution (in this process), and a run takes turns with every run
+of its endpoint or of one of its secrets, across replicas too (app/runs/flights.py). A run that
+waited and finds its targets already refreshed by another run adopts that result instead of
+calling the upstream again. The runner owns the transaction that stores a run: in it, it calls
+the secrets' statements (app/secrets/sql.py), then the run record's (app/runs/record.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, replace
 from datetime import datetime
-from functools import partial
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select, text, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlmodel import col
 
 from app.auth.actor import Actor
 from app.auth.permissions import secret_update_from_service
@@ -49,89 +43,25 @@ from app.errors import (
     Superseded,
     TokenfarmError,
     UpstreamFailed,
+    VersionConflict,
 )
-from app.events import Events, RunFinished, SecretStatusChanged, emit_after_commit
+from app.events import Events, RunFinished
 from app.outbound import Outbound
 from app.pipeline.analysis import compile_action
 from app.pipeline.context import RequestData, RunContext
 from app.pipeline.engine import execute
-from app.runs.models import Run, RunSecret
-from app.secrets.models import SecretVersion
+from app.runs.flights import Flight, Flights, Turns, adopt, changed_versions, turns_of
+from app.runs.record import PreparedRun, RunOutcome, RunRecord
+from app.secrets import health, sql
+from app.secrets.rules import Unwritable, why_runs_cannot_write
 from app.secrets.schemas import ValueWritten
-from app.secrets.store import LoadedSecret, SecretStore
-from app.services.store import EndpointState, ServiceState, ServiceStore
+from app.secrets.sql import LoadedSecret, ValueWrite
+from app.secrets.store import SecretStore, checked_value
+from app.services.store import ServiceStore
+
+__all__ = ["PreparedRun", "RefreshTarget", "RunOutcome", "Runner"]
 
 logger = logging.getLogger("tokenfarm.run")
-RUN_TABLE = Run.__table__  # type: ignore[attr-defined]
-RUN_SECRET_TABLE = RunSecret.__table__  # type: ignore[attr-defined]
-
-
-def storable(message: str | None) -> str | None:
-    """Text every database stores: messages quote upstream answers, and PostgreSQL refuses NUL."""
-    return None if message is None else message.replace("\x00", "\ufffd")
-
-
-@dataclass
-class RunOutcome:
-    """What a run ended with, already redacted.
-
-    `adopted`: nothing was called because another run (on another replica) had just refreshed
-    the targets; `coalesced`: this caller shared a run another caller started.
-    """
-
-    run_id: str
-    status: str
-    http_status: int
-    error: TokenfarmError | None = None
-    error_body: dict[str, Any] | None = None
-    response: Any = None
-    # What the run stored, by secret: the new version and expiry (never the value).
-    stored: dict[str, ValueWritten] = field(default_factory=dict)
-    adopted: bool = False
-    coalesced: bool = False
-
-    @property
-    def written(self) -> list[str]:
-        """The secrets the run wrote."""
-        return list(self.stored)
-
-
-@dataclass
-class Turn:
-    """The lock of one endpoint and how many runs hold or await it."""
-
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    users: int = 0
-
-
-@dataclass
-class Flight:
-    """A run that concurrent callers share; `targets` is known once its endpoint is loaded."""
-
-    task: asyncio.Task[RunOutcome] | None = None
-    targets: set[str] | None = None
-    loaded: asyncio.Event = field(default_factory=asyncio.Event)
-    landed_at: float | None = None  # time.monotonic() when the run ended
-
-    def admits(self, actor: Actor) -> bool:
-        """A caller may share the run only if it could have written every target itself."""
-        return self.targets is not None and actor.can_write_all(self.targets)
-
-
-@dataclass
-class PreparedRun:
-    """An endpoint loaded for a run, with the secrets it reads and writes."""
-
-    service: ServiceState
-    endpoint: EndpointState
-    nodes: Sequence[Any]
-    targets: Sequence[tuple[str, str]]
-    secrets: dict[str, LoadedSecret | None]
-
-    @property
-    def target_names(self) -> set[str]:
-        """The secrets the action may write."""
-        return {name for _, name in self.targets}
 
 
 @dataclass
@@ -144,20 +74,18 @@ class RefreshTarget:
     prepared: PreparedRun | None
 
 
-def endpoint_turn(slug: str, readable_id: str) -> str:
-    """The name of the turn every run of one endpoint takes."""
-    return f"tokenfarm/run/{slug}/{readable_id}"
+@dataclass
+class Job:
+    """Who runs an endpoint, why, and with what."""
 
-
-def secret_turn(name: str, environment: str) -> str:
-    """The name of the turn every run writing one secret (in one environment) takes."""
-    return f"tokenfarm/secret/{environment}/{name}"
-
-
-def advisory_key(turn: str) -> int:
-    """A stable signed 64-bit key for PostgreSQL's advisory locks, one per turn."""
-    digest = hashlib.blake2b(turn.encode(), digest_size=8)
-    return int.from_bytes(digest.digest(), "big", signed=True)
+    actor: Actor
+    trigger: str
+    method: str | None
+    request: RequestData | None
+    force: bool
+    run_id: str | None = None
+    schedule_name: str | None = None
+    prepared: PreparedRun | None = None  # loaded by the caller, not yet waited for
 
 
 class Runner:
@@ -179,16 +107,8 @@ class Runner:
         self.settings = settings
         self.clock = clock
         self.events = events
-        # PostgreSQL only: a pool of its own for the advisory locks, so that runs waiting for
-        # their turn never starve the short data transactions of a connection.
-        self.lock_engine = lock_engine
-        # Two concurrent refreshes would both spend the same rotating refresh token, and the
-        # reuse revokes its whole family: runs of one endpoint take turns, and callers without
-        # request data share the run in flight.
-        self._turns: dict[str, Turn] = {}
-        self._flights: dict[tuple[str, str, bool], Flight] = {}
-        # The last flight of each endpoint that landed, for callers that arrived during it.
-        self._landed: dict[tuple[str, str, bool], Flight] = {}
+        self.turns = Turns(lock_engine)
+        self.flights = Flights()
         self._tasks: set[asyncio.Task[RunOutcome]] = set()
 
     # --- entry points ----------------------------------------------------------------------
@@ -223,7 +143,7 @@ class Runner:
             # that tick: it is nobody else's run.
             return await self._detached(self._in_turn(slug, readable_id, job, None))
         key = (slug, readable_id, force)
-        flight = self._shared_flight(key, received_at)
+        flight = self.flights.shared(key, received_at)
         if flight is not None and flight.task is not None:
             await flight.loaded.wait()
             if flight.admits(actor) or flight.targets is None:
@@ -231,38 +151,11 @@ class Runner:
                 return replace(outcome, coalesced=True)
             # It lacks a permission the run needs: it runs (and is refused) on its own.
             return await self._detached(self._in_turn(slug, readable_id, job, None))
-        flight = Flight()
-        self._flights[key] = flight
-
-        def landed(_: asyncio.Task[RunOutcome]) -> None:
-            flight.loaded.set()
-            flight.landed_at = time.monotonic()
-            if self._flights.get(key) is flight:
-                del self._flights[key]
-            self._landed[key] = flight
-            # Forget flights that landed long ago: every request that arrived before they did
-            # has been served by now (a request waits at most about a run's deadline).
-            horizon = flight.landed_at - self.settings.run_deadline_seconds
-            for old_key, old in list(self._landed.items()):
-                if old.landed_at is not None and old.landed_at < horizon:
-                    del self._landed[old_key]
-
+        flight, landed = self.flights.board(key, lambda: self.settings.run_deadline_seconds)
         task = self._spawn(self._in_turn(slug, readable_id, job, flight))
         flight.task = task
         task.add_done_callback(landed)
         return await asyncio.shield(task)
-
-    def _shared_flight(
-        self, key: tuple[str, str, bool], received_at: float | None
-    ) -> Flight | None:
-        """The run a caller without request data shares: the one in flight, else the last one
-        if it landed after the caller's request arrived (a burst queues in the server)."""
-        flight = self._flights.get(key)
-        if flight is None and received_at is not None:
-            last = self._landed.get(key)
-            if last is not None and last.landed_at is not None and received_at < last.landed_at:
-                flight = last
-        return flight
 
     async def drain(self, timeout_seconds: float) -> None:
         """Wait (at shutdown) for runs in flight to store what their upstream answered."""
@@ -286,63 +179,6 @@ class Runner:
     async def _detached(self, work: Coroutine[Any, Any, RunOutcome]) -> RunOutcome:
         return await asyncio.shield(self._spawn(work))
 
-    def _turns_of(self, slug: str, readable_id: str, targets: set[str]) -> list[str]:
-        """The turns a run takes, in the one order every run takes them (no deadlock)."""
-        environment = self.settings.environment
-        turns = {endpoint_turn(slug, readable_id)}
-        turns.update(secret_turn(name, environment) for name in targets)
-        return sorted(turns)
-
-    @asynccontextmanager
-    async def _turn(self, turns: list[str]) -> AsyncIterator[bool]:
-        """Wait for the earlier runs sharing a turn in this process (yields whether it had to)."""
-        counted: list[str] = []
-        acquired: list[asyncio.Lock] = []
-        waited = False
-        try:
-            for name in turns:
-                turn = self._turns.setdefault(name, Turn())
-                turn.users += 1
-                counted.append(name)
-                waited = waited or turn.lock.locked()
-                await turn.lock.acquire()
-                acquired.append(turn.lock)
-            yield waited
-        finally:
-            for lock in reversed(acquired):
-                lock.release()
-            for name in counted:
-                turn = self._turns[name]
-                turn.users -= 1
-                if not turn.users:
-                    del self._turns[name]
-
-    @asynccontextmanager
-    async def _replicas_turn(self, turns: list[str]) -> AsyncIterator[bool]:
-        """On PostgreSQL, hold the turns' advisory locks (yields whether they are held)."""
-        if self.lock_engine is None:
-            yield False
-            return
-        keys = [advisory_key(name) for name in turns]
-        try:
-            async with self.lock_engine.connect() as connection, connection.begin():
-                # Every lock in one statement, in the turns' order (no deadlock): the function
-                # runs once per row, after the ordering. The pool's connections carry the
-                # lock_timeout (app/db.py `create_lock_engine`).
-                await connection.execute(_TAKE_TURNS, {"keys": keys})
-                yield True
-        except DBAPIError as exc:
-            if (
-                "lock timeout" in str(exc.orig).lower()
-                or "LockNotAvailable" in type(exc.orig).__name__
-            ):
-                raise Conflict(
-                    f"{turns[0].removeprefix('tokenfarm/run/')} or a run writing the same "
-                    f"secrets is still running on another replica after "
-                    f"{self.settings.run_deadline_seconds:g} s; try again later"
-                ) from None
-            raise
-
     async def _in_turn(
         self, slug: str, readable_id: str, job: Job, flight: Flight | None
     ) -> RunOutcome:
@@ -357,8 +193,12 @@ class Runner:
             if flight is not None:
                 flight.targets = snapshot.target_names
                 flight.loaded.set()
-            turns = self._turns_of(slug, readable_id, snapshot.target_names)
-            async with self._turn(turns) as waited, self._replicas_turn(turns) as locked:
+            turns = turns_of(slug, readable_id, snapshot.target_names, self.settings.environment)
+            deadline_seconds = self.settings.run_deadline_seconds
+            async with (
+                self.turns.in_process(turns) as waited,
+                self.turns.across_replicas(turns, deadline_seconds) as locked,
+            ):
                 prepared = snapshot
                 if waited or locked:
                     prepared = await self._prepare(slug, readable_id, job.method)
@@ -371,7 +211,7 @@ class Runner:
                     # A call with request data, or a schedule's tick (each is logged as its
                     # own run), never stands in for another run.
                     adopted = (
-                        await self._adopt(snapshot, prepared.secrets)
+                        await adopt(self.session_factory, snapshot, prepared.secrets)
                         if job.request is None
                         and job.schedule_name is None
                         and job.actor.can_write_all(prepared.target_names)
@@ -412,7 +252,7 @@ class Runner:
                     f'/v1/secrets/{secret} {{"refresh_endpoint": "SLUG/READABLE_ID"}}'
                 )
             slug, readable_id = refresh_endpoint.split("/", 1)
-            if self._shared_flight((slug, readable_id, force), received_at) is not None:
+            if self.flights.shared((slug, readable_id, force), received_at) is not None:
                 # In a burst most callers only join: they skip loading what the run loaded.
                 return RefreshTarget(slug, readable_id, None)
             prepared = await self._load(session, slug, readable_id, None)
@@ -438,43 +278,6 @@ class Runner:
         secrets = await store.load_for_run(set(action.reads))
         return PreparedRun(service, endpoint, action.nodes, action.targets, secrets)
 
-    async def _adopt(
-        self, snapshot: PreparedRun, now: dict[str, LoadedSecret | None]
-    ) -> RunOutcome | None:
-        """The result of a run that refreshed the targets since `snapshot` was loaded, if any.
-
-        Only a run's write counts: a value set by hand meanwhile is not a refresh.
-        """
-        changed = _changed(snapshot.secrets, now, snapshot.target_names)
-        if not changed:
-            return None
-        async with self.session_factory() as session:
-            for name in sorted(changed):
-                loaded = now[name]
-                if loaded is None:
-                    continue
-                row = (
-                    await session.execute(
-                        select(col(SecretVersion.source), col(SecretVersion.run_id)).where(
-                            col(SecretVersion.secret_id) == loaded.secret.id,
-                            col(SecretVersion.environment) == loaded.environment,
-                            col(SecretVersion.version) == loaded.version,
-                        )
-                    )
-                ).one_or_none()
-                if row is not None and row.source == "run" and row.run_id:
-                    logger.info(
-                        "run of %s/%s adopted run %s: %s was refreshed meanwhile",
-                        snapshot.service.slug,
-                        snapshot.endpoint.readable_id,
-                        row.run_id,
-                        name,
-                    )
-                    return RunOutcome(
-                        run_id=row.run_id, status="succeeded", http_status=200, adopted=True
-                    )
-        return None
-
     @staticmethod
     def _preflight(prepared: PreparedRun, actor: Actor, force: bool) -> None:
         """Refuse the run before any node runs if a write target could not be stored."""
@@ -491,14 +294,17 @@ class Runner:
                 raise Conflict(
                     f"{path}: secret {name!r} does not exist; create it first", secret=name
                 )
-            if loaded.secret.locked:
+            why = why_runs_cannot_write(
+                environment_specific=loaded.secret.environment_specific,
+                locked=loaded.secret.locked,
+            )
+            if why is Unwritable.LOCKED:
                 raise SecretLocked(
-                    f"{path}: secret {name!r} is locked; runs never write it", secret=name
+                    f"{path}: secret {name!r} {why}; runs never write it", secret=name
                 )
-            if not loaded.secret.environment_specific:
+            if why is Unwritable.NOT_ENVIRONMENT_SPECIFIC:
                 raise SecretNotEnvironmentSpecific(
-                    f"{path}: secret {name!r} is not environment-specific; runs only write "
-                    "environment-specific secrets",
+                    f"{path}: secret {name!r} {why}; runs only write environment-specific secrets",
                     secret=name,
                 )
         for name in sorted(prepared.target_names):
@@ -602,10 +408,8 @@ class Runner:
                 # First keep what the upstream answered, so that no rotated token is lost if
                 # the process dies or the database fails before the writes are stored.
                 async with self.session_factory() as session, session.begin():
-                    row = self._run_row(record, outcome, "storing", recovery=True)
-                    names = sorted(record.prepared.target_names)
                     connection = await session.connection()
-                    await connection.run_sync(_write_run, row, {}, names, kept=False, written=[])
+                    await connection.run_sync(record.keep_op(outcome, self.keyring))
                 kept = True
             if error is None:
                 try:
@@ -630,7 +434,7 @@ class Runner:
                     # pre-flight (a caller without permission must not flag it) nor a lost
                     # compare-and-set (someone else wrote it).
                     await self._mark_targets_failed(session, record, error)
-                await self._save_record(session, record, outcome, kept)
+                await record.save(session, outcome, kept)
         except SQLAlchemyError as exc:
             logger.error("run %s: storing the outcome failed: %s", ctx.run_id, type(exc).__name__)
             failure = self._storing_failed(ctx.run_id, exc, kept)
@@ -645,17 +449,24 @@ class Runner:
 
     @staticmethod
     def _storing_failed(run_id: str, exc: Exception, kept: bool) -> TokenfarmError:
-        """The error of a run whose writes could not be stored, saying how to recover them."""
+        """The error of a run whose writes could not be stored, saying how to recover them: a
+        new error (of the kind of a domain error caught, which stays its cause)."""
         if isinstance(exc, TokenfarmError):
-            error = exc
+            message, extra = exc.message, dict(exc.extra)
         else:
-            error = StorageFailed("the run's outcome could not be stored; nothing was written")
+            message, extra = "the run's outcome could not be stored; nothing was written", {}
         if kept:
-            error.message += (
+            message += (
                 f"; the upstream's answer is kept encrypted in run {run_id}: write it with "
                 f"`tokenfarm runs recover {run_id}` or POST /v1/runs/{run_id}/recover"
             )
-            error.extra["recoverable"] = True
+            extra["recoverable"] = True
+        if not isinstance(exc, TokenfarmError):
+            return StorageFailed(message, **extra)
+        # A copy that keeps the kind's own attributes (status, error class), with the message.
+        error = type(exc).__new__(type(exc), message)
+        error.__dict__.update(exc.__dict__, message=message, extra=extra)
+        error.__cause__ = exc
         return error
 
     async def _lost_race(self, record: RunRecord) -> RunOutcome | TokenfarmError | None:
@@ -669,10 +480,10 @@ class Runner:
         async with self.session_factory() as session:
             store = SecretStore(session, self.keyring, self.settings)
             now = await store.load_for_run(set(prepared.secrets))
-        changed = _changed(prepared.secrets, now, set(prepared.secrets))
+        changed = changed_versions(prepared.secrets, now, set(prepared.secrets))
         if not changed:
             return None
-        adopted = await self._adopt(prepared, now)
+        adopted = await adopt(self.session_factory, prepared, now)
         if adopted is not None:
             return adopted
         return Superseded(
@@ -685,235 +496,91 @@ class Runner:
         self, session: AsyncSession, record: RunRecord, outcome: RunOutcome, kept: bool
     ) -> dict[str, ValueWritten]:
         """Write every pending secret compare-and-set on the version the run started from, and
-        record the run as succeeded (or forget its kept answer if it isn't logged)."""
+        record the run as succeeded (or forget its kept answer if it isn't logged): in one
+        transaction and one greenlet, on Core statements, since every refresh passes here.
+
+        VersionConflict if a value changed during the run, NotFound if a secret was deleted
+        meanwhile (nothing is written then).
+        """
         ctx = record.ctx
         written = sorted(ctx.writes)
-        then: Callable[[Connection], None] | None = None
-        if record.logged:
-            then = self._record_op(record, outcome, kept, written)
-        elif kept:
-            then = partial(_drop_run, run_id=ctx.run_id)
-        writes = []
+        now = utcnow()
+        loaded_writes: list[LoadedSecret] = []
+        writes: list[ValueWrite] = []
         for name, write in ctx.writes.items():
             loaded = record.prepared.secrets[name]
             assert loaded is not None  # the pre-flight check guarantees it
-            writes.append((loaded, write.value, write.expires_at))
-        store = SecretStore(session, self.keyring, self.settings)
-        stored = await store.store_run_writes(
-            writes, actor=ctx.actor.label, run_id=ctx.run_id, then=then
-        )
-        for name in written:
-            loaded = record.prepared.secrets[name]
-            assert loaded is not None
-            if loaded.secret.status != "ok":
-                emit_after_commit(
-                    session,
-                    SecretStatusChanged(
-                        name, loaded.secret.status, "ok", 0, None, ctx.run_id, utcnow()
-                    ),
+            loaded_writes.append(loaded)
+            writes.append(
+                ValueWrite.of_run(
+                    loaded,
+                    self.keyring.encrypt(write.value),
+                    checked_value(write.value, write.expires_at),
+                    run_id=ctx.run_id,
+                    actor=ctx.actor.label,
+                    now=now,
+                    versions_kept=self.settings.versions_kept,
                 )
-        return stored
+            )
+        connection = await session.connection()
+        try:
+            refused = await connection.run_sync(
+                _store_run, writes, now, record.stored_op(outcome, kept, written)
+            )
+        except IntegrityError:
+            # A first value another writer inserted meanwhile (one row per secret/environment).
+            raise VersionConflict(
+                "a secret the run writes was written concurrently; nothing was written"
+            ) from None
+        if refused is not None:
+            index, gone = refused
+            store = SecretStore(session, self.keyring, self.settings)
+            raise await store.run_write_refused(loaded_writes[index], gone)
+        for loaded in sorted(loaded_writes, key=lambda loaded: loaded.secret.name):
+            health.announce_healthy(
+                session, loaded.secret.name, loaded.secret.status, ctx.run_id, utcnow()
+            )
+        return {
+            loaded.secret.name: write.written(loaded.secret.name)
+            for loaded, write in zip(loaded_writes, writes, strict=True)
+        }
 
     async def _mark_targets_failed(
         self, session: AsyncSession, record: RunRecord, error: RunFailed
     ) -> None:
-        """Note the failure on every secret the run meant to write (its value stays as it was).
-
-        `invalid_grant` means a person must authorize again: `needs_reauth` stops further runs
-        until a value is set by hand. Anything else is `failing`, with a count.
-        """
+        """Note the failure on every secret the run meant to write (its value stays as it was)."""
         prepared = record.prepared
         store = SecretStore(session, self.keyring, self.settings)
         revoked = isinstance(error, UpstreamFailed) and error.oauth_error == "invalid_grant"
-        summary = f"{error.error_type} ({error.error_class}): {error.message}"
+        summary = health.failure_summary(error.error_type, error.error_class, error.message)
         for name in sorted(prepared.target_names):
             loaded = prepared.secrets.get(name)
-            if loaded is None or loaded.secret.locked or not loaded.secret.environment_specific:
+            if loaded is None or why_runs_cannot_write(
+                environment_specific=loaded.secret.environment_specific,
+                locked=loaded.secret.locked,
+            ):
                 continue
-            secret = await store.get(name)
-            old = secret.status
-            if revoked:
-                secret.status = "needs_reauth"
-            elif secret.status != "needs_reauth":
-                secret.status = "failing"
-            secret.failure_count += 1
-            secret.last_error = storable(summary[:2000])
-            if secret.status != old:
-                emit_after_commit(
-                    session,
-                    SecretStatusChanged(
-                        name,
-                        old,
-                        secret.status,
-                        secret.failure_count,
-                        secret.last_error,
-                        record.ctx.run_id,
-                        utcnow(),
-                    ),
-                )
-
-    def _run_row(
-        self, record: RunRecord, outcome: RunOutcome, status: str, *, recovery: bool = False
-    ) -> dict[str, Any]:
-        """The run row as it is first inserted."""
-        return {
-            "id": record.ctx.run_id,
-            "service_slug": record.prepared.service.slug,
-            "endpoint_readable_id": record.prepared.endpoint.readable_id,
-            "trigger": record.trigger,
-            "schedule_name": record.schedule_name,
-            "actor": record.ctx.actor.label,
-            "status": status,
-            "http_status": outcome.http_status,
-            "started_at": record.started_at,
-            "trace": [],
-            "recovery": self._recovery(record) if recovery else None,
-        }
-
-    def _recovery(self, record: RunRecord) -> str:
-        """The pending writes, encrypted like every value, with the versions they replace."""
-        writes = []
-        for name, write in record.ctx.writes.items():
-            loaded = record.prepared.secrets[name]
-            assert loaded is not None
-            writes.append(
-                {
-                    "secret": name,
-                    "environment": loaded.environment,
-                    "value": write.value,
-                    "expires_at": write.expires_at.isoformat() if write.expires_at else None,
-                    "base_version": loaded.version,
-                }
+            health.mark_failed(
+                session, await store.get(name), summary, revoked=revoked, run_id=record.ctx.run_id
             )
-        return self.keyring.encrypt({"writes": writes})
-
-    def _record_op(
-        self, record: RunRecord, outcome: RunOutcome, kept: bool, written: list[str]
-    ) -> Callable[[Connection], None]:
-        """What completes the run row (inserted now, or kept since the upstream answered), for
-        a connection: the run row as first inserted and the columns that complete it."""
-        ctx = record.ctx
-        error = outcome.error_body or {}
-        completed: dict[str, Any] = {
-            "status": outcome.status,
-            "http_status": outcome.http_status,
-            "error_type": storable(error.get("type")),
-            "error_class": error.get("error_class"),
-            "error_message": storable(error.get("message")),
-            "finished_at": utcnow(),
-            "duration_ms": round((time.perf_counter() - record.started) * 1000, 2),
-            "trace": ctx.redactor.value(ctx.trace),
-        }
-        if kept and outcome.status == "succeeded":
-            completed["recovery"] = None
-        return partial(
-            _write_run,
-            row=self._run_row(record, outcome, outcome.status),
-            completed=completed,
-            names=sorted(record.prepared.target_names),
-            kept=kept,
-            written=written,
-        )
-
-    async def _save_record(
-        self, session: AsyncSession, record: RunRecord, outcome: RunOutcome, kept: bool
-    ) -> None:
-        """Complete the run row (inserted now, or kept since the upstream answered)."""
-        connection = await session.connection()
-        await connection.run_sync(self._record_op(record, outcome, kept, sorted(outcome.written)))
 
 
-# Built once: building and keying a statement costs several times what executing it does.
-_TAKE_TURNS = text(
-    "SELECT pg_advisory_xact_lock(t.key) "
-    "FROM unnest(CAST(:keys AS bigint[])) WITH ORDINALITY AS t(key, n) ORDER BY t.n"
-)
-_INSERT_RUN = insert(RUN_TABLE)
-_COMPLETE_RUN = update(RUN_TABLE).where(RUN_TABLE.c.id == bindparam("w_id"))
-_DROP_RUN = delete(RUN_TABLE).where(RUN_TABLE.c.id == bindparam("w_id"))
-_INSERT_RUN_SECRET = insert(RUN_SECRET_TABLE)
-_MARK_WRITTEN = (
-    update(RUN_SECRET_TABLE)
-    .where(
-        RUN_SECRET_TABLE.c.run_id == bindparam("w_run_id"),
-        RUN_SECRET_TABLE.c.secret_name.in_(bindparam("w_names", expanding=True)),
-    )
-    .values(written=True)
-)
-
-
-def _drop_run(connection: Connection, run_id: str) -> None:
-    """Forget the kept answer of a stored run that isn't logged (enable_log is off)."""
-    connection.execute(_DROP_RUN, {"w_id": run_id})
-
-
-def _write_run(
+def _store_run(
     connection: Connection,
-    row: dict[str, Any],
-    completed: dict[str, Any],
-    names: list[str],
-    *,
-    kept: bool,
-    written: list[str],
-) -> None:
-    """Insert the run row and the secrets it targeted, or complete the row kept since the
-    upstream answered (`kept`, inserted if it is gone), then mark the secrets written.
-
-    Core statements in one greenlet: every refresh passes here, and the unit of work or an
-    awaited call per statement would cost more than the statements.
-    """
-    run_id = row["id"]
-    if not kept or connection.execute(_COMPLETE_RUN, {"w_id": run_id, **completed}).rowcount != 1:
-        connection.execute(_INSERT_RUN, {**row, **completed})
-        if names:
-            connection.execute(
-                _INSERT_RUN_SECRET,
-                [{"run_id": run_id, "secret_name": name, "written": False} for name in names],
-            )
-    if written:
-        connection.execute(_MARK_WRITTEN, {"w_run_id": run_id, "w_names": written})
-
-
-@dataclass
-class RunRecord:
-    """What recording a run needs besides its outcome."""
-
-    prepared: PreparedRun
-    ctx: RunContext
-    trigger: str
-    started_at: datetime
-    started: float
-    schedule_name: str | None = None
-
-    @property
-    def logged(self) -> bool:
-        """Whether a successful run is recorded: with enable_log, and every schedule's tick."""
-        return self.prepared.endpoint.enable_log or self.schedule_name is not None
-
-
-@dataclass
-class Job:
-    """Who runs an endpoint, why, and with what."""
-
-    actor: Actor
-    trigger: str
-    method: str | None
-    request: RequestData | None
-    force: bool
-    run_id: str | None = None
-    schedule_name: str | None = None
-    prepared: PreparedRun | None = None  # loaded by the caller, not yet waited for
-
-
-def _changed(
-    before: dict[str, LoadedSecret | None], after: dict[str, LoadedSecret | None], names: set[str]
-) -> set[str]:
-    """Which of `names` hold another version now than before."""
-    changed = set()
-    for name in names:
-        old, new = before.get(name), after.get(name)
-        old_version = old.version if old else None
-        new_version = new.version if new else None
-        if old_version != new_version:
-            changed.add(name)
-    return changed
+    writes: list[ValueWrite],
+    now: datetime,
+    record: Callable[[Connection], None] | None,
+) -> tuple[int, bool] | None:
+    """The storing transaction's statements, in order, in one greenlet: the secrets' (each
+    write planned on its secret row as it is now, then stored compare-and-set with its
+    history), then the run record's. None when all is stored; else (index of the first write
+    refused, whether its secret is gone): the caller rolls the transaction back."""
+    gone = sql.plan_run_writes(connection, writes, now)
+    if gone is not None:
+        return gone, True
+    refused = sql.store_values(connection, writes)
+    if refused is not None:
+        return refused, False
+    if record is not None:
+        record(connection)
+    return None

@@ -33,9 +33,11 @@ from app.config import Settings
 from app.errors import TokenfarmError
 from app.events import Events, SchedulerLag
 from app.runs.models import Run
+from app.runs.record import unrun
 from app.runs.runner import Runner, RunOutcome
 from app.schedules.cron import next_fire
 from app.schedules.models import Schedule
+from app.secrets import health
 from app.secrets.expiry import backoff_after_failure
 from app.secrets.models import Secret, SecretValue
 
@@ -238,24 +240,22 @@ class Scheduler:
         status = recorded.status if recorded is not None else "interrupted"
         if recorded is None:
             session.add(
-                Run(
-                    id=run_id,
+                unrun(
+                    run_id,
                     service_slug=row.service_slug,
                     endpoint_readable_id=row.endpoint_readable_id,
                     trigger="schedule",
                     schedule_name=row.name,
                     actor=f"service_account:{row.run_as}",
-                    status="failed",
                     http_status=503,
                     error_type="interrupted",
-                    error_message=(
+                    message=(
                         f"the scheduler replica {row.claimed_by} started this tick and stopped "
                         "before it finished; it is not run again (the upstream may already have "
                         "been called). Check the endpoint's secrets."
                     ),
                     started_at=row.run_started_at or now,
                     finished_at=now,
-                    trace=[],
                 )
             )
         logger.warning("schedule %s: tick %s was interrupted", row.name, run_id)
@@ -332,20 +332,18 @@ class Scheduler:
         now = self.clock.now()
         async with self.session_factory() as session, session.begin():
             session.add(
-                Run(
-                    id=job.run_id,
+                unrun(
+                    job.run_id,
                     service_slug=job.slug,
                     endpoint_readable_id=job.readable_id,
                     trigger="schedule",
                     schedule_name=job.name,
                     actor=f"service_account:{job.run_as}",
-                    status="failed",
                     http_status=409,
                     error_type="conflict",
-                    error_message=message,
+                    message=message,
                     started_at=now,
                     finished_at=now,
-                    trace=[],
                 )
             )
         logger.warning("schedule %s could not run: %s", job.name, message)
@@ -429,9 +427,8 @@ class Scheduler:
             failed = outcome is None or outcome.status != "succeeded"
             if refused is not None:
                 # Nobody else would tell: the refresh never ran, so no run marks the secret.
-                secret.status = "failing" if secret.status == "ok" else secret.status
-                secret.failure_count += 1
-                secret.last_error = f"conflict (permanent): {refused}"
+                summary = health.failure_summary("conflict", "permanent", refused)
+                health.mark_failed(session, secret, summary)
             if secret.status == "needs_reauth":
                 value.next_refresh_at = None
             elif failed or value.next_refresh_at is None or value.next_refresh_at <= now:

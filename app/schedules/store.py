@@ -13,7 +13,7 @@ from sqlmodel import col
 from app.auth.accounts import AccountStore
 from app.auth.actor import Actor, ensure
 from app.auth.permissions import act_as
-from app.db import utcnow
+from app.db import one_or_not_found, utcnow
 from app.errors import AlreadyExists, InvalidInput, NotFound
 from app.schedules.cron import check_cron, next_fire, zone
 from app.schedules.models import Schedule
@@ -39,12 +39,8 @@ class ScheduleStore:
 
     async def get(self, name: str) -> Schedule:
         """A schedule by name, or NotFound."""
-        found = (
-            await self.session.execute(select(Schedule).where(col(Schedule.name) == name))
-        ).scalar_one_or_none()
-        if found is None:
-            raise NotFound(f"schedule {name!r} does not exist")
-        return found
+        query = select(Schedule).where(col(Schedule.name) == name)
+        return await one_or_not_found(self.session, query, f"schedule {name!r}")
 
     async def list_all(self) -> list[Schedule]:
         """Every schedule, by name."""

@@ -6,13 +6,10 @@ Services only `flush()`; the request's session commits once at the end.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
@@ -23,7 +20,7 @@ from app.auth.actor import Actor
 from app.auth.permissions import act_as
 from app.config import Settings
 from app.crypto import Keyring
-from app.db import flushed_connection, utcnow
+from app.db import flushed_connection, one_or_not_found, utcnow
 from app.errors import (
     AlreadyExists,
     Conflict,
@@ -32,10 +29,11 @@ from app.errors import (
     PermissionDenied,
     VersionConflict,
 )
-from app.events import SecretStatusChanged, emit_after_commit
 from app.pipeline.analysis import referenced_secrets
 from app.pipeline.schemas import SECRET_NAME_PATTERN, parse_action
+from app.secrets import health
 from app.secrets.expiry import ValueTiming, plan_next_refresh
+from app.secrets.health import FRESH_START_SOURCES
 from app.secrets.models import ALL_ENVIRONMENTS, Secret, SecretValue, SecretVersion
 from app.secrets.schemas import (
     SecretCreate,
@@ -45,13 +43,20 @@ from app.secrets.schemas import (
     SecretVersionRead,
     ValueWritten,
 )
+from app.secrets.sql import (
+    LOAD_FOR_RUN,
+    REFRESH_ENDPOINT,
+    SECRETS_NAMED,
+    SECRETS_WITH_VALUES,
+    LoadedSecret,
+    SecretState,
+    ValueWrite,
+    store_values,
+)
 from app.services.models import Endpoint, Service
 
-SECRET_TABLE = Secret.__table__  # type: ignore[attr-defined]
-VALUE_TABLE = SecretValue.__table__  # type: ignore[attr-defined]
-VERSION_TABLE = SecretVersion.__table__  # type: ignore[attr-defined]
-# Writes that start afresh: whatever went wrong before no longer applies.
-FRESH_START_SOURCES = ("manual", "create", "rollback", "recovery")
+__all__ = ["LoadedSecret", "SecretState", "SecretStore", "ValueTiming", "expires_within"]
+
 # Metadata a value's refresh plan depends on: changing any of it re-plans every value.
 PLANNED_BY = (
     "refresh_endpoint",
@@ -62,95 +67,13 @@ PLANNED_BY = (
 )
 
 
-@dataclass(frozen=True)
-class SecretState:
-    """What a run needs of a secret's row: read with Core, not loaded as a `Secret` (every run
-    reads several, and loading ORM objects costs more than the query)."""
-
-    id: int
-    name: str
-    environment_specific: bool
-    locked: bool
-    status: str
-
-
-@dataclass(frozen=True)
-class LoadedSecret:
-    """A secret with its current value for one environment, as a run sees it."""
-
-    secret: SecretState
-    environment: str
-    value: Any
-    version: int
-    expires_at: datetime | None
-
-
 def _id(secret: Secret) -> int:
     """The primary key of a stored secret."""
     assert secret.id is not None, "the secret has not been flushed"
     return secret.id
 
 
-@dataclass
-class _ValueWrite:
-    """One new version of a value, as `_store_values` writes it."""
-
-    secret_id: int
-    environment: str
-    base_version: int | None  # the version replaced (compare-and-set); None: the first value
-    row: dict[str, Any]  # the value row's new columns
-    history: dict[str, Any]  # the version row's columns besides the value's
-    secret_changes: dict[str, Any]  # the secret row's changed columns
-    versions_kept: int
-
-    @classmethod
-    def of(
-        cls,
-        secret_id: int,
-        environment: str,
-        *,
-        base_version: int | None,
-        version: int,
-        ciphertext: str,
-        expires_at: datetime | None,
-        next_refresh_at: datetime | None,
-        source: str,
-        run_id: str | None,
-        actor: str | None,
-        now: datetime,
-        versions_kept: int,
-    ) -> _ValueWrite:
-        """The write of one new version, with what it changes on the secret row."""
-        return cls(
-            secret_id=secret_id,
-            environment=environment,
-            base_version=base_version,
-            row={
-                "version": version,
-                "ciphertext": ciphertext,
-                "expires_at": expires_at,
-                "updated_at": now,
-                "next_refresh_at": next_refresh_at,
-            },
-            history={"source": source, "run_id": run_id, "actor": actor, "created_at": now},
-            secret_changes=_secret_changes(source, now),
-            versions_kept=versions_kept,
-        )
-
-
-def _secret_changes(source: str, now: datetime) -> dict[str, Any]:
-    """What a write changes on the secret row: a value set by hand is a fresh start, and one a
-    run wrote is a refresh that worked (the runner marks its targets so too), so the plan of
-    the next refresh must not see an old status."""
-    changes: dict[str, Any] = {"updated_at": now}
-    if source in FRESH_START_SOURCES or source == "run":
-        changes.update(status="ok", last_error=None, failure_count=0)
-    if source == "run":
-        changes["last_refreshed_at"] = now
-    return changes
-
-
-def _checked_value(value: Any, expires_at: datetime | None) -> datetime | None:
+def checked_value(value: Any, expires_at: datetime | None) -> datetime | None:
     """Refuse a null value; the expiry in UTC, as every later read will say it."""
     if value is None:
         raise InvalidInput("a secret value can't be null; delete the secret instead")
@@ -169,153 +92,6 @@ def _no_secret(name: str) -> NotFound:
     return NotFound(f"secret {name!r} does not exist")
 
 
-# The statements of every write, built once: building and keying a statement costs several
-# times what executing it does. Parameters prefixed `w_` are the WHERE clause's.
-_INSERT_VALUE = insert(VALUE_TABLE)
-_SET_VALUE = (
-    update(VALUE_TABLE).where(
-        VALUE_TABLE.c.secret_id == bindparam("w_secret_id"),
-        VALUE_TABLE.c.environment == bindparam("w_environment"),
-        VALUE_TABLE.c.version == bindparam("w_version"),
-    )
-    # No values(): the SET clause is made of the columns each execution passes.
-)
-_INSERT_VERSION = insert(VERSION_TABLE)
-_PRUNE_VERSIONS = delete(VERSION_TABLE).where(
-    VERSION_TABLE.c.secret_id == bindparam("w_secret_id"),
-    VERSION_TABLE.c.environment == bindparam("w_environment"),
-    VERSION_TABLE.c.version <= bindparam("w_version"),
-)
-
-
-# Reads of every request and run, built once likewise (the ORM loads the rows afresh: writes
-# bypass the identity map).
-_SECRETS_NAMED = select(Secret).where(col(Secret.name).in_(bindparam("names", expanding=True)))
-_SECRETS_WITH_VALUES = (
-    select(Secret, SecretValue)
-    .outerjoin(
-        SecretValue,
-        (col(SecretValue.secret_id) == col(Secret.id))
-        & col(SecretValue.environment).in_(bindparam("environments", expanding=True)),
-    )
-    .where(col(Secret.name).in_(bindparam("names", expanding=True)))
-    .execution_options(populate_existing=True)
-)
-_LOAD_FOR_RUN = (
-    select(
-        SECRET_TABLE.c.id,
-        SECRET_TABLE.c.name,
-        SECRET_TABLE.c.environment_specific,
-        SECRET_TABLE.c.locked,
-        SECRET_TABLE.c.status,
-        VALUE_TABLE.c.environment,
-        VALUE_TABLE.c.version,
-        VALUE_TABLE.c.ciphertext,
-        VALUE_TABLE.c.expires_at,
-    )
-    .select_from(
-        SECRET_TABLE.outerjoin(
-            VALUE_TABLE,
-            (VALUE_TABLE.c.secret_id == SECRET_TABLE.c.id)
-            & VALUE_TABLE.c.environment.in_(bindparam("environments", expanding=True)),
-        )
-    )
-    .where(SECRET_TABLE.c.name.in_(bindparam("names", expanding=True)))
-)
-_UPDATE_SECRET = update(SECRET_TABLE).where(SECRET_TABLE.c.id == bindparam("w_secret_id"))
-_SECRET_ROWS = select(SECRET_TABLE).where(SECRET_TABLE.c.id.in_(bindparam("ids", expanding=True)))
-_REFRESH_ENDPOINT = select(SECRET_TABLE.c.refresh_endpoint).where(
-    SECRET_TABLE.c.name == bindparam("name")
-)
-
-
-def _store_values(connection: Connection, writes: list[_ValueWrite]) -> int | None:
-    """Write each value compare-and-set (or first-time insert), then every version row, every
-    secret row's changes and the pruning of every history, each kind in one execution. None
-    when all is written; else the index of the first write whose value is no longer at its
-    `base_version` (stop there: the caller rolls the transaction back).
-
-    Versions count up by one from 1 with every write and are never reused, so the ones to go
-    are simply those at or below `version - versions_kept`.
-    """
-    if not writes:
-        return None
-    for index, write in enumerate(writes):
-        key = {"w_secret_id": write.secret_id, "w_environment": write.environment}
-        if write.base_version is None:
-            connection.execute(
-                _INSERT_VALUE,
-                {"secret_id": write.secret_id, "environment": write.environment, **write.row},
-            )
-        elif (
-            connection.execute(
-                _SET_VALUE, {**key, "w_version": write.base_version, **write.row}
-            ).rowcount
-            != 1
-        ):
-            return index
-    # No compare-and-set below: one execution each (executemany) for all the writes.
-    connection.execute(
-        _INSERT_VERSION,
-        [
-            {
-                "secret_id": write.secret_id,
-                "environment": write.environment,
-                "version": write.row["version"],
-                "ciphertext": write.row["ciphertext"],
-                "expires_at": write.row["expires_at"],
-                **write.history,
-            }
-            for write in writes
-        ],
-    )
-    connection.execute(
-        _UPDATE_SECRET,
-        [{"w_secret_id": write.secret_id, **write.secret_changes} for write in writes],
-    )
-    connection.execute(
-        _PRUNE_VERSIONS,
-        [
-            {
-                "w_secret_id": write.secret_id,
-                "w_environment": write.environment,
-                "w_version": write.row["version"] - write.versions_kept,
-            }
-            for write in writes
-        ],
-    )
-    return None
-
-
-def _store_run_writes(
-    connection: Connection,
-    writes: list[_ValueWrite],
-    now: datetime,
-    then: Callable[[Connection], None] | None,
-) -> tuple[int, bool] | None:
-    """A run's writes, planned on the secret rows as they are now (read again here: one may
-    have been reconfigured during the run), then `then` (the run's own record).
-
-    None when all is written; else (secret id, whether the secret is gone) of the first write
-    refused: the secret was deleted, or its value is no longer at the version the run read.
-    """
-    ids = [write.secret_id for write in writes]
-    found = connection.execute(_SECRET_ROWS, {"ids": ids}) if ids else ()
-    secrets = {row.id: row for row in found}
-    for write in writes:
-        secret = secrets.get(write.secret_id)
-        if secret is None:
-            return write.secret_id, True
-        timing = ValueTiming(write.row["expires_at"], now)
-        write.row["next_refresh_at"] = plan_next_refresh(secret, timing, now)
-    refused = _store_values(connection, writes)
-    if refused is not None:
-        return writes[refused].secret_id, False
-    if then is not None:
-        then(connection)
-    return None
-
-
 class SecretStore:
     """Secrets, their values and versions, for one session."""
 
@@ -329,17 +105,15 @@ class SecretStore:
     async def get(self, name: str) -> Secret:
         """The secret called `name`, or NotFound."""
         _check_name(name)
-        found = await self.session.execute(_SECRETS_NAMED, {"names": [name]})
-        secret = found.scalar_one_or_none()
-        if secret is None:
-            raise _no_secret(name)
-        return secret
+        return await one_or_not_found(
+            self.session, SECRETS_NAMED, f"secret {name!r}", {"names": [name]}
+        )
 
     async def refresh_endpoint(self, name: str) -> str | None:
         """The `refresh_endpoint` of the secret called `name` (None: unbound), or NotFound."""
         _check_name(name)
         connection = await self.session.connection()
-        found = (await connection.execute(_REFRESH_ENDPOINT, {"name": name})).one_or_none()
+        found = (await connection.execute(REFRESH_ENDPOINT, {"name": name})).one_or_none()
         if found is None:
             raise _no_secret(name)
         endpoint: str | None = found.refresh_endpoint
@@ -386,7 +160,7 @@ class SecretStore:
         this deployment's) says, or None: one query for all of them."""
         wanted = sorted({environment or self.settings.environment, ALL_ENVIRONMENTS})
         found = await self.session.execute(
-            _SECRETS_WITH_VALUES, {"names": names, "environments": wanted}
+            SECRETS_WITH_VALUES, {"names": names, "environments": wanted}
         )
         current: dict[str, tuple[Secret, SecretValue | None]] = {}
         for secret, value in found.all():
@@ -603,7 +377,7 @@ class SecretStore:
         environments = sorted({self.settings.environment, ALL_ENVIRONMENTS})
         connection = await self.session.connection()
         found = await connection.execute(
-            _LOAD_FOR_RUN, {"names": sorted(names), "environments": environments}
+            LOAD_FOR_RUN, {"names": sorted(names), "environments": environments}
         )
         for row in found:
             state = SecretState(row.id, row.name, row.environment_specific, row.locked, row.status)
@@ -635,7 +409,7 @@ class SecretStore:
         expected_version: int | None = None,
     ) -> ValueWritten:
         """Write a new version; with `expected_version`, only if the current one is still that."""
-        expires_at = _checked_value(value, expires_at)
+        expires_at = checked_value(value, expires_at)
         env = self.value_environment(secret, environment)
         ciphertext = self.keyring.encrypt(value)
         now = utcnow()
@@ -650,7 +424,7 @@ class SecretStore:
             if expected_version is not None and expected_version != current_version:
                 raise self._changed_during_run(secret, expected_version, current_version)
         version = current_version + 1
-        write = _ValueWrite.of(
+        write = ValueWrite.of(
             _id(secret),
             env,
             base_version=current_version if exists else None,
@@ -665,21 +439,18 @@ class SecretStore:
             versions_kept=self.settings.versions_kept,
         )
         # Core statements on the session's connection: the unit of work would cost more than
-        # the statements themselves (a run's writes take `store_run_writes`, the same way).
+        # the statements themselves (a run's writes take the same statements, in the runner).
         connection = await self._connection()
-        if source in FRESH_START_SOURCES and secret.status != "ok":
+        if source in FRESH_START_SOURCES:
             # A person (or a recovery) set it right: whoever listens hears it has recovered.
-            emit_after_commit(
-                self.session,
-                SecretStatusChanged(secret.name, secret.status, "ok", 0, None, run_id, now),
-            )
+            health.announce_healthy(self.session, secret.name, secret.status, run_id, now)
         for key, new_value in write.secret_changes.items():
             # Stored by the UPDATE below, not by a flush.
             set_committed_value(secret, key, new_value)
         write.row["next_refresh_at"] = plan_next_refresh(secret, ValueTiming(expires_at, now), now)
         try:
             # One greenlet for the four statements: each awaited call costs more than SQLite.
-            stored = await connection.run_sync(_store_values, [write]) is None
+            stored = await connection.run_sync(store_values, [write]) is None
         except IntegrityError:
             # Two first writes raced on the unique (secret, environment) row.
             stored = False
@@ -699,68 +470,17 @@ class SecretStore:
             name=secret.name, version=version, environment=env, expires_at=expires_at
         )
 
-    async def store_run_writes(
-        self,
-        writes: Sequence[tuple[LoadedSecret, Any, datetime | None]],
-        *,
-        actor: str,
-        run_id: str,
-        then: Callable[[Connection], None] | None = None,
-    ) -> dict[str, ValueWritten]:
-        """Store every write of a run, each compare-and-set on the version the run read, then
-        `then` (the run's record): in one greenlet, on Core statements, since every refresh
-        passes here. What `set_value` does for a run's write, for all of them at once.
-
-        (loaded secret, value, expires_at) per write; VersionConflict if a value changed during
-        the run, NotFound if a secret was deleted meanwhile (nothing is written then).
-        """
-        now = utcnow()
-        planned = [
-            _ValueWrite.of(
-                loaded.secret.id,
-                loaded.environment,
-                base_version=loaded.version or None,
-                version=loaded.version + 1,
-                ciphertext=self.keyring.encrypt(value),
-                expires_at=_checked_value(value, expires_at),
-                next_refresh_at=None,  # planned on the secret row as it is now
-                source="run",
-                run_id=run_id,
-                actor=actor,
-                now=now,
-                versions_kept=self.settings.versions_kept,
-            )
-            for loaded, value, expires_at in writes
-        ]
-        connection = await self._connection()
-        by_id = {
-            write.secret_id: loaded for (loaded, _, _), write in zip(writes, planned, strict=True)
-        }
-        try:
-            refused = await connection.run_sync(_store_run_writes, planned, now, then)
-        except IntegrityError:
-            # A first value another writer inserted meanwhile (one row per secret/environment).
-            raise VersionConflict(
-                "a secret the run writes was written concurrently; nothing was written"
-            ) from None
-        if refused is not None:
-            secret_id, gone = refused
-            secret = by_id[secret_id].secret
-            if gone:
-                raise _no_secret(secret.name)
-            now_at = await self._current(secret, by_id[secret_id].environment)
-            raise self._changed_during_run(
-                secret, by_id[secret_id].version, now_at.version if now_at else 0
-            )
-        return {
-            loaded.secret.name: ValueWritten(
-                name=loaded.secret.name,
-                version=write.row["version"],
-                environment=write.environment,
-                expires_at=write.row["expires_at"],
-            )
-            for (loaded, _, _), write in zip(writes, planned, strict=True)
-        }
+    async def run_write_refused(
+        self, loaded: LoadedSecret, gone: bool
+    ) -> NotFound | VersionConflict:
+        """Why a run's write to `loaded` was refused: the secret was deleted (`gone`), or its value
+        is no longer at the version the run read."""
+        if gone:
+            return _no_secret(loaded.secret.name)
+        now_at = await self._current(loaded.secret, loaded.environment)
+        return self._changed_during_run(
+            loaded.secret, loaded.version, now_at.version if now_at else 0
+        )
 
     @staticmethod
     def _changed_during_run(
@@ -791,15 +511,7 @@ class SecretStore:
             assert dependent.refresh_endpoint is not None
             action = await self._endpoint_action(dependent.refresh_endpoint)
             if action is not None and secret.name in referenced_secrets(parse_action(action)):
-                emit_after_commit(
-                    self.session,
-                    SecretStatusChanged(
-                        dependent.name, dependent.status, "ok", 0, None, None, utcnow()
-                    ),
-                )
-                dependent.status = "ok"
-                dependent.failure_count = 0
-                dependent.last_error = None
+                health.mark_healthy(self.session, dependent)
                 await self.replan(dependent)
 
     async def versions(

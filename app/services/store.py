@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from app.db import flushed_connection, utcnow
+from app.db import flushed_connection, one_or_not_found, utcnow
 from app.errors import AlreadyExists, Conflict, NotFound
 from app.pipeline.analysis import validate_action
 from app.pipeline.schemas import dump_action
@@ -88,10 +88,7 @@ class ServiceStore:
     async def get(self, slug: str) -> Service:
         """The service `slug`, or NotFound."""
         _check_slug(slug)
-        service = (await self.session.execute(_SERVICE, {"slug": slug})).scalar_one_or_none()
-        if service is None:
-            raise _no_service(slug)
-        return service
+        return await one_or_not_found(self.session, _SERVICE, f"service {slug!r}", {"slug": slug})
 
     async def endpoints(self, service: Service) -> list[Endpoint]:
         """A service's endpoints in the order they were written."""

@@ -24,7 +24,8 @@ from app.config import Settings
 from app.db import create_lock_engine
 from app.errors import Conflict
 from app.middleware import RequestIdMiddleware, received_at
-from app.runs.runner import Runner, RunOutcome, advisory_key, endpoint_turn
+from app.runs.flights import advisory_key, endpoint_turn
+from app.runs.runner import Runner, RunOutcome
 from tests.auth.conftest import Callers
 from tests.auth.conftest import callers as callers  # the fixture, for this module
 from tests.burst import burst_get

@@ -11,6 +11,7 @@ from sqlalchemy import update
 
 from app.clock import ManualClock, SystemClock
 from app.config import Settings
+from app.events import SecretStatusChanged
 from app.schedules.models import Schedule
 from app.schedules.scheduler import Scheduler
 from tests.conftest import TokenServer, secret_value, setup_oauth
@@ -42,6 +43,26 @@ async def refresh_schedule(
     return await create_schedule(
         client, name="every-minute", service="oauth", endpoint="refresh-token", **fields
     )
+
+
+async def refreshed_as_account(
+    client: httpx.AsyncClient, server: TokenServer, permissions: tuple[str, ...] | None = None
+) -> None:
+    """The canonical refresh, refreshed once, with ACCESS_TOKEN refreshed as RUN_AS on expiry."""
+    await setup_oauth(client, server)
+    await make_account(client, permissions=permissions)
+    response = await client.patch("/v1/secrets/ACCESS_TOKEN", json={"refresh_as": RUN_AS})
+    assert response.status_code == 200, response.text
+    assert (await client.get("/refresh/ACCESS_TOKEN")).status_code == 200
+
+
+def status_changes(app: FastAPI) -> list[SecretStatusChanged]:
+    """The secrets' status changes the app announces from now on."""
+    heard: list[SecretStatusChanged] = []
+    app.state.events.subscribe(
+        lambda event: heard.append(event) if isinstance(event, SecretStatusChanged) else None
+    )
+    return heard
 
 
 class TestTicks:
@@ -184,11 +205,9 @@ class TestPermissions:
         scheduler: Scheduler,
         clock: ManualClock,
     ) -> None:
-        await setup_oauth(client, token_server)
-        await make_account(client, permissions=("secrets.update_from_service:*",))
-        response = await client.patch("/v1/secrets/ACCESS_TOKEN", json={"refresh_as": RUN_AS})
-        assert response.status_code == 200, response.text
-        assert (await client.get("/refresh/ACCESS_TOKEN")).status_code == 200
+        await refreshed_as_account(
+            client, token_server, permissions=("secrets.update_from_service:*",)
+        )
         token_server.state.reset_counters()
         await clock.advance(3600)
 
@@ -199,6 +218,56 @@ class TestPermissions:
         assert found["status"] == "failing"
         assert "lacks 'services.run:oauth'" in found["last_error"]
         assert found["next_refresh_at"] > clock.now().isoformat()  # backed off
+
+    async def test_a_refused_refresh_is_announced(
+        self,
+        app: FastAPI,
+        client: httpx.AsyncClient,
+        token_server: TokenServer,
+        scheduler: Scheduler,
+        clock: ManualClock,
+    ) -> None:
+        """Webhooks and metrics hear of a refresh refused for its refresh_as, like any failure."""
+        await refreshed_as_account(
+            client, token_server, permissions=("secrets.update_from_service:*",)
+        )
+        heard = status_changes(app)
+        await clock.advance(3600)
+
+        assert await scheduler.run_due() == 1
+
+        [change] = heard
+        assert (change.secret, change.old_status, change.new_status) == (
+            "ACCESS_TOKEN",
+            "ok",
+            "failing",
+        )
+        assert change.failure_count == 1
+        assert change.last_error is not None and "lacks 'services.run:oauth'" in change.last_error
+        found = (await client.get("/v1/secrets/ACCESS_TOKEN")).json()
+        assert (found["status"], found["last_error"]) == ("failing", change.last_error)
+
+    async def test_a_refresh_refused_for_a_deleted_account_is_announced(
+        self,
+        app: FastAPI,
+        client: httpx.AsyncClient,
+        token_server: TokenServer,
+        scheduler: Scheduler,
+        clock: ManualClock,
+    ) -> None:
+        await refreshed_as_account(client, token_server)
+        assert (await client.delete(f"/v1/service-accounts/{RUN_AS}")).status_code == 204
+        heard = status_changes(app)
+        token_server.state.reset_counters()
+        await clock.advance(3600)
+
+        assert await scheduler.run_due() == 1
+
+        assert token_server.state.token_requests == 0
+        assert [(c.secret, c.old_status, c.new_status) for c in heard] == [
+            ("ACCESS_TOKEN", "ok", "failing")
+        ]
+        assert heard[0].last_error is not None and "refresh_as" in heard[0].last_error
 
 
 class TestReplicas:
@@ -342,11 +411,7 @@ class TestExpiryDrivenRefresh:
         scheduler: Scheduler,
         clock: ManualClock,
     ) -> None:
-        await setup_oauth(client, token_server)
-        await make_account(client)
-        response = await client.patch("/v1/secrets/ACCESS_TOKEN", json={"refresh_as": RUN_AS})
-        assert response.status_code == 200, response.text
-        assert (await client.get("/refresh/ACCESS_TOKEN")).status_code == 200
+        await refreshed_as_account(client, token_server)
         token_server.state.reset_counters()
         token_server.state.fault = "invalid_client"
         await clock.advance(3600)  # past the token's expiry: due
