@@ -5,7 +5,7 @@ The commands run as real processes through the installed `tokenfarm` script, one
 turn per round, so that load on the machine falls on all of them alike. `secrets --help` loads a
 command module (and with it SQLAlchemy) and shows what the lazy top level spares.
 
-    .venv/bin/python bench/cli_startup.py [--runs 20]
+    .venv/bin/python bench/cli_startup.py [--runs 20] [--python-m]
 
 A measurement, not a test: tests/cli/test_startup.py holds the rule (no SQLAlchemy, httpx or
 FastAPI behind `--help` and `--version`).
@@ -42,10 +42,13 @@ WATCHED = (
 HEAVY = ("sqlalchemy", "httpx", "fastapi")
 
 
-def tokenfarm_argv() -> list[str]:
-    """The installed `tokenfarm` script next to this interpreter, else `python -m app.cli`."""
+def tokenfarm_argv(python_m: bool) -> list[str]:
+    """The installed `tokenfarm` script next to this interpreter, else (or with --python-m)
+    `python -m app.cli`, which runs the `app` of the current directory."""
     script = Path(sys.executable).parent / "tokenfarm"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
+    if script.exists() and not python_m:
+        return [str(script)]
+    return [sys.executable, "-m", "app.cli"]
 
 
 def child_env() -> dict[str, str]:
@@ -53,22 +56,25 @@ def child_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("TOKENFARM_")}
 
 
-def wall_time(argv: list[str]) -> float:
-    """Seconds from start to exit of one process (its output discarded)."""
+def wall_time(argv: list[str]) -> float | None:
+    """Seconds from start to exit of one process (its output discarded); None if it failed."""
     started = time.perf_counter()
-    subprocess.run(argv, env=child_env(), capture_output=True, check=True)  # noqa: S603
-    return time.perf_counter() - started
+    done = subprocess.run(argv, env=child_env(), capture_output=True, check=False)  # noqa: S603
+    return time.perf_counter() - started if done.returncode == 0 else None
 
 
-def imported(args: list[str]) -> dict[str, float]:
-    """Top-level packages that `tokenfarm ARGS` imports, with their cumulative import time (s)."""
+def imported(args: list[str]) -> dict[str, float] | None:
+    """Top-level packages that `tokenfarm ARGS` imports, with their cumulative import time (s);
+    None if the command failed."""
     done = subprocess.run(  # noqa: S603
         [sys.executable, "-X", "importtime", "-m", "app.cli", *args],
         env=child_env(),
         capture_output=True,
         text=True,
-        check=True,
+        check=False,
     )
+    if done.returncode != 0:
+        return None
     packages: dict[str, float] = {}
     for line in done.stderr.splitlines():
         if not line.startswith("import time:") or "|" not in line:
@@ -86,23 +92,37 @@ def main() -> None:
     """Measure and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20, help="processes of each kind")
+    parser.add_argument(
+        "--python-m",
+        action="store_true",
+        help="run `python -m app.cli` (the current directory's code, e.g. an older checkout)",
+    )
     options = parser.parse_args()
+    tokenfarm = tokenfarm_argv(options.python_m)
 
     cases = {
         "python -c pass": [sys.executable, "-c", "pass"],
-        "tokenfarm --help": [*tokenfarm_argv(), "--help"],
-        "tokenfarm --version": [*tokenfarm_argv(), "--version"],
-        "tokenfarm secrets --help": [*tokenfarm_argv(), "secrets", "--help"],
+        "tokenfarm --help": [*tokenfarm, "--help"],
+        "tokenfarm --version": [*tokenfarm, "--version"],
+        "tokenfarm secrets --help": [*tokenfarm, "secrets", "--help"],
     }
     times: dict[str, list[float]] = {name: [] for name in cases}
+    failed: set[str] = set()
     for _ in range(options.runs):
         for name, argv in cases.items():
-            times[name].append(wall_time(argv))
+            seconds = wall_time(argv)
+            if seconds is None:
+                failed.add(name)
+            else:
+                times[name].append(seconds)
 
     print(f"cli start-up, {options.runs} runs each; {machine_note()}")
     baseline = statistics.median(times["python -c pass"])
     rows = []
     for name, values in times.items():
+        if name in failed:
+            rows.append((name, "fails (this version has no such command or option)"))
+            continue
         median = statistics.median(values)
         rows.append(
             (
@@ -115,6 +135,9 @@ def main() -> None:
 
     for args in (["--help"], ["--version"], ["secrets", "--help"]):
         packages = imported(args)
+        if packages is None:
+            print_block(f"tokenfarm {' '.join(args)}: imports", [("", "the command fails")])
+            continue
         watched = [f"{name} {ms(packages[name])}" for name in WATCHED if name in packages] or [
             "none"
         ]
