@@ -15,12 +15,13 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import AsyncAdaptedQueuePool
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import SQLModel
 
 from app.errors import ConfigurationError, NotFound
 from app.events import EVENTS_KEY, Events
-from app.sqlite_driver import one_trip_dbapi
+from app.sqlite_driver import sqlite_dbapi
 
 T = TypeVar("T")
 
@@ -69,14 +70,15 @@ def create_engine(url: str) -> AsyncEngine:
     parsed = make_url(driver_url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
+        kwargs = {"connect_args": {"timeout": 30}, "pool_size": 20, "max_overflow": 20}
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        kwargs = {
-            "connect_args": {"timeout": 30},
-            "pool_size": 20,
-            "max_overflow": 20,
-            "module": one_trip_dbapi(),
-        }
+            # SQLAlchemy 2.1's pool for a file, named so that the stock adapter of an older
+            # release (NullPool there, which refuses pool sizes) pools the same way.
+            kwargs["poolclass"] = AsyncAdaptedQueuePool
+        module = sqlite_dbapi()  # None: SQLAlchemy's stock adapter (app/sqlite_driver.py)
+        if module is not None:
+            kwargs["module"] = module
     engine = create_async_engine(driver_url, **kwargs)
     if engine.dialect.name == "sqlite":
 

@@ -1,146 +1,59 @@
-"""SQLAlchemy's aiosqlite adapter, with one trip to the driver's thread per statement.
+"""Which adapter SQLite engines use: the one-trip adapter of app/sqlite_one_trip.py, or
+SQLAlchemy's stock aiosqlite adapter when that one can't be used.
 
-aiosqlite runs each SQLite connection in a thread of its own; every awaited call on it is a
-trip there and back through a queue and the event loop (~35-50 µs here). SQLAlchemy's adapter
-makes four or five trips per statement (open a cursor, execute, fetch the rows, close the
-cursor), which on a refresh's twenty-odd statements cost more than SQLite's own work.
-`OneTripCursor` does all of that in a single function run in the connection's thread and keeps
-what SQLAlchemy reads afterwards (description, rowcount, lastrowid, rows) on the loop's side.
-`OneTripConnection` also skips the trip of a commit or rollback when SQLite has no transaction
-open: every pooled connection is rolled back when it is returned, and a read-only session never
-began one (sqlite3 begins a transaction only before a write).
-
-It reaches into `aiosqlite.Connection._execute` and `._conn`, as SQLAlchemy's own adapter does
-(`_tx`, `_conn`); tests/test_sqlite_driver.py checks it against the installed aiosqlite.
+The one-trip adapter leans on internals of SQLAlchemy and aiosqlite (pinned in pyproject.toml
+to the versions it was tested with). Whether they are all there is checked once, when this
+module is imported; if one is missing, SQLite engines use the stock adapter (slower by a few
+thread trips per statement, otherwise the same) and the first one made logs one warning that
+says why. `TOKENFARM_SQLITE_DRIVER=stock` chooses the stock adapter on purpose (to rule the
+one-trip adapter out when chasing a problem); `one-trip`, the default, uses it when it can.
 """
 
 from __future__ import annotations
 
-import collections
-import sqlite3
-from typing import Any
+import logging
+import os
+from typing import Any, Literal
 
-import aiosqlite
-from sqlalchemy.dialects.sqlite.aiosqlite import (
-    AsyncAdapt_aiosqlite_connection,
-    AsyncAdapt_aiosqlite_cursor,
-    AsyncAdapt_aiosqlite_dbapi,
-)
-from sqlalchemy.util import EMPTY_DICT
-from sqlalchemy.util.concurrency import await_
+from app.errors import ConfigurationError
 
-_Outcome = tuple[Any, int, int | None, list[Any] | None]
+logger = logging.getLogger("tokenfarm.db")
 
+SqliteDriver = Literal["one-trip", "stock"]
+DRIVER_VARIABLE = "TOKENFARM_SQLITE_DRIVER"
 
-def _run(connection: sqlite3.Connection, operation: str, parameters: Any, many: bool) -> _Outcome:
-    """Execute and fetch everything (in the connection's thread)."""
-    cursor = connection.cursor()
-    try:
-        if many:
-            cursor.executemany(operation, parameters)
-        elif parameters is None:
-            cursor.execute(operation)
-        else:
-            cursor.execute(operation, parameters)
-        description = cursor.description
-        rows = cursor.fetchall() if description else None
-        return description, cursor.rowcount, cursor.lastrowid, rows
-    finally:
-        cursor.close()
+try:
+    from app.sqlite_one_trip import one_trip_dbapi
+except (ImportError, AttributeError) as exc:
+    ONE_TRIP_UNAVAILABLE: str | None = f"{type(exc).__name__}: {exc}"
+else:
+    ONE_TRIP_UNAVAILABLE = None
+
+_warned = False
 
 
-class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
-    """A client-side cursor whose statement runs in one trip, results kept here."""
+def requested_driver() -> SqliteDriver:
+    """The adapter `TOKENFARM_SQLITE_DRIVER` asks for (default `one-trip`)."""
+    value = os.environ.get(DRIVER_VARIABLE, "").strip().lower() or "one-trip"
+    if value not in ("one-trip", "stock"):
+        raise ConfigurationError(f"{DRIVER_VARIABLE} must be one-trip or stock, not {value!r}")
+    return "stock" if value == "stock" else "one-trip"
 
-    __slots__ = ("_arraysize", "_description", "_lastrowid", "_rowcount")
 
-    def __init__(self, adapt_connection: AsyncAdapt_aiosqlite_connection):
-        # No driver cursor is opened here (that was a trip of its own).
-        self._adapt_connection = adapt_connection
-        self._connection = adapt_connection._connection
-        self._soft_closed_memoized = EMPTY_DICT
-        self._rows = collections.deque()
-        self._description: Any = None
-        self._rowcount = -1
-        self._lastrowid: int | None = None
-        self._arraysize = 1
-
-    @property
-    def description(self) -> Any:
-        return self._description
-
-    @property
-    def rowcount(self) -> int:
-        return self._rowcount
-
-    @property
-    def lastrowid(self) -> Any:
-        return self._lastrowid
-
-    @property
-    def arraysize(self) -> int:
-        return self._arraysize
-
-    @arraysize.setter
-    def arraysize(self, value: int) -> None:
-        self._arraysize = value
-
-    async def _async_soft_close(self) -> None:
-        """Nothing is open on the driver's side."""
-
-    def close(self) -> None:
-        self._rows.clear()
-
-    def execute(self, operation: Any, parameters: Any = None) -> Any:
-        return self._trip(operation, parameters, many=False)
-
-    def executemany(self, operation: Any, seq_of_parameters: Any) -> Any:
-        return self._trip(operation, seq_of_parameters, many=True)
-
-    def _trip(self, operation: Any, parameters: Any, *, many: bool) -> None:
-        driver = self._connection
-        try:
-            description, rowcount, lastrowid, rows = await_(
-                driver._execute(_run, driver._conn, operation, parameters, many)
+def sqlite_dbapi() -> Any | None:
+    """The DBAPI module for `create_async_engine(module=...)`, or None for SQLAlchemy's stock
+    aiosqlite adapter (asked for, or the one-trip adapter's internals are missing)."""
+    global _warned
+    if requested_driver() == "stock":
+        return None
+    if ONE_TRIP_UNAVAILABLE is not None:
+        if not _warned:
+            _warned = True
+            logger.warning(
+                "SQLite runs on SQLAlchemy's stock aiosqlite adapter: the one-trip adapter "
+                "needs internals that the installed SQLAlchemy or aiosqlite lacks (%s); "
+                "install the versions pyproject.toml pins",
+                ONE_TRIP_UNAVAILABLE,
             )
-        except Exception as error:
-            self._adapt_connection._handle_exception(error)  # raises the DBAPI's error
-        self._description, self._rowcount, self._lastrowid = description, rowcount, lastrowid
-        self._rows = collections.deque(rows) if rows is not None else collections.deque()
-
-
-class OneTripConnection(AsyncAdapt_aiosqlite_connection):
-    """The aiosqlite adapter's connection, handing out one-trip cursors."""
-
-    __slots__ = ()
-
-    _cursor_cls = OneTripCursor  # type: ignore[assignment]  # a subclass, as it should be
-
-    def _in_transaction(self) -> bool:
-        """Whether SQLite has a transaction open on this connection. Read on the loop's side:
-        `in_transaction` only asks SQLite's autocommit flag, and nothing else runs on this
-        connection while its one user awaits here."""
-        driver = self._connection
-        return driver._connection is not None and driver._conn.in_transaction
-
-    def commit(self) -> None:
-        if self._in_transaction():
-            super().commit()
-
-    def rollback(self) -> None:
-        if self._in_transaction():
-            super().rollback()
-
-
-class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
-    """The aiosqlite DBAPI shim whose connections use `OneTripCursor`; passed to
-    `create_async_engine(module=...)` so that URLs stay plain `sqlite+aiosqlite`."""
-
-    def connect(self, *arg: Any, **kw: Any) -> OneTripConnection:
-        adapted = super().connect(*arg, **kw)
-        return OneTripConnection(self, adapted._connection)
-
-
-def one_trip_dbapi() -> OneTripDBAPI:
-    """A fresh shim over the installed aiosqlite and sqlite3."""
-    return OneTripDBAPI(aiosqlite, sqlite3)
+        return None
+    return one_trip_dbapi()

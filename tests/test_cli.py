@@ -1,4 +1,4 @@
-"""The `tokenfarm` command line, run as a real process."""
+"""The `tokenfarm` command line: the core commands in process, `serve` as a real process."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 
-from tests.processes import free_port, run_cli, serving
+from app.config import Settings
+from app.main import create_app
+from tests.cli.runner import invoke
+from tests.processes import free_port, serving
 
 
 @pytest.fixture
@@ -26,7 +29,7 @@ def cli_env(database_url: str, tmp_path: Path) -> dict[str, str]:
 
 class TestInit:
     def test_creates_the_owner_once_and_then_changes_nothing(self, cli_env: dict[str, str]) -> None:
-        first = run_cli(
+        first = invoke(
             "init",
             "--owner-email",
             "Owner@Example.com",
@@ -36,7 +39,7 @@ class TestInit:
         )
         assert first.returncode == 0, first.stderr
         assert "owner Owner@Example.com created" in first.stdout
-        second = run_cli(
+        second = invoke(
             "init",
             "--owner-email",
             "owner@example.com",
@@ -48,7 +51,7 @@ class TestInit:
         assert "already exists; nothing changed" in second.stdout
 
     def test_short_password_is_refused_with_a_reason(self, cli_env: dict[str, str]) -> None:
-        result = run_cli(
+        result = invoke(
             "init", "--owner-email", "o@example.com", "--owner-password", "short", env=cli_env
         )
         assert result.returncode == 1
@@ -63,7 +66,7 @@ class TestServe:
             "TOKENFARM_DATA_DIR": str(tmp_path),
             "TOKENFARM_ENCRYPTION_KEYS": "",
         }
-        result = run_cli("serve", "--port", str(free_port()), env=env)
+        result = invoke("serve", "--port", str(free_port()), env=env)
         assert result.returncode == 1
         assert "TOKENFARM_ENCRYPTION_KEYS" in result.stderr
         assert "tokenfarm keygen" in result.stderr
@@ -80,27 +83,41 @@ class TestServe:
 
 class TestKeygen:
     def test_prints_a_usable_fernet_key(self) -> None:
-        result = run_cli("keygen", env={})
+        result = invoke("keygen", env={})
         assert result.returncode == 0
         key = result.stdout.strip()
         assert Fernet(key.encode()).decrypt(Fernet(key.encode()).encrypt(b"x")) == b"x"
 
 
 class TestServiceAccountsAndKeys:
-    def test_a_key_made_on_the_command_line_authenticates(self, cli_env: dict[str, str]) -> None:
-        assert run_cli("migrate", env=cli_env).returncode == 0
-        created = run_cli("service-accounts", "create", "ci-bot", "--role", "owner", env=cli_env)
+    async def test_a_key_made_on_the_command_line_authenticates(
+        self, cli_env: dict[str, str]
+    ) -> None:
+        assert invoke("migrate", env=cli_env).returncode == 0
+        created = invoke("service-accounts", "create", "ci-bot", "--role", "owner", env=cli_env)
         assert created.returncode == 0, created.stderr
         assert "service account ci-bot created" in created.stdout
-        made = run_cli("api-keys", "create", "ci-bot", "--name", "ci", env=cli_env)
+        made = invoke("api-keys", "create", "ci-bot", "--name", "ci", env=cli_env)
         assert made.returncode == 0, made.stderr
         key = made.stdout.strip()
         assert key.startswith("tfk_")
-        with serving(cli_env, "--no-migrate") as base:
-            listed = httpx.get(
-                f"{base}/v1/service-accounts/ci-bot/api-keys",
-                headers={"Authorization": f"Bearer {key}"},
-                timeout=2,
+        # The app as `serve` builds it from the same environment (served in TestServe).
+        settings = Settings(
+            environment="test",
+            database_url=cli_env["TOKENFARM_DATABASE_URL"],
+            data_dir=Path(cli_env["TOKENFARM_DATA_DIR"]),
+            encryption_keys=cli_env["TOKENFARM_ENCRYPTION_KEYS"],
+            jwt_secret=cli_env["TOKENFARM_JWT_SECRET"],
+            scheduler_enabled=False,
+        )
+        application = create_app(settings)
+        transport = httpx.ASGITransport(app=application)
+        async with (
+            application.router.lifespan_context(application),
+            httpx.AsyncClient(transport=transport, base_url="http://tokenfarm.test") as http,
+        ):
+            listed = await http.get(
+                "/v1/service-accounts/ci-bot/api-keys", headers={"Authorization": f"Bearer {key}"}
             )
         assert listed.status_code == 200, listed.text
         assert [k["name"] for k in listed.json()] == ["ci"]
@@ -109,10 +126,10 @@ class TestServiceAccountsAndKeys:
     def test_unknown_role_and_account_are_refused_with_a_reason(
         self, cli_env: dict[str, str]
     ) -> None:
-        assert run_cli("migrate", env=cli_env).returncode == 0
-        refused = run_cli("service-accounts", "create", "x-bot", "--role", "nope", env=cli_env)
+        assert invoke("migrate", env=cli_env).returncode == 0
+        refused = invoke("service-accounts", "create", "x-bot", "--role", "nope", env=cli_env)
         assert refused.returncode == 1
         assert "role 'nope' does not exist" in refused.stderr
-        missing = run_cli("api-keys", "create", "ghost", "--name", "ci", env=cli_env)
+        missing = invoke("api-keys", "create", "ghost", "--name", "ci", env=cli_env)
         assert missing.returncode == 1
         assert "service account 'ghost' does not exist" in missing.stderr

@@ -1,20 +1,30 @@
-"""The SQLite adapter (app/sqlite_driver.py): one trip to aiosqlite's thread per statement, and
-everything SQLAlchemy reads from a cursor still right."""
+"""The SQLite adapters: the one-trip adapter (app/sqlite_one_trip.py) makes one trip to
+aiosqlite's thread per statement and keeps everything SQLAlchemy reads from a cursor right; the
+stock one (app/sqlite_driver.py) takes over when asked, or when an internal is missing."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import text
+from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_connection
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import create_engine
-from app.sqlite_driver import OneTripConnection
+from app.errors import ConfigurationError
+from app.sqlite_driver import DRIVER_VARIABLE
+from app.sqlite_one_trip import OneTripConnection
+from tests.conftest import TokenServer, secret_value, setup_oauth, sqlite_database
 
 
 @pytest.fixture
@@ -116,3 +126,96 @@ async def test_commit_and_rollback_make_a_trip_only_when_sqlite_has_a_transactio
     async with engine.connect() as connection:
         names = (await connection.execute(text("SELECT name FROM item"))).scalars().all()
     assert names == ["kept"]
+
+
+class TestStockAdapter:
+    """SQLAlchemy's own aiosqlite adapter: asked for with TOKENFARM_SQLITE_DRIVER=stock, or
+    taken when an internal the one-trip adapter needs is missing."""
+
+    @pytest.fixture
+    def database_url(
+        self, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> str:
+        """SQLite, on the stock adapter from the app's first engine on."""
+        monkeypatch.setenv(DRIVER_VARIABLE, "stock")
+        return sqlite_database(request, tmp_path)
+
+    async def test_the_app_refreshes_and_reads_on_the_stock_adapter(
+        self, app: FastAPI, client: httpx.AsyncClient, token_server: TokenServer
+    ) -> None:
+        async with app.state.engine.connect() as connection:
+            raw = await connection.get_raw_connection()
+            assert type(raw.dbapi_connection) is AsyncAdapt_aiosqlite_connection
+        oauth = await setup_oauth(client, token_server)
+
+        refreshed = await client.get("/refresh/ACCESS_TOKEN")
+
+        assert refreshed.status_code == 200, refreshed.text
+        assert refreshed.json()["status"] == "succeeded"
+        read = await client.get("/v1/secrets/ACCESS_TOKEN/value")
+        assert read.status_code == 200, read.text
+        assert read.json()["version"] == 1 and read.json()["value"]
+        assert await secret_value(client, "REFRESH_TOKEN") != oauth.refresh_token
+        assert token_server.state.token_requests == 1
+
+    def test_an_unknown_choice_is_a_configuration_error(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv(DRIVER_VARIABLE, "fast")
+        with pytest.raises(ConfigurationError, match="one-trip or stock"):
+            create_engine("sqlite:///unused.db")
+
+
+# A fresh interpreter where `sqlalchemy.util.concurrency` has no `await_` for newcomers, as in
+# releases before 2.1 (SQLAlchemy itself, imported first, keeps the references it took).
+WITHOUT_AWAIT = """
+import asyncio, logging, sys, types
+import sqlalchemy.dialects.sqlite.aiosqlite
+import sqlalchemy.util.concurrency as concurrency
+older = types.ModuleType(concurrency.__name__)
+older.__dict__.update({k: v for k, v in vars(concurrency).items() if k != "await_"})
+sys.modules[concurrency.__name__] = older
+from sqlalchemy import text
+from app.db import create_engine
+from app.sqlite_driver import ONE_TRIP_UNAVAILABLE
+
+logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+print("unavailable:", ONE_TRIP_UNAVAILABLE)
+
+async def main():
+    for name in ("a.db", "b.db"):
+        engine = create_engine(f"sqlite:///{name}")
+        async with engine.connect() as connection:
+            raw = await connection.get_raw_connection()
+            answer = await connection.scalar(text("SELECT 41 + 1"))
+            print(type(raw.dbapi_connection).__name__, answer)
+        await engine.dispose()
+
+asyncio.run(main())
+"""
+
+
+def test_a_missing_internal_falls_back_to_the_stock_adapter_with_one_warning(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != DRIVER_VARIABLE}
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_AWAIT],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("unavailable: ImportError: cannot import name 'await_'")
+    assert lines[1:] == ["AsyncAdapt_aiosqlite_connection 42"] * 2
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1, done.stderr
+    assert (
+        "WARNING tokenfarm.db: SQLite runs on SQLAlchemy's stock aiosqlite adapter" in warnings[0]
+    )
+    assert "await_" in warnings[0]

@@ -22,7 +22,7 @@ from rich.markup import escape
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.cli.console import database_problem
-from app.cli.core import SYSTEM_ACTOR, cli
+from app.cli.core import SYSTEM_ACTOR
 from app.config import Settings, get_settings
 from app.configuration.apply import apply_document
 from app.configuration.export import export_document, render
@@ -32,6 +32,9 @@ from app.configuration.values import ValueSource
 from app.crypto import Keyring, load_keyring
 from app.db import create_engine, session_factory
 from app.errors import TokenfarmError
+
+# The commands of this module; app/cli/__init__.py lists them and loads them when they run.
+commands = typer.Typer()
 
 EXIT_INVALID = 1
 EXIT_FAILED = 2
@@ -144,7 +147,7 @@ def print_plan(plan: Plan, *, dry_run: bool, show_unchanged: bool, out: Console)
         out.print(f"Applied: {plan.outcome()}.")
 
 
-@cli.command("apply")
+@commands.command("apply")
 def apply_command(
     file: Annotated[
         str,
@@ -219,7 +222,7 @@ async def _export(settings: Settings) -> dict[str, Any]:
         await engine.dispose()
 
 
-@cli.command("export")
+@commands.command("export")
 def export_command() -> None:
     """Print the live configuration as a document `apply` takes (values never included)."""
     try:

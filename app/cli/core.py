@@ -14,10 +14,8 @@ from app.auth.actor import Actor
 from app.config import get_settings
 from app.errors import TokenfarmError
 
-cli = typer.Typer(
-    help="tokenfarm: keeps OAuth access tokens and other short-lived secrets fresh.",
-    no_args_is_help=True,
-)
+# The commands of this module; app/cli/__init__.py lists them and loads them when they run.
+commands = typer.Typer()
 
 SYSTEM_ACTOR = Actor(kind="system", name="cli", permissions=frozenset({"*"}))
 DEMO_OWNER_EMAIL = "owner@example.com"
@@ -35,7 +33,7 @@ def _migrate() -> None:
     upgrade_database(get_settings().resolved_database_url)
 
 
-@cli.command()
+@commands.command()
 def migrate() -> None:
     """Upgrade the database schema to the newest migration."""
     try:
@@ -58,7 +56,7 @@ async def _create_owner(email: str, password: str) -> bool:
         await engine.dispose()
 
 
-@cli.command()
+@commands.command()
 def init(
     owner_email: Annotated[str, typer.Option(help="Email of the owner account.")],
     owner_password: Annotated[str, typer.Option(help="Password of the owner (12+ characters).")],
@@ -75,13 +73,13 @@ def init(
         typer.echo(f"owner {owner_email} already exists; nothing changed")
 
 
-@cli.command()
+@commands.command()
 def keygen() -> None:
     """Print a new encryption key for TOKENFARM_ENCRYPTION_KEYS."""
     typer.echo(Fernet.generate_key().decode())
 
 
-@cli.command()
+@commands.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
@@ -132,7 +130,7 @@ async def _schedule_alone() -> None:
         await stop.wait()
 
 
-@cli.command()
+@commands.command()
 def scheduler(
     migrate_first: Annotated[
         bool, typer.Option("--migrate/--no-migrate", help="Migrate before starting.")
@@ -173,7 +171,7 @@ async def _seed_demo(token_server_url: str, refresh_token: str) -> Any:
         await engine.dispose()
 
 
-@cli.command()
+@commands.command()
 def demo(
     port: Annotated[int, typer.Option(help="Port of tokenfarm.")] = 8000,
     token_server_port: Annotated[
@@ -235,8 +233,8 @@ def demo(
 
 service_accounts_cli = typer.Typer(help="Service accounts, for scripts and CI.")
 api_keys_cli = typer.Typer(help="API keys of service accounts.")
-cli.add_typer(service_accounts_cli, name="service-accounts")
-cli.add_typer(api_keys_cli, name="api-keys")
+commands.add_typer(service_accounts_cli, name="service-accounts")
+commands.add_typer(api_keys_cli, name="api-keys")
 
 
 async def _with_accounts(work: Any) -> Any:

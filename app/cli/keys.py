@@ -20,11 +20,13 @@ from sqlalchemy import column, func, inspect, select, table, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.cli.console import console, error_console, fail, run_async, settings_and_keyring
-from app.cli.core import cli
 from app.config import Settings
 from app.crypto import Keyring
 from app.db import create_engine
 from app.errors import ConfigurationError
+
+# The commands of this module; app/cli/__init__.py lists them and loads them when they run.
+commands = typer.Typer()
 
 MAX_PASSES = 3  # rows that change under a pass are taken again; a replica with old keys won't stop
 
@@ -227,7 +229,7 @@ async def _rotate_with_progress(settings: Settings, keyring: Keyring, batch_size
         await engine.dispose()
 
 
-@cli.command("rotate-keys")
+@commands.command("rotate-keys")
 def rotate_keys_command(
     batch_size: Annotated[int, typer.Option(min=1, max=10_000, help="Rows per transaction.")] = 500,
 ) -> None:

@@ -27,7 +27,7 @@ from app.cli.console import (
     timestamp,
     when,
 )
-from app.cli.core import SYSTEM_ACTOR, cli
+from app.cli.core import SYSTEM_ACTOR
 from app.config import Settings
 from app.crypto import Keyring
 from app.db import create_engine, session_factory
@@ -40,11 +40,13 @@ from app.secrets.schemas import SecretRead
 from app.secrets.store import SecretStore
 from app.services.schemas import READABLE_ID_PATTERN, SLUG_PATTERN
 
+# The commands of this module; app/cli/__init__.py lists them and loads them when they run.
+commands = typer.Typer()
 runs_cli = typer.Typer(
     help="The run log (newest last; --follow for new runs), and recovering runs whose answer "
     "was not stored."
 )
-cli.add_typer(runs_cli, name="runs")
+commands.add_typer(runs_cli, name="runs")
 
 RUN_STATUS_STYLES = {
     "succeeded": "green",
@@ -176,7 +178,7 @@ def _endpoint_argument(value: str) -> tuple[str, str]:
     return slug, readable_id
 
 
-@cli.command("run")
+@commands.command("run")
 def run_endpoint(
     endpoint: Annotated[
         str, typer.Argument(metavar="SLUG/ID", help="The endpoint, e.g. oauth/refresh-token.")
@@ -208,7 +210,7 @@ async def _refresh_endpoint(settings: Settings, keyring: Keyring, name: str) -> 
     return await in_transaction(settings, work)
 
 
-@cli.command("refresh")
+@commands.command("refresh")
 def refresh_secret(
     secret: Annotated[str, typer.Argument(help="The secret, e.g. ACCESS_TOKEN.")],
     force: ForceOption = False,

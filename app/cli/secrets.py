@@ -30,13 +30,15 @@ from app.cli.console import (
     timestamp,
     when,
 )
-from app.cli.core import SYSTEM_ACTOR, cli
+from app.cli.core import SYSTEM_ACTOR
 from app.db import utcnow
 from app.secrets.schemas import SecretRead, SecretValueWrite, SecretVersionRead, ValueWritten
 from app.secrets.store import SecretStore
 
+# The commands of this module; app/cli/__init__.py lists them and loads them when they run.
+commands = typer.Typer()
 secrets_cli = typer.Typer(help="Secrets: metadata, values set by hand, history and rollback.")
-cli.add_typer(secrets_cli, name="secrets")
+commands.add_typer(secrets_cli, name="secrets")
 
 STATUS_STYLES = {"ok": "green", "failing": "yellow", "needs_reauth": "bold red"}
 

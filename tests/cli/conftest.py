@@ -1,12 +1,9 @@
-"""Fixtures for the operator commands: the environment of a CLI process that works on the test's
-database with the test app's keys, and a way to feed it stdin."""
+"""Fixtures for the operator commands: the environment of a command that works on the test's
+database with the test app's keys, and one whose database is never reached."""
 
 from __future__ import annotations
 
-import os
 import secrets
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,7 @@ from tests.processes import replica_env
 
 @pytest.fixture
 def cli_env(settings: Settings, database_url: str, tmp_path: Path) -> dict[str, str]:
-    """The environment of a `tokenfarm` process on the test's database, with the app's keys
+    """The environment of a `tokenfarm` command on the test's database, with the app's keys
     (so it reads what the in-process app wrote) and loopback upstreams allowed."""
     return {**replica_env(settings, database_url, str(tmp_path)), "PYTHONUNBUFFERED": "1"}
 
@@ -33,18 +30,3 @@ def offline_env(tmp_path: Path) -> dict[str, str]:
         "TOKENFARM_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
         "TOKENFARM_JWT_SECRET": secrets.token_urlsafe(48),
     }
-
-
-def run_with_stdin(
-    *args: str, env: dict[str, str], stdin: str, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    """Run `tokenfarm ARGS` in a fresh interpreter with `stdin` piped in."""
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
-        env={**os.environ, **env},
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )

@@ -18,8 +18,8 @@ from app.crypto import Keyring
 from app.db import utcnow
 from app.errors import ConfigurationError
 from app.runs.models import Run
+from tests.cli.runner import invoke
 from tests.conftest import create_secret
-from tests.processes import run_cli
 
 CANARY = "rotation-canary-0c7d2e"
 ENCRYPTED = {
@@ -114,7 +114,7 @@ class TestRotateKeys:
         assert any(where.startswith("run #") for where in values)
         assert any(where.startswith("webhook #") for where in values) == has_webhook
 
-        rotated = run_cli(
+        rotated = invoke(
             "rotate-keys",
             "--batch-size",
             "2",
@@ -135,13 +135,13 @@ class TestRotateKeys:
 
         # With the new key alone, the recovery record still writes what the upstream answered.
         only_new = {**cli_env, "TOKENFARM_ENCRYPTION_KEYS": new_key}
-        recovered = run_cli("runs", "recover", recoverable, env=only_new)
+        recovered = invoke("runs", "recover", recoverable, env=only_new)
         assert recovered.returncode == 0, recovered.stderr
         assert f"run {recoverable} recovered" in recovered.stdout
         assert "PLAIN: version 3" in recovered.stdout
         current = [v for k, v in (await ciphertexts(app)).items() if k.startswith("secret_value")]
         assert new.decrypt(current[0]) == f"{CANARY}-recovered"
-        assert run_cli("secrets", "list", env=only_new).returncode == 0
+        assert invoke("secrets", "list", env=only_new).returncode == 0
 
     async def test_running_again_changes_nothing_and_unknown_keys_stop_it(
         self, client: httpx.AsyncClient, app: FastAPI, settings: Settings, cli_env: dict[str, str]
@@ -150,17 +150,17 @@ class TestRotateKeys:
         old_key, new_key = settings.encryption_keys, Fernet.generate_key().decode()
         await create_secret(client, "PLAIN", CANARY, environment_specific=False)
         both = {**cli_env, "TOKENFARM_ENCRYPTION_KEYS": f"{new_key},{old_key}"}
-        assert run_cli("rotate-keys", env=both).returncode == 0
+        assert invoke("rotate-keys", env=both).returncode == 0
         once = await ciphertexts(app)
 
-        again = run_cli("rotate-keys", env=both)
+        again = invoke("rotate-keys", env=both)
 
         assert again.returncode == 0, again.stderr
         assert "re-encrypted 0 rows" in again.stdout and "2 were on it already" in again.stdout
         assert await ciphertexts(app) == once
 
         stranger = Fernet.generate_key().decode()
-        refused = run_cli(
+        refused = invoke(
             "rotate-keys", env={**cli_env, "TOKENFARM_ENCRYPTION_KEYS": f"{stranger},{old_key}"}
         )
         assert refused.returncode == 1

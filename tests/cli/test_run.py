@@ -7,8 +7,8 @@ import json
 
 import httpx
 
+from tests.cli.runner import invoke
 from tests.conftest import CLIENT_SECRET, TokenServer, secret_value, setup_oauth
-from tests.processes import run_cli
 
 
 class TestRefresh:
@@ -17,7 +17,7 @@ class TestRefresh:
     ) -> None:
         oauth = await setup_oauth(client, token_server)
 
-        done = run_cli("refresh", "ACCESS_TOKEN", env=cli_env)
+        done = invoke("refresh", "ACCESS_TOKEN", env=cli_env)
 
         assert done.returncode == 0, done.stderr
         first, *rest = done.stdout.splitlines()
@@ -44,7 +44,7 @@ class TestRefresh:
         oauth = await setup_oauth(client, token_server)
         token_server.state.fault = "invalid_grant"
 
-        failed = run_cli("refresh", "ACCESS_TOKEN", env=cli_env)
+        failed = invoke("refresh", "ACCESS_TOKEN", env=cli_env)
 
         assert failed.returncode == 1
         assert failed.stdout.startswith("failed  oauth/refresh-token  run ")
@@ -58,12 +58,12 @@ class TestRefresh:
 
         # The grant is dead: refreshes stop until --force (or a value set by hand).
         token_server.state.fault = None
-        refused = run_cli("refresh", "ACCESS_TOKEN", env=cli_env)
+        refused = invoke("refresh", "ACCESS_TOKEN", env=cli_env)
         assert refused.returncode == 1
         assert "error: needs_reauth" in refused.stderr
         assert token_server.state.token_requests == 1
         # The injected fault spent nothing: the grant still works when forced.
-        forced = run_cli("refresh", "ACCESS_TOKEN", "--force", env=cli_env)
+        forced = invoke("refresh", "ACCESS_TOKEN", "--force", env=cli_env)
         assert forced.returncode == 0, forced.stderr
         assert (await client.get("/v1/secrets/ACCESS_TOKEN")).json()["status"] == "ok"
 
@@ -72,10 +72,10 @@ class TestRefresh:
     ) -> None:
         await setup_oauth(client, token_server)
 
-        unbound = run_cli("refresh", "REFRESH_TOKEN", env=cli_env)
+        unbound = invoke("refresh", "REFRESH_TOKEN", env=cli_env)
         assert unbound.returncode == 1
         assert "error: secret 'REFRESH_TOKEN' has no refresh_endpoint" in unbound.stderr
-        missing = run_cli("refresh", "NOPE", env=cli_env)
+        missing = invoke("refresh", "NOPE", env=cli_env)
         assert missing.returncode == 1
         assert "error: secret 'NOPE' does not exist" in missing.stderr
         assert token_server.state.token_requests == 0
@@ -87,7 +87,7 @@ class TestRun:
     ) -> None:
         await setup_oauth(client, token_server)
 
-        done = run_cli("run", "oauth/refresh-token", "--json", env=cli_env)
+        done = invoke("run", "oauth/refresh-token", "--json", env=cli_env)
 
         assert done.returncode == 0, done.stderr
         result = json.loads(done.stdout)
@@ -105,7 +105,7 @@ class TestRun:
         oauth = await setup_oauth(client, token_server)
         token_server.state.fault = "http_503"
 
-        failed = run_cli("run", "oauth/refresh-token", "--json", env=cli_env)
+        failed = invoke("run", "oauth/refresh-token", "--json", env=cli_env)
 
         assert failed.returncode == 1
         result = json.loads(failed.stdout)
@@ -122,12 +122,12 @@ class TestRun:
     async def test_an_unknown_endpoint_exits_1(
         self, client: httpx.AsyncClient, cli_env: dict[str, str]
     ) -> None:
-        missing = run_cli("run", "nothing/here", env=cli_env)
+        missing = invoke("run", "nothing/here", env=cli_env)
         assert missing.returncode == 1
         assert missing.stderr.startswith("error: ") and "'nothing'" in missing.stderr
 
 
 def test_a_malformed_endpoint_is_a_usage_error(offline_env: dict[str, str]) -> None:
-    malformed = run_cli("run", "no-slash", env=offline_env)
+    malformed = invoke("run", "no-slash", env=offline_env)
     assert malformed.returncode == 2
     assert "is not SLUG/READABLE_ID" in malformed.stderr

@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.cli.runner import invoke
 from tests.conftest import TokenServer, setup_oauth, sqlite_database
-from tests.processes import run_cli
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ class TestRuns:
         failed = await refresh(client)
         assert (ok["status"], failed["status"]) == ("succeeded", "failed")
 
-        listed = run_cli("runs", env=cli_env)
+        listed = invoke("runs", env=cli_env)
 
         assert listed.returncode == 0, listed.stderr
         header, *rows = [line for line in listed.stdout.splitlines() if line.strip()]
@@ -54,18 +54,18 @@ class TestRuns:
         assert "oauth/refresh-token" in rows[1] and "ACCESS_TOKEN" in rows[1]
         assert "upstream_error (permanent)" in rows[1] and "invalid_client" in rows[1]
 
-        only_failed = run_cli("runs", "--status", "failed", "--json", env=cli_env)
+        only_failed = invoke("runs", "--status", "failed", "--json", env=cli_env)
         assert only_failed.returncode == 0, only_failed.stderr
         assert [r["id"] for r in json.loads(only_failed.stdout)] == [failed["run_id"]]
-        other_secret = run_cli("runs", "--secret", "CLIENT_ID", env=cli_env)
+        other_secret = invoke("runs", "--secret", "CLIENT_ID", env=cli_env)
         assert other_secret.stdout.strip() == "no runs in the log"
-        assert run_cli("runs", "--limit", "1", "--json", env=cli_env).stdout.count('"id"') == 1
+        assert invoke("runs", "--limit", "1", "--json", env=cli_env).stdout.count('"id"') == 1
 
     def test_bad_filters_are_usage_errors(self, offline_env: dict[str, str]) -> None:
-        assert run_cli("runs", "--status", "finished", env=offline_env).returncode == 2
-        assert run_cli("runs", "--limit", "0", env=offline_env).returncode == 2
-        assert run_cli("runs", "recover", "not a run id", env=offline_env).returncode == 2
-        bad_secret = run_cli("runs", "--secret", "no such name", env=offline_env)
+        assert invoke("runs", "--status", "finished", env=offline_env).returncode == 2
+        assert invoke("runs", "--limit", "0", env=offline_env).returncode == 2
+        assert invoke("runs", "recover", "not a run id", env=offline_env).returncode == 2
+        bad_secret = invoke("runs", "--secret", "no such name", env=offline_env)
         assert bad_secret.returncode == 2
         assert "error: --secret: 'no such name' is not a secret name" in bad_secret.stderr
 

@@ -1,4 +1,4 @@
-"""`tokenfarm secrets list|show|set|history|rollback`, run as real processes on both databases."""
+"""`tokenfarm secrets list|show|set|history|rollback`, run in process on both databases."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.cli.conftest import run_with_stdin
+from tests.cli.runner import invoke
 from tests.conftest import (
     CLIENT_SECRET,
     TokenServer,
@@ -17,7 +17,6 @@ from tests.conftest import (
     setup_oauth,
     sqlite_database,
 )
-from tests.processes import run_cli
 
 
 @pytest.fixture
@@ -42,7 +41,7 @@ class TestList:
         oauth = await setup_oauth(client, token_server)
         await create_secret(client, "PLAIN", CANARY, expires_at="2099-01-01T00:00:00Z")
 
-        listed = run_cli("secrets", "list", env=cli_env)
+        listed = invoke("secrets", "list", env=cli_env)
 
         assert listed.returncode == 0, listed.stderr
         lines = {line.split()[0]: line for line in listed.stdout.splitlines()[1:] if line.strip()}
@@ -63,7 +62,7 @@ class TestList:
     ) -> None:
         await create_secret(client, "PLAIN", CANARY)
 
-        listed = run_cli("secrets", "list", "--json", env=cli_env)
+        listed = invoke("secrets", "list", "--json", env=cli_env)
 
         assert listed.returncode == 0, listed.stderr
         secrets = json.loads(listed.stdout)
@@ -73,7 +72,7 @@ class TestList:
         assert_no_values(listed.stdout, CANARY)
 
     def test_an_empty_store_says_so(self, cli_env: dict[str, str]) -> None:
-        listed = run_cli("secrets", "list", env=cli_env)
+        listed = invoke("secrets", "list", env=cli_env)
         assert listed.returncode == 0, listed.stderr
         assert "no secrets yet" in listed.stdout
 
@@ -84,17 +83,17 @@ class TestShow:
     ) -> None:
         oauth = await setup_oauth(client, token_server)
 
-        shown = run_cli("secrets", "show", "REFRESH_TOKEN", env=cli_env)
+        shown = invoke("secrets", "show", "REFRESH_TOKEN", env=cli_env)
 
         assert shown.returncode == 0, shown.stderr
         assert "REFRESH_TOKEN" in shown.stdout
         assert "environment-specific" in shown.stdout and "test" in shown.stdout
         assert_no_values(shown.stdout + shown.stderr, oauth.refresh_token)
-        as_json = run_cli("secrets", "show", "ACCESS_TOKEN", "--json", env=cli_env)
+        as_json = invoke("secrets", "show", "ACCESS_TOKEN", "--json", env=cli_env)
         assert json.loads(as_json.stdout)["refresh_endpoint"] == "oauth/refresh-token"
 
     def test_an_unknown_secret_exits_1(self, cli_env: dict[str, str]) -> None:
-        shown = run_cli("secrets", "show", "NOPE", env=cli_env)
+        shown = invoke("secrets", "show", "NOPE", env=cli_env)
         assert shown.returncode == 1
         assert "error: secret 'NOPE' does not exist" in shown.stderr
         assert shown.stdout == ""
@@ -106,7 +105,7 @@ class TestSet:
     ) -> None:
         await create_secret(client, "TOKEN")
 
-        done = run_cli(
+        done = invoke(
             "secrets", "set", "TOKEN", "--from-env", "MY_TOKEN", env={**cli_env, "MY_TOKEN": CANARY}
         )
 
@@ -124,7 +123,7 @@ class TestSet:
         path = tmp_path / "token.txt"
         path.write_text(CANARY + "\n")
 
-        done = run_cli("secrets", "set", "TOKEN", "--from-file", str(path), env=cli_env)
+        done = invoke("secrets", "set", "TOKEN", "--from-file", str(path), env=cli_env)
 
         assert done.returncode == 0, done.stderr
         assert await secret_value(client, "TOKEN") == CANARY
@@ -135,7 +134,7 @@ class TestSet:
     ) -> None:
         await create_secret(client, "TOKEN")
 
-        done = run_with_stdin(
+        done = invoke(
             "secrets",
             "set",
             "TOKEN",
@@ -158,13 +157,13 @@ class TestSet:
         await create_secret(client, "KEY_FILE", environment_specific=False)
         document = {"client_email": "sa@example.com", "private_key": CANARY}
 
-        done = run_with_stdin(
+        done = invoke(
             "secrets", "set", "KEY_FILE", "--json-value", env=cli_env, stdin=json.dumps(document)
         )
 
         assert done.returncode == 0, done.stderr
         assert await secret_value(client, "KEY_FILE") == document
-        broken = run_with_stdin(
+        broken = invoke(
             "secrets", "set", "KEY_FILE", "--json-value", env=cli_env, stdin='{"a": ' + CANARY
         )
         assert broken.returncode == 1
@@ -176,16 +175,16 @@ class TestSet:
     ) -> None:
         await create_secret(client, "SHARED", CANARY, environment_specific=False)
 
-        unset = run_cli("secrets", "set", "SHARED", "--from-env", "NOT_SET_ANYWHERE", env=cli_env)
+        unset = invoke("secrets", "set", "SHARED", "--from-env", "NOT_SET_ANYWHERE", env=cli_env)
         assert unset.returncode == 1
         assert "error: the environment variable NOT_SET_ANYWHERE is not set" in unset.stderr
-        empty = run_with_stdin("secrets", "set", "SHARED", env=cli_env, stdin="")
+        empty = invoke("secrets", "set", "SHARED", env=cli_env, stdin="")
         assert empty.returncode == 1
         assert "the value is empty" in empty.stderr
-        missing = run_with_stdin("secrets", "set", "NOPE", env=cli_env, stdin="x")
+        missing = invoke("secrets", "set", "NOPE", env=cli_env, stdin="x")
         assert missing.returncode == 1
         assert "secret 'NOPE' does not exist" in missing.stderr
-        wrong_env = run_with_stdin(
+        wrong_env = invoke(
             "secrets", "set", "SHARED", "--environment", "production", env=cli_env, stdin="x"
         )
         assert wrong_env.returncode == 1
@@ -201,14 +200,14 @@ class TestSet:
         path.write_text("x")
 
         # There is no way to pass the value itself on the command line.
-        as_argument = run_cli("secrets", "set", "TOKEN", CANARY, env=offline_env)
+        as_argument = invoke("secrets", "set", "TOKEN", CANARY, env=offline_env)
         assert as_argument.returncode == 2
-        both = run_cli(
+        both = invoke(
             "secrets", "set", "TOKEN", "--from-env", "X", "--from-file", str(path), env=offline_env
         )
         assert both.returncode == 2
         assert "error: give the value through one of --from-env or --from-file" in both.stderr
-        naive = run_cli(
+        naive = invoke(
             "secrets",
             "set",
             "TOKEN",
@@ -220,7 +219,7 @@ class TestSet:
         )
         assert naive.returncode == 2
         assert "give a time zone" in naive.stderr
-        bad_env = run_cli(
+        bad_env = invoke(
             "secrets",
             "set",
             "TOKEN",
@@ -231,7 +230,7 @@ class TestSet:
             env=offline_env,
         )
         assert bad_env.returncode == 2
-        assert run_cli("secrets", "rollback", "TOKEN", "0", env=offline_env).returncode == 2
+        assert invoke("secrets", "rollback", "TOKEN", "0", env=offline_env).returncode == 2
         assert not (tmp_path / "never-created.db").exists()
 
 
@@ -244,7 +243,7 @@ class TestHistoryAndRollback:
             put = await client.put("/v1/secrets/TOKEN/value", json={"value": f"{CANARY}-{n}"})
             assert put.status_code == 200, put.text
 
-        history = run_cli("secrets", "history", "TOKEN", env=cli_env)
+        history = invoke("secrets", "history", "TOKEN", env=cli_env)
 
         assert history.returncode == 0, history.stderr
         rows = [line.split() for line in history.stdout.splitlines()[1:] if line.strip()]
@@ -252,12 +251,12 @@ class TestHistoryAndRollback:
         assert rows[0][1] == "current" and rows[2][1] == "create"
         assert_no_values(history.stdout + history.stderr, CANARY)
 
-        rolled = run_cli("secrets", "rollback", "TOKEN", "1", env=cli_env)
+        rolled = invoke("secrets", "rollback", "TOKEN", "1", env=cli_env)
 
         assert rolled.returncode == 0, rolled.stderr
         assert "TOKEN: version 1 restored, version 4 in test" in rolled.stdout
         assert await secret_value(client, "TOKEN") == CANARY + "-1"
-        as_json = json.loads(run_cli("secrets", "history", "TOKEN", "--json", env=cli_env).stdout)
+        as_json = json.loads(invoke("secrets", "history", "TOKEN", "--json", env=cli_env).stdout)
         assert [(v["version"], v["source"], v["current"]) for v in as_json[:2]] == [
             (4, "rollback", True),
             (3, "manual", False),
@@ -269,8 +268,8 @@ class TestHistoryAndRollback:
     ) -> None:
         await create_secret(client, "TOKEN", CANARY)
 
-        missing = run_cli("secrets", "rollback", "TOKEN", "7", env=cli_env)
+        missing = invoke("secrets", "rollback", "TOKEN", "7", env=cli_env)
 
         assert missing.returncode == 1
         assert "secret 'TOKEN' has no version 7" in missing.stderr
-        assert run_cli("secrets", "history", "NOPE", env=cli_env).returncode == 1
+        assert invoke("secrets", "history", "NOPE", env=cli_env).returncode == 1

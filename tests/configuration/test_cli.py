@@ -1,4 +1,4 @@
-"""`tokenfarm apply` and `tokenfarm export` as real processes: output and exit codes scripts
+"""`tokenfarm apply` and `tokenfarm export`, run in process: output and exit codes scripts
 can trust (0 applied, 1 invalid document, 2 apply failed; nothing changes unless 0)."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import yaml
 from cryptography.fernet import Fernet
 
 from app.config import Settings
-from tests.cli.conftest import run_with_stdin
+from tests.cli.runner import invoke
 from tests.configuration.conftest import Setup, snapshot
 from tests.conftest import create_secret, sqlite_database
-from tests.processes import replica_env, run_cli
+from tests.processes import replica_env
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def cli_env(settings: Settings, database_url: str, tmp_path: Path, setup: Setup) -> dict[str, str]:
-    """A process on the test's database with the app's keys, and the document's env."""
+    """A command on the test's database with the app's keys, and the document's env."""
     return {**replica_env(settings, database_url, str(tmp_path)), **setup.env}
 
 
@@ -41,14 +41,14 @@ class TestApply:
         self, cli_env: dict[str, str], setup: Setup, client: httpx.AsyncClient
     ) -> None:
         path = write(setup)
-        first = run_cli("apply", "-f", path, env=cli_env)
+        first = invoke("apply", "-f", path, env=cli_env)
         assert first.returncode == 0, first.stderr
         assert "+ create    role refresher" in first.stdout
         assert "+ create    secret CLIENT_SECRET (with a value)" in first.stdout
         assert "Applied: 12 created, 0 updated, 0 deleted, 0 unchanged." in first.stdout
         secret = (await client.get("/v1/secrets/CLIENT_SECRET/value")).json()
         assert secret["value"] == setup.client_secret
-        second = run_cli("apply", "-f", path, env=cli_env)
+        second = invoke("apply", "-f", path, env=cli_env)
         assert second.returncode == 0, second.stderr
         assert second.stdout.strip() == "No changes (12 unchanged)."
         for output in (first.stdout, first.stderr, second.stdout, second.stderr):
@@ -57,26 +57,26 @@ class TestApply:
     async def test_a_dry_run_shows_the_diff_and_changes_nothing(
         self, cli_env: dict[str, str], setup: Setup, client: httpx.AsyncClient
     ) -> None:
-        assert run_cli("apply", "-f", write(setup), env=cli_env).returncode == 0
+        assert invoke("apply", "-f", write(setup), env=cli_env).returncode == 0
         before = await snapshot(client)
         document = setup.copy()
         document["secrets"][0]["description"] = "renamed"
         document["schedules"] = document["schedules"][:1]
         path = write(setup, setup.text(document), "changed.yaml")
-        dry = run_cli("apply", "-f", path, "--dry-run", "--prune", env=cli_env)
+        dry = invoke("apply", "-f", path, "--dry-run", "--prune", env=cli_env)
         assert dry.returncode == 0, dry.stderr
         assert "~ update    secret CLIENT_ID (description)" in dry.stdout
         assert "- delete    schedule ping-nightly" in dry.stdout
         assert "Dry run, nothing was changed: 0 to create, 1 to update, 1 to delete" in dry.stdout
         assert await snapshot(client) == before
-        real = run_cli("apply", "-f", path, "--prune", env=cli_env)
+        real = invoke("apply", "-f", path, "--prune", env=cli_env)
         assert real.returncode == 0, real.stderr
         assert [s["name"] for s in (await client.get("/v1/schedules")).json()] == ["hourly"]
 
     async def test_reads_the_document_from_stdin(
         self, cli_env: dict[str, str], setup: Setup, client: httpx.AsyncClient
     ) -> None:
-        result = run_with_stdin(
+        result = invoke(
             "apply", "-f", "-", env=cli_env, stdin="version: 1\nroles: [{name: piped}]\n"
         )
         assert result.returncode == 0, result.stderr
@@ -92,7 +92,7 @@ class TestExitCodes:
         document["secrets"][0]["value"] = "canary-inline-5c2e"
         document["schedules"][0]["run_as"] = "nobody"
         path = write(setup, setup.text(document), "broken.yaml")
-        result = run_cli("apply", "-f", path, env=cli_env)
+        result = invoke("apply", "-f", path, env=cli_env)
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()
         assert lines[-2].startswith(f"{path}:") and "secrets[0].value: an inline value" in lines[-2]
@@ -101,7 +101,7 @@ class TestExitCodes:
         # Fixed shape, broken reference: still 1, still nothing changed.
         del document["secrets"][0]["value"]
         path = write(setup, setup.text(document), "broken.yaml")
-        result = run_cli("apply", "-f", path, env=cli_env)
+        result = invoke("apply", "-f", path, env=cli_env)
         assert result.returncode == 1
         line = next(
             n for n, text in enumerate(setup.text(document).splitlines(), 1) if "nobody" in text
@@ -112,11 +112,11 @@ class TestExitCodes:
     async def test_a_missing_file_or_variable_exits_1(
         self, cli_env: dict[str, str], setup: Setup
     ) -> None:
-        missing = run_cli("apply", "-f", str(setup.directory / "nope.yaml"), env=cli_env)
+        missing = invoke("apply", "-f", str(setup.directory / "nope.yaml"), env=cli_env)
         assert missing.returncode == 1
         assert "nope.yaml can't be read" in missing.stderr
         env = {k: v for k, v in cli_env.items() if k != "TF_CLIENT_ID"}
-        result = run_cli("apply", "-f", write(setup), env=env)
+        result = invoke("apply", "-f", write(setup), env=env)
         assert result.returncode == 1
         assert "secrets[0].value_from.env: the environment variable TF_CLIENT_ID is not set" in (
             result.stderr
@@ -158,11 +158,11 @@ class TestExitCodes:
             ],
         }
         path = write(setup, yaml.safe_dump(document), "conflict.yaml")
-        result = run_cli("apply", "-f", path, env=cli_env)
+        result = invoke("apply", "-f", path, env=cli_env)
         assert result.returncode == 2, result.stdout + result.stderr
         assert "secret 'X_TOKEN': " in result.stderr and "nothing was changed" in result.stderr
         # A dry run carries the plan out and rolls it back, so it fails the same way.
-        assert run_cli("apply", "-f", path, "--dry-run", env=cli_env).returncode == 2
+        assert invoke("apply", "-f", path, "--dry-run", env=cli_env).returncode == 2
         assert await snapshot(client) == before
 
 
@@ -170,8 +170,8 @@ class TestExport:
     async def test_prints_yaml_without_values_that_applies_back(
         self, cli_env: dict[str, str], setup: Setup, client: httpx.AsyncClient
     ) -> None:
-        assert run_cli("apply", "-f", write(setup), env=cli_env).returncode == 0
-        exported = run_cli("export", env=cli_env)
+        assert invoke("apply", "-f", write(setup), env=cli_env).returncode == 0
+        exported = invoke("export", env=cli_env)
         assert exported.returncode == 0, exported.stderr
         setup.canaries.assert_absent(exported.stdout, "the export")
         document = yaml.safe_load(exported.stdout)
@@ -186,7 +186,7 @@ class TestExport:
             "REFRESH_TOKEN": setup.refresh_token,
         }
         path = write(setup, exported.stdout, "exported.yaml")
-        again = run_cli("apply", "-f", path, env=env)
+        again = invoke("apply", "-f", path, env=env)
         assert again.returncode == 0, again.stderr
         assert again.stdout.startswith("No changes"), again.stdout
 
@@ -201,12 +201,12 @@ def test_an_unmigrated_database_or_bad_settings_exit_2(tmp_path: Path) -> None:
     }
     document = tmp_path / "roles.yaml"
     document.write_text("version: 1\nroles: [{name: a}]\n")
-    result = run_cli("apply", "-f", str(document), env=env)
+    result = invoke("apply", "-f", str(document), env=env)
     assert result.returncode == 2
     assert "tokenfarm migrate" in result.stderr and "nothing was changed" in result.stderr
-    invalid = run_cli("apply", "-f", str(document), env={**env, "TOKENFARM_ENVIRONMENT": "moon"})
+    invalid = invoke("apply", "-f", str(document), env={**env, "TOKENFARM_ENVIRONMENT": "moon"})
     assert invalid.returncode == 2
     unreachable = {**env, "TOKENFARM_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"}
-    result = run_cli("apply", "-f", str(document), env=unreachable)
+    result = invoke("apply", "-f", str(document), env=unreachable)
     assert result.returncode == 2
     assert "can't be reached" in result.stderr and "Traceback" not in result.stderr

@@ -17,8 +17,9 @@ from app.config import Settings
 from tests.auth.conftest import Callers
 from tests.auth.conftest import callers as callers  # the fixture, for this module
 from tests.burst import burst_get
+from tests.cli.runner import invoke
 from tests.conftest import TokenServer, secret_value, setup_oauth, wait_at_gate
-from tests.processes import kill_hard, replica_env, run_cli, server_process
+from tests.processes import kill_hard, replica_env, server_process
 
 
 async def rotate_once(client: httpx.AsyncClient, server: TokenServer) -> None:
@@ -198,7 +199,7 @@ class TestKilledProcess:
         assert (run["status"], run["recoverable"]) == ("storing", True)
 
         for _ in range(50):  # PostgreSQL ends the dead process's sessions within moments
-            result = run_cli("runs", "recover", run_id, env=env)
+            result = invoke("runs", "recover", run_id, env=env)
             if "may still be in flight" not in result.stderr:
                 break
             await asyncio.sleep(0.2)
