@@ -1,4 +1,4 @@
-"""The permissions: their names, their grammar (README, "Who may do what"), and what covers what.
+"""The permissions: their names, their grammar (docs/permissions.md), and what covers what.
 
 The one module that knows them. Code names a permission through it, never by a string literal:
 a plain permission is a `Permission` member (`Permission.RUNS_READ`), a scoped one is built by

@@ -338,7 +338,7 @@ class OAuth2RefreshToken:
     params: ClassVar[type[PresetParams]] = RefreshTokenParams
 
     def expand(self, params: RefreshTokenParams, target: str) -> list[dict[str, Any]]:
-        """The canonical refresh (DESIGN.md) for these params."""
+        """The canonical refresh (docs/first-refresh.md) for these params."""
         first, auth, client_fields = _client_authentication(params)
         form = {
             "grant_type": "refresh_token",
