@@ -379,7 +379,7 @@ async def create_secret(
 
 
 def canonical_action(token_url: str) -> list[dict[str, Any]]:
-    """The canonical refresh of docs/first-refresh.md (ACCESS_TOKEN, REFRESH_TOKEN), pointed at `token_url`."""
+    """The canonical refresh of docs/first-refresh.md, pointed at `token_url`."""
     import copy
 
     from app.pipeline.schemas import CANONICAL_ACTION_EXAMPLE

@@ -288,7 +288,7 @@ async def wait_at_gate(server: TokenServer, count: int) -> None:
 
 
 def canonical_action(token_url: str) -> list[dict[str, Any]]:
-    """The canonical refresh of docs/first-refresh.md (plus an else-throw), pointed at a token URL."""
+    """The canonical refresh of docs/first-refresh.md (plus an else-throw), at a token URL."""
     import copy
 
     action = copy.deepcopy(CANONICAL_ACTION_EXAMPLE)
