@@ -95,6 +95,11 @@ def service_run(slug: str, readable_id: str | None = None) -> str:
     return f"{_SERVICES_RUN}{slug}/{readable_id}"
 
 
+def service_run_wanted(slug: str, readable_id: str) -> str:
+    """What running endpoint SLUG/ID needs, as refusals word it (either permission will do)."""
+    return f"{service_run(slug)!r} or {service_run(slug, readable_id)!r}"
+
+
 def act_as(account: str) -> str:
     """Make a schedule or a secret's refreshes run as service account `account`."""
     return _ACT_AS + account

@@ -1,7 +1,7 @@
 """A run's record: what it loaded, how it ended, and the run row with the secrets it targeted.
 
 The statements run on the connection of whoever owns the transaction: the runner, in the one
-greenlet that stores a run's writes (app/runs/runner.py `Runner._store_writes`), and the
+greenlet that stores a run's writes (app/runs/storing.py `RunStorage._store_writes`), and the
 scheduler for a tick that never ran. Core statements: every refresh passes here, and the unit of
 work or an awaited call per statement would cost more than the statements.
 """

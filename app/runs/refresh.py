@@ -13,7 +13,7 @@ from typing import Any
 
 from app.auth.accounts import AccountStore
 from app.auth.actor import Actor, refuse
-from app.auth.permissions import Scoped, service_run
+from app.auth.permissions import Scoped, service_run, service_run_wanted
 from app.errors import Conflict, NotFound, PermissionDenied
 from app.runs.runner import RefreshTarget, Runner, RunOutcome
 from app.runs.schemas import RefreshResult
@@ -188,7 +188,7 @@ async def _refresh_actor(
         permission = service_run(slug)
         raise PermissionDenied(
             f"secret {secret.name!r} is refreshed as service account {account.name!r}, which "
-            f"needs the permission {permission!r} or {service_run(slug, readable_id)!r}",
+            f"needs the permission {service_run_wanted(slug, readable_id)}",
             permission=permission,
         )
     return account

@@ -6,8 +6,9 @@ short transactions around the engine. Runs of one endpoint are single-flight: co
 without request data share one execution (in this process), and a run takes turns with every run
 of its endpoint or of one of its secrets, across replicas too (app/runs/flights.py). A run that
 waited and finds its targets already refreshed by another run adopts that result instead of
-calling the upstream again. The runner owns the transaction that stores a run: in it, it calls
-the secrets' statements (app/secrets/sql.py), then the run record's (app/runs/record.py).
+calling the upstream again. The checks before any node runs are app/runs/preflight.py; the
+transaction that stores a run (the secrets' statements, then the run record's) is
+app/runs/storing.py.
 """
 
 from __future__ import annotations
@@ -16,17 +17,14 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, replace
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.auth.actor import Actor
-from app.auth.permissions import secret_update_from_service
 from app.config import Settings
 from app.crypto import Keyring
 from app.db import utcnow
@@ -34,29 +32,19 @@ from app.errors import (
     Conflict,
     InternalError,
     MethodNotAllowed,
-    NeedsReauth,
-    PermissionDenied,
-    RunFailed,
-    SecretLocked,
-    SecretNotEnvironmentSpecific,
     StorageFailed,
-    Superseded,
     TokenfarmError,
-    UpstreamFailed,
-    VersionConflict,
 )
 from app.events import Events, RunFinished
 from app.outbound import Outbound
 from app.pipeline.analysis import compile_action
 from app.pipeline.context import RequestData, RunContext
 from app.pipeline.engine import execute
-from app.runs.flights import Flight, Flights, Turns, adopt, changed_versions, turns_of
+from app.runs.flights import Flight, Flights, Turns, adopt, turns_of
+from app.runs.preflight import preflight
 from app.runs.record import PreparedRun, RunOutcome, RunRecord
-from app.secrets import health, sql
-from app.secrets.rules import Unwritable, why_runs_cannot_write
-from app.secrets.schemas import ValueWritten
-from app.secrets.sql import LoadedSecret, ValueWrite
-from app.secrets.store import SecretStore, checked_value
+from app.runs.storing import RunStorage
+from app.secrets.store import SecretStore
 from app.services.store import ServiceStore
 
 __all__ = ["PreparedRun", "RefreshTarget", "RunOutcome", "Runner"]
@@ -109,6 +97,7 @@ class Runner:
         self.events = events
         self.turns = Turns(lock_engine)
         self.flights = Flights()
+        self.storage = RunStorage(session_factory, keyring, settings)
         self._tasks: set[asyncio.Task[RunOutcome]] = set()
 
     # --- entry points ----------------------------------------------------------------------
@@ -234,7 +223,7 @@ class Runner:
             if flight is not None:
                 flight.loaded.set()
 
-    # --- loading and checking ----------------------------------------------------------------
+    # --- loading ----------------------------------------------------------------
 
     async def prepare_refresh(
         self, secret: str, *, force: bool = False, received_at: float | None = None
@@ -278,46 +267,6 @@ class Runner:
         secrets = await store.load_for_run(set(action.reads))
         return PreparedRun(service, endpoint, action.nodes, action.targets, secrets)
 
-    @staticmethod
-    def _preflight(prepared: PreparedRun, actor: Actor, force: bool) -> None:
-        """Refuse the run before any node runs if a write target could not be stored."""
-        for path, name in prepared.targets:
-            if not actor.can(secret_update_from_service(name)):
-                raise PermissionDenied(
-                    f"{path}: writing secret {name!r} needs the permission "
-                    f"{secret_update_from_service(name)!r}; nothing was called",
-                    permission=secret_update_from_service(name),
-                    secret=name,
-                )
-            loaded = prepared.secrets.get(name)
-            if loaded is None:
-                raise Conflict(
-                    f"{path}: secret {name!r} does not exist; create it first", secret=name
-                )
-            why = why_runs_cannot_write(
-                environment_specific=loaded.secret.environment_specific,
-                locked=loaded.secret.locked,
-            )
-            if why is Unwritable.LOCKED:
-                raise SecretLocked(
-                    f"{path}: secret {name!r} {why}; runs never write it", secret=name
-                )
-            if why is Unwritable.NOT_ENVIRONMENT_SPECIFIC:
-                raise SecretNotEnvironmentSpecific(
-                    f"{path}: secret {name!r} {why}; runs only write environment-specific secrets",
-                    secret=name,
-                )
-        for name in sorted(prepared.target_names):
-            loaded = prepared.secrets.get(name)
-            if not force and loaded is not None and loaded.secret.status == "needs_reauth":
-                raise NeedsReauth(
-                    f"secret {name!r} needs re-authorization: the token endpoint refused its "
-                    "grant (invalid_grant). Set a new value by hand (for example the refresh "
-                    "token, with PUT /v1/secrets/NAME/value), or call again with ?force=true; "
-                    "nothing was called",
-                    secret=name,
-                )
-
     # --- running -------------------------------------------------------------------------------
 
     async def _run(self, prepared: PreparedRun, job: Job) -> RunOutcome:
@@ -344,7 +293,7 @@ class Runner:
             ctx.redactor.add(value)
         error: TokenfarmError | None = None
         try:
-            self._preflight(prepared, actor, job.force)
+            preflight(prepared, actor, job.force)
             await execute(prepared.nodes, ctx)
         except TokenfarmError as exc:
             error = exc
@@ -361,7 +310,7 @@ class Runner:
                 f"the run failed unexpectedly ({type(exc).__name__}); see the server log"
             )
         record = RunRecord(prepared, ctx, job.trigger, started_at, started, job.schedule_name)
-        outcome = await self._finish(record, error)
+        outcome = await self.storage.finish(record, error)
         self._announce(record, outcome)
         logger.info(
             "run %s of %s/%s by %s (%s): %s in %.1f ms%s",
@@ -395,192 +344,3 @@ class Runner:
                     run_id=outcome.run_id,
                 )
             )
-
-    # --- storing -------------------------------------------------------------------------------
-
-    async def _finish(self, record: RunRecord, error: TokenfarmError | None) -> RunOutcome:
-        """Store the writes (all or none) with the run record, or record the failure."""
-        ctx = record.ctx
-        outcome = RunOutcome(run_id=ctx.run_id, status="succeeded", http_status=200)
-        kept = False  # whether the encrypted writes are safely in the run row
-        try:
-            if error is None and ctx.writes:
-                # First keep what the upstream answered, so that no rotated token is lost if
-                # the process dies or the database fails before the writes are stored.
-                async with self.session_factory() as session, session.begin():
-                    connection = await session.connection()
-                    await connection.run_sync(record.keep_op(outcome, self.keyring))
-                kept = True
-            if error is None:
-                try:
-                    outcome.response = ctx.redactor.value(ctx.result)
-                    async with self.session_factory() as session, session.begin():
-                        outcome.stored = await self._store_writes(session, record, outcome, kept)
-                    return outcome
-                except (TokenfarmError, SQLAlchemyError) as exc:
-                    # The transaction rolled back: none of this run's writes stayed.
-                    outcome.stored = {}
-                    error = self._storing_failed(ctx.run_id, exc, kept)
-            elif isinstance(error, UpstreamFailed) and error.oauth_error == "invalid_grant":
-                adopted_or_error = await self._lost_race(record)
-                if isinstance(adopted_or_error, RunOutcome):
-                    return adopted_or_error
-                error = adopted_or_error or error
-            outcome.status, outcome.http_status, outcome.error = "failed", error.status_code, error
-            outcome.error_body = ctx.redactor.value(error.to_body())
-            async with self.session_factory() as session, session.begin():
-                if isinstance(error, RunFailed):
-                    # Only a failure of the refresh itself marks the secret: not a refused
-                    # pre-flight (a caller without permission must not flag it) nor a lost
-                    # compare-and-set (someone else wrote it).
-                    await self._mark_targets_failed(session, record, error)
-                await record.save(session, outcome, kept)
-        except SQLAlchemyError as exc:
-            logger.error("run %s: storing the outcome failed: %s", ctx.run_id, type(exc).__name__)
-            failure = self._storing_failed(ctx.run_id, exc, kept)
-            outcome = RunOutcome(
-                run_id=ctx.run_id,
-                status="failed",
-                http_status=failure.status_code,
-                error=failure,
-                error_body=ctx.redactor.value(failure.to_body()),
-            )
-        return outcome
-
-    @staticmethod
-    def _storing_failed(run_id: str, exc: Exception, kept: bool) -> TokenfarmError:
-        """The error of a run whose writes could not be stored, saying how to recover them: a
-        new error (of the kind of a domain error caught, which stays its cause)."""
-        if isinstance(exc, TokenfarmError):
-            message, extra = exc.message, dict(exc.extra)
-        else:
-            message, extra = "the run's outcome could not be stored; nothing was written", {}
-        if kept:
-            message += (
-                f"; the upstream's answer is kept encrypted in run {run_id}: write it with "
-                f"`tokenfarm runs recover {run_id}` or POST /v1/runs/{run_id}/recover"
-            )
-            extra["recoverable"] = True
-        if not isinstance(exc, TokenfarmError):
-            return StorageFailed(message, **extra)
-        # A copy that keeps the kind's own attributes (status, error class), with the message.
-        error = type(exc).__new__(type(exc), message)
-        error.__dict__.update(exc.__dict__, message=message, extra=extra)
-        error.__cause__ = exc
-        return error
-
-    async def _lost_race(self, record: RunRecord) -> RunOutcome | TokenfarmError | None:
-        """After `invalid_grant`: did a secret the run read change since it began?
-
-        Then the grant was spent or replaced by someone else, not revoked: adopt the result of a
-        run that refreshed the targets meanwhile, else report the race without marking anything.
-        None: nothing changed, the grant really was refused.
-        """
-        prepared = record.prepared
-        async with self.session_factory() as session:
-            store = SecretStore(session, self.keyring, self.settings)
-            now = await store.load_for_run(set(prepared.secrets))
-        changed = changed_versions(prepared.secrets, now, set(prepared.secrets))
-        if not changed:
-            return None
-        adopted = await adopt(self.session_factory, prepared, now)
-        if adopted is not None:
-            return adopted
-        return Superseded(
-            f"{', '.join(sorted(changed))} changed while the run was in flight and the token "
-            "endpoint refused the grant the run began with (invalid_grant); try again",
-            secrets=sorted(changed),
-        )
-
-    async def _store_writes(
-        self, session: AsyncSession, record: RunRecord, outcome: RunOutcome, kept: bool
-    ) -> dict[str, ValueWritten]:
-        """Write every pending secret compare-and-set on the version the run started from, and
-        record the run as succeeded (or forget its kept answer if it isn't logged): in one
-        transaction and one greenlet, on Core statements, since every refresh passes here.
-
-        VersionConflict if a value changed during the run, NotFound if a secret was deleted
-        meanwhile (nothing is written then).
-        """
-        ctx = record.ctx
-        written = sorted(ctx.writes)
-        now = utcnow()
-        loaded_writes: list[LoadedSecret] = []
-        writes: list[ValueWrite] = []
-        for name, write in ctx.writes.items():
-            loaded = record.prepared.secrets[name]
-            assert loaded is not None  # the pre-flight check guarantees it
-            loaded_writes.append(loaded)
-            writes.append(
-                ValueWrite.of_run(
-                    loaded,
-                    self.keyring.encrypt(write.value),
-                    checked_value(write.value, write.expires_at),
-                    run_id=ctx.run_id,
-                    actor=ctx.actor.label,
-                    now=now,
-                    versions_kept=self.settings.versions_kept,
-                )
-            )
-        connection = await session.connection()
-        try:
-            refused = await connection.run_sync(
-                _store_run, writes, now, record.stored_op(outcome, kept, written)
-            )
-        except IntegrityError:
-            # A first value another writer inserted meanwhile (one row per secret/environment).
-            raise VersionConflict(
-                "a secret the run writes was written concurrently; nothing was written"
-            ) from None
-        if refused is not None:
-            index, gone = refused
-            store = SecretStore(session, self.keyring, self.settings)
-            raise await store.run_write_refused(loaded_writes[index], gone)
-        for loaded in sorted(loaded_writes, key=lambda loaded: loaded.secret.name):
-            health.announce_healthy(
-                session, loaded.secret.name, loaded.secret.status, ctx.run_id, utcnow()
-            )
-        return {
-            loaded.secret.name: write.written(loaded.secret.name)
-            for loaded, write in zip(loaded_writes, writes, strict=True)
-        }
-
-    async def _mark_targets_failed(
-        self, session: AsyncSession, record: RunRecord, error: RunFailed
-    ) -> None:
-        """Note the failure on every secret the run meant to write (its value stays as it was)."""
-        prepared = record.prepared
-        store = SecretStore(session, self.keyring, self.settings)
-        revoked = isinstance(error, UpstreamFailed) and error.oauth_error == "invalid_grant"
-        summary = health.failure_summary(error.error_type, error.error_class, error.message)
-        for name in sorted(prepared.target_names):
-            loaded = prepared.secrets.get(name)
-            if loaded is None or why_runs_cannot_write(
-                environment_specific=loaded.secret.environment_specific,
-                locked=loaded.secret.locked,
-            ):
-                continue
-            health.mark_failed(
-                session, await store.get(name), summary, revoked=revoked, run_id=record.ctx.run_id
-            )
-
-
-def _store_run(
-    connection: Connection,
-    writes: list[ValueWrite],
-    now: datetime,
-    record: Callable[[Connection], None] | None,
-) -> tuple[int, bool] | None:
-    """The storing transaction's statements, in order, in one greenlet: the secrets' (each
-    write planned on its secret row as it is now, then stored compare-and-set with its
-    history), then the run record's. None when all is stored; else (index of the first write
-    refused, whether its secret is gone): the caller rolls the transaction back."""
-    gone = sql.plan_run_writes(connection, writes, now)
-    if gone is not None:
-        return gone, True
-    refused = sql.store_values(connection, writes)
-    if refused is not None:
-        return refused, False
-    if record is not None:
-        record(connection)
-    return None

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
 from app.auth.accounts import AccountStore
-from app.auth.permissions import service_run
+from app.auth.permissions import service_run_wanted
 from app.clock import Clock
 from app.config import Settings
 from app.errors import TokenfarmError
@@ -297,8 +297,8 @@ class Scheduler:
         elif not actor.can_run(job.slug, job.readable_id):
             outcome = await self._record_refused(
                 job,
-                f"run_as: the service account {job.run_as!r} lacks {service_run(job.slug)!r} "
-                f"(or {service_run(job.slug, job.readable_id)!r}); nothing was called",
+                f"run_as: the service account {job.run_as!r} lacks "
+                f"{service_run_wanted(job.slug, job.readable_id)}; nothing was called",
             )
         else:
             try:
@@ -412,7 +412,7 @@ class Scheduler:
             else:
                 refused = (
                     f"refresh_as: the service account {job.refresh_as!r} lacks "
-                    f"{service_run(slug)!r} (or {service_run(slug, readable_id)!r})"
+                    f"{service_run_wanted(slug, readable_id)}"
                 )
         except TokenfarmError as exc:
             refused = f"refresh_as: {exc.message}"
