@@ -146,7 +146,7 @@ async def refresh_secret_fast(
     return _answer(answer.result, answer.http_status)
 
 
-FAST_PATHS = (FastPath(refresh_secret, refresh_secret_fast, {"secret": SECRET_NAME_PATTERN}),)
+FAST_PATHS = (FastPath(refresh_secret, refresh_secret_fast),)
 
 
 @router.get("/v1/runs", dependencies=[Depends(require(Permission.RUNS_READ))])
