@@ -14,8 +14,10 @@ class Webhook(SQLModel, table=True):
     """Where to POST signed notifications about secrets' health.
 
     `secret_name` None: every secret's events; else only that secret's. `events` is a
-    comma-separated subset of the event types. The signing secret is stored encrypted (Fernet,
-    like secret values) and shown only when it is made.
+    comma-separated subset of the event types. The signing secrets are stored encrypted (Fernet,
+    like secret values) in one column, newest first, space-separated: the current one, and after
+    a rotation with a grace period the one it replaced, valid until `previous_secret_expires_at`.
+    Each is shown only when it is made.
     """
 
     __tablename__ = "webhook"
@@ -25,6 +27,7 @@ class Webhook(SQLModel, table=True):
     description: str = Field(default="", max_length=1000)
     url: str = Field(sa_column=Column(Text, nullable=False))
     signing_secret_ciphertext: str = Field(sa_column=Column(Text, nullable=False))
+    previous_secret_expires_at: datetime | None = Field(default=None, sa_column=timestamp_column())
     secret_name: str | None = Field(default=None, max_length=128)
     events: str = Field(max_length=200)
     enabled: bool = Field(default=True)

@@ -6,17 +6,13 @@ delivery never slows down or fails a run. Each delivery is retried with exponent
 jitter on network errors, 5xx and 429; pending retries live in this process only, so a restart
 drops them.
 
-Signature (`X-Tokenfarm-Signature: v1=<hex>`): HMAC-SHA256 with the webhook's signing secret over
-`f"{timestamp}.{body}"`, where `timestamp` is `X-Tokenfarm-Timestamp` (unix seconds). A receiver
-recomputes it over the raw body, compares in constant time and refuses old timestamps
-(`verify_signature` does all three).
+Each delivery is signed per Standard Webhooks (`webhook-id`, `webhook-timestamp`,
+`webhook-signature`) with every signing secret still valid: `app/notifications/signing.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import logging
 import time
@@ -35,13 +31,11 @@ from app.db import utcnow
 from app.errors import RunFailed
 from app.events import Event, SecretStatusChanged
 from app.notifications.schemas import EventType, PingResult
+from app.notifications.signing import legacy_headers, standard_headers
 from app.notifications.store import DeliveryTarget, WebhookStore
 from app.outbound import Outbound, describe_target
 
 logger = logging.getLogger("tokenfarm.notifications")
-
-SIGNATURE_VERSION = "v1"
-DEFAULT_TOLERANCE_SECONDS = 300
 
 
 @dataclass(frozen=True)
@@ -66,36 +60,6 @@ class DeliveryPolicy:
             fixed_share=0.5,
             random_share=0.5,
         )
-
-
-def sign(signing_secret: str, timestamp: int, body: str) -> str:
-    """The `X-Tokenfarm-Signature` value: `v1=` and the hex HMAC-SHA256 of `{timestamp}.{body}`."""
-    digest = hmac.new(
-        signing_secret.encode(), f"{timestamp}.{body}".encode(), hashlib.sha256
-    ).hexdigest()
-    return f"{SIGNATURE_VERSION}={digest}"
-
-
-def verify_signature(
-    signing_secret: str,
-    timestamp: str,
-    body: str | bytes,
-    signature: str,
-    *,
-    tolerance_seconds: float = DEFAULT_TOLERANCE_SECONDS,
-    now: float | None = None,
-) -> bool:
-    """Whether a delivery is genuine: the signature matches (compared in constant time) and
-    the timestamp is within `tolerance_seconds` of now (an old one may be a replay)."""
-    try:
-        sent_at = int(timestamp)
-        text = body.decode() if isinstance(body, bytes) else body
-    except (ValueError, UnicodeDecodeError):
-        return False
-    current = time.time() if now is None else now
-    if abs(current - sent_at) > tolerance_seconds:
-        return False
-    return hmac.compare_digest(sign(signing_secret, sent_at, text), signature)
 
 
 def event_type(change: SecretStatusChanged) -> EventType | None:
@@ -287,9 +251,10 @@ class Notifier:
             "Content-Type": "application/json",
             "User-Agent": f"tokenfarm-webhooks/{__version__}",
             "X-Tokenfarm-Event": kind,
-            "X-Tokenfarm-Delivery": delivery_id,
-            "X-Tokenfarm-Timestamp": str(timestamp),
-            "X-Tokenfarm-Signature": sign(target.signing_secret, timestamp, body),
+            # The delivery id is the message id: the same on every retry, so receivers can
+            # deduplicate on it; each attempt is signed afresh with its own timestamp.
+            **standard_headers(target.signing_secrets, delivery_id, timestamp, body),
+            **legacy_headers(target.signing_secrets[0], delivery_id, timestamp, body),
         }
         try:
             response = await self.outbound.send(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request, Response, status
+from fastapi import APIRouter, Body, Depends, Path, Request, Response, status
 
 from app.auth.dependencies import CurrentActor, require
 from app.auth.permissions import Permission
@@ -13,6 +13,7 @@ from app.notifications.notifier import Notifier
 from app.notifications.schemas import (
     WEBHOOK_NAME_PATTERN,
     PingResult,
+    SecretRotation,
     WebhookCreate,
     WebhookRead,
     WebhookUpdate,
@@ -65,6 +66,20 @@ async def update_webhook(
 ) -> WebhookWithSecret:
     """Change a webhook; `rotate_secret: true` answers a new signing secret, this once."""
     webhook, signing_secret = await store.update(await store.get(name), data)
+    return store.describe_with_secret(webhook, signing_secret)
+
+
+@router.post("/{name}/rotate-secret", dependencies=MANAGE)
+async def rotate_webhook_secret(
+    name: NamePath,
+    data: Annotated[SecretRotation | None, Body()] = None,
+    store: WebhookStore = StoreDep,
+) -> WebhookWithSecret:
+    """Make a new signing secret (answered this once); deliveries are signed with the replaced
+    one too for `grace_seconds` (default a day), so receivers can switch without a gap."""
+    webhook, signing_secret = await store.rotate_secret(
+        await store.get(name), data or SecretRotation()
+    )
     return store.describe_with_secret(webhook, signing_secret)
 
 

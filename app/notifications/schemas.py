@@ -101,7 +101,26 @@ class WebhookUpdate(StrictModel):
     events: Events | None = None
     enabled: bool | None = None
     rotate_secret: bool = Field(
-        False, description="Replace the signing secret; the answer shows the new one, once."
+        False,
+        description="Replace the signing secret at once (no grace period: see `rotate-secret`); "
+        "the answer shows the new one, once.",
+    )
+
+
+DEFAULT_GRACE_SECONDS = 86400
+MAX_GRACE_SECONDS = 7 * 86400
+
+
+class SecretRotation(StrictModel):
+    """How a rotation goes: the replaced secret keeps signing beside the new one for a while."""
+
+    grace_seconds: int = Field(
+        DEFAULT_GRACE_SECONDS,
+        ge=0,
+        le=MAX_GRACE_SECONDS,
+        description="How long deliveries stay signed with the replaced secret too (0: stop at "
+        "once, say after a leak); at most 7 days.",
+        examples=[DEFAULT_GRACE_SECONDS],
     )
 
 
@@ -119,6 +138,10 @@ class WebhookRead(BaseModel):
     last_delivery_error: str | None = Field(
         description="Why the last delivery failed (its last attempt), or null."
     )
+    previous_secret_expires_at: datetime | None = Field(
+        description="Until when deliveries are signed with the secret a rotation replaced too, "
+        "or null."
+    )
     created_by: str
     created_at: datetime
     updated_at: datetime
@@ -128,8 +151,8 @@ class WebhookWithSecret(WebhookRead):
     """A webhook with its signing secret, shown this once (on create, or a rotation)."""
 
     signing_secret: str | None = Field(
-        description="Verifies the `X-Tokenfarm-Signature` of deliveries; never shown again "
-        "(null when a change did not rotate it)."
+        description="`whsec_…`: verifies the `webhook-signature` of deliveries (Standard "
+        "Webhooks); never shown again (null when a change did not rotate it)."
     )
 
 

@@ -1,10 +1,10 @@
-"""The rules of webhooks: validation, signing secrets (encrypted, shown once), matching events."""
+"""The rules of webhooks: validation, signing secrets (encrypted, shown once, rotated with a grace
+period), matching events."""
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,18 +21,15 @@ from app.errors import AlreadyExists, InvalidInput
 from app.notifications.models import Webhook
 from app.notifications.schemas import (
     EVENT_TYPES,
+    SecretRotation,
     WebhookCreate,
     WebhookRead,
     WebhookUpdate,
     WebhookWithSecret,
 )
+from app.notifications.signing import new_signing_secret
 from app.outbound import ALLOW_SETTING, EgressAllowList, literal_address
 from app.secrets.models import Secret
-
-
-def new_signing_secret() -> str:
-    """A fresh signing secret: 32 random bytes, URL-safe base64."""
-    return secrets.token_urlsafe(32)
 
 
 def pack_events(events: list[str]) -> str:
@@ -45,17 +42,30 @@ def unpack_events(packed: str) -> list[str]:
     return [event for event in packed.split(",") if event]
 
 
+def pack_signing_secrets(signing_secrets: list[str]) -> str:
+    """The plaintext of `signing_secret_ciphertext`: the secrets, newest first, space-separated
+    (neither form of a signing secret has a space)."""
+    return " ".join(signing_secrets)
+
+
 @dataclass(frozen=True)
 class DeliveryTarget:
-    """What a delivery needs of a webhook: where, and the key to sign with (never logged)."""
+    """What a delivery needs of a webhook: where, and the secrets to sign with, newest first
+    (the one a rotation replaced while its grace period lasts); never logged."""
 
     webhook_id: int
     name: str
     url: str
-    signing_secret: str
+    signing_secrets: tuple[str, ...]
 
     def __repr__(self) -> str:
-        return f"DeliveryTarget(name={self.name!r}, signing_secret=<redacted>)"
+        return f"DeliveryTarget(name={self.name!r}, signing_secrets=<redacted>)"
+
+
+def previous_secret_valid_until(webhook: Webhook, now: datetime) -> datetime | None:
+    """Until when the secret a rotation replaced still signs, or None (none, or its time is up)."""
+    expires_at = webhook.previous_secret_expires_at
+    return expires_at if expires_at is not None and expires_at > now else None
 
 
 class WebhookStore:
@@ -108,7 +118,7 @@ class WebhookStore:
             name=data.name,
             description=data.description,
             url=data.url,
-            signing_secret_ciphertext=self.keyring.encrypt(signing_secret),
+            signing_secret_ciphertext=self.keyring.encrypt(pack_signing_secrets([signing_secret])),
             secret_name=data.secret_name,
             events=pack_events(list(data.events)),
             enabled=data.enabled,
@@ -142,11 +152,34 @@ class WebhookStore:
             webhook.enabled = given["enabled"]
         signing_secret = None
         if given.get("rotate_secret"):
-            signing_secret = new_signing_secret()
-            webhook.signing_secret_ciphertext = self.keyring.encrypt(signing_secret)
+            # A PATCH rotation replaces the secret at once (say, after a leak).
+            signing_secret = self._rotate(webhook, grace_seconds=0)
         webhook.updated_at = utcnow()
         await self.session.flush()
         return webhook, signing_secret
+
+    async def rotate_secret(self, webhook: Webhook, data: SecretRotation) -> tuple[Webhook, str]:
+        """A new signing secret (answered, once); the current one keeps signing beside it for
+        `grace_seconds`, and one replaced earlier stops at once."""
+        signing_secret = self._rotate(webhook, data.grace_seconds)
+        webhook.updated_at = utcnow()
+        await self.session.flush()
+        return webhook, signing_secret
+
+    def _rotate(self, webhook: Webhook, grace_seconds: int) -> str:
+        """Make and store a new signing secret; keep the current one for `grace_seconds`."""
+        signing_secret = new_signing_secret()
+        kept = [signing_secret]
+        webhook.previous_secret_expires_at = None
+        if grace_seconds > 0:
+            kept.append(self._signing_secrets(webhook)[0])
+            webhook.previous_secret_expires_at = utcnow() + timedelta(seconds=grace_seconds)
+        webhook.signing_secret_ciphertext = self.keyring.encrypt(pack_signing_secrets(kept))
+        return signing_secret
+
+    def _signing_secrets(self, webhook: Webhook) -> list[str]:
+        """Every signing secret stored, newest first (expired or not)."""
+        return self.keyring.decrypt(webhook.signing_secret_ciphertext).split(" ")
 
     async def delete(self, webhook: Webhook) -> None:
         """Delete a webhook (retries still pending for it stop)."""
@@ -154,13 +187,17 @@ class WebhookStore:
         await self.session.flush()
 
     def target(self, webhook: Webhook) -> DeliveryTarget:
-        """The webhook as a delivery needs it, its signing secret decrypted."""
+        """The webhook as a delivery needs it: its signing secrets still valid, decrypted."""
         assert webhook.id is not None
+        current, *previous = self._signing_secrets(webhook)
+        valid = [current]
+        if previous and previous_secret_valid_until(webhook, utcnow()) is not None:
+            valid.append(previous[0])
         return DeliveryTarget(
             webhook_id=webhook.id,
             name=webhook.name,
             url=webhook.url,
-            signing_secret=self.keyring.decrypt(webhook.signing_secret_ciphertext),
+            signing_secrets=tuple(valid),
         )
 
     async def targets_for(self, secret: str, event_type: str) -> list[DeliveryTarget]:
@@ -204,6 +241,7 @@ class WebhookStore:
             last_delivery_at=webhook.last_delivery_at,
             last_delivery_status=webhook.last_delivery_status,
             last_delivery_error=webhook.last_delivery_error,
+            previous_secret_expires_at=previous_secret_valid_until(webhook, utcnow()),
             created_by=webhook.created_by,
             created_at=webhook.created_at,
             updated_at=webhook.updated_at,

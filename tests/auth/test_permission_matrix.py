@@ -264,6 +264,14 @@ MATRIX = [
         route="/v1/webhooks/{name}",
     ),
     case("DELETE", "/v1/webhooks/ops", "webhooks.manage", "webhook", route="/v1/webhooks/{name}"),
+    case(
+        "POST",
+        "/v1/webhooks/ops/rotate-secret",
+        "webhooks.manage",
+        "webhook",
+        body={"grace_seconds": 60},
+        route="/v1/webhooks/{name}/rotate-secret",
+    ),
     # Its ping fails (nothing listens there); the answer says so with a 200.
     case(
         "POST",

@@ -12,13 +12,16 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from standardwebhooks import Webhook as StandardWebhook
+from standardwebhooks import WebhookVerificationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app.demo.loopback import LoopbackServer
-from app.notifications.notifier import DeliveryPolicy, Notifier, verify_signature
+from app.notifications.notifier import DeliveryPolicy, Notifier
+from app.notifications.signing import verify_signature
 
 # Retries as the default policy makes them, only quick.
 QUICK = DeliveryPolicy(
@@ -46,7 +49,16 @@ class Delivery:
         return json.loads(self.body)
 
     def verifies(self, signing_secret: str) -> bool:
-        """Whether the signature checks out with `signing_secret`."""
+        """Whether the reference implementation of Standard Webhooks accepts the delivery
+        with `signing_secret` (its `webhook-*` headers and the raw body)."""
+        try:
+            StandardWebhook(signing_secret).verify(self.body, self.headers)
+        except WebhookVerificationError:
+            return False
+        return True
+
+    def verifies_legacy(self, signing_secret: str) -> bool:
+        """Whether the deprecated `X-Tokenfarm-Signature` checks out with `signing_secret`."""
         return verify_signature(
             signing_secret,
             self.headers.get("x-tokenfarm-timestamp", ""),

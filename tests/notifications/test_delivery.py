@@ -93,6 +93,8 @@ class TestTokenServerSwitchedOff:
             assert body["run_id"] == run_id
             assert body["occurred_at"].endswith("Z")
             assert delivery.headers["content-type"] == "application/json"
+            assert delivery.headers["webhook-signature"].startswith("v1,")
+            assert delivery.headers["webhook-id"] == delivery.headers["x-tokenfarm-delivery"]
             assert delivery.headers["x-tokenfarm-signature"].startswith("v1=")
             assert len(delivery.headers["x-tokenfarm-delivery"]) == 36
         # One event per secret: the global webhook and the per-secret one share its id.
@@ -317,8 +319,11 @@ class TestRetries:
         assert await notifier.idle(5)
         attempts = receiver.all()
         assert len(attempts) == 3
-        # The same delivery each time, signed afresh each time.
+        # The same delivery each time (one message id), signed afresh each time.
         assert len({d.headers["x-tokenfarm-delivery"] for d in attempts}) == 1
+        assert {d.headers["webhook-id"] for d in attempts} == {
+            attempts[0].headers["x-tokenfarm-delivery"]
+        }
         assert len({d.body for d in attempts}) == 1
         assert all(d.verifies(signing_secret) for d in attempts)
         found = (await client.get("/v1/webhooks/flaky")).json()
