@@ -17,7 +17,7 @@ from app.auth.actor import Actor
 from app.config import Settings
 from app.crypto import Keyring
 from app.db import one_or_not_found, utcnow
-from app.errors import AlreadyExists, InvalidInput
+from app.errors import AlreadyExists, Conflict, InvalidInput
 from app.notifications.models import Webhook
 from app.notifications.schemas import (
     EVENT_TYPES,
@@ -153,7 +153,7 @@ class WebhookStore:
         signing_secret = None
         if given.get("rotate_secret"):
             # A PATCH rotation replaces the secret at once (say, after a leak).
-            signing_secret = self._rotate(webhook, grace_seconds=0)
+            signing_secret = await self._rotate(webhook, grace_seconds=0)
         webhook.updated_at = utcnow()
         await self.session.flush()
         return webhook, signing_secret
@@ -161,20 +161,35 @@ class WebhookStore:
     async def rotate_secret(self, webhook: Webhook, data: SecretRotation) -> tuple[Webhook, str]:
         """A new signing secret (answered, once); the current one keeps signing beside it for
         `grace_seconds`, and one replaced earlier stops at once."""
-        signing_secret = self._rotate(webhook, data.grace_seconds)
+        signing_secret = await self._rotate(webhook, data.grace_seconds)
         webhook.updated_at = utcnow()
         await self.session.flush()
         return webhook, signing_secret
 
-    def _rotate(self, webhook: Webhook, grace_seconds: int) -> str:
-        """Make and store a new signing secret; keep the current one for `grace_seconds`."""
+    async def _rotate(self, webhook: Webhook, grace_seconds: int) -> str:
+        """Make and store a new signing secret; keep the current one for `grace_seconds`.
+
+        Compare-and-set on the stored secrets: of two rotations at once, one answers 409 rather
+        than a secret that would never sign.
+        """
         signing_secret = new_signing_secret()
         kept = [signing_secret]
-        webhook.previous_secret_expires_at = None
+        expires_at = None
         if grace_seconds > 0:
             kept.append(self._signing_secrets(webhook)[0])
-            webhook.previous_secret_expires_at = utcnow() + timedelta(seconds=grace_seconds)
-        webhook.signing_secret_ciphertext = self.keyring.encrypt(pack_signing_secrets(kept))
+            expires_at = utcnow() + timedelta(seconds=grace_seconds)
+        written = await self.session.execute(
+            update(Webhook)
+            .where(col(Webhook.id) == webhook.id)
+            .where(col(Webhook.signing_secret_ciphertext) == webhook.signing_secret_ciphertext)
+            .values(
+                signing_secret_ciphertext=self.keyring.encrypt(pack_signing_secrets(kept)),
+                previous_secret_expires_at=expires_at,
+            )
+            .execution_options(synchronize_session="fetch")
+        )
+        if written.rowcount != 1:  # type: ignore[attr-defined]
+            raise Conflict(f"webhook {webhook.name!r} was changed meanwhile; try again")
         return signing_secret
 
     def _signing_secrets(self, webhook: Webhook) -> list[str]:

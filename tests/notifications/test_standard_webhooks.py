@@ -15,10 +15,14 @@ from sqlalchemy import update
 from standardwebhooks import Webhook as StandardWebhook
 from standardwebhooks import WebhookVerificationError
 
+from app.config import Settings
 from app.db import utcnow
+from app.errors import Conflict
 from app.notifications.models import Webhook
 from app.notifications.notifier import Notifier
+from app.notifications.schemas import SecretRotation
 from app.notifications.signing import standard_form
+from app.notifications.store import WebhookStore
 from tests.conftest import TokenServer, setup_oauth
 from tests.notifications.conftest import Delivery, Receiver, create_webhook, wait_for
 
@@ -219,6 +223,24 @@ class TestRotation:
         assert first.verifies(old) and not first.verifies(new)
         assert retry.verifies(new) and retry.verifies(old)
         assert first.headers["webhook-id"] == retry.headers["webhook-id"]
+
+    async def test_a_rotation_that_lost_a_race_is_a_conflict_and_answers_no_secret(
+        self, client: httpx.AsyncClient, app: FastAPI, settings: Settings, receiver: Receiver
+    ) -> None:
+        await create_webhook(client, "ops", f"{receiver.url}/hook")
+        async with app.state.session_factory() as session, session.begin():
+            store = WebhookStore(session, app.state.keyring, settings)
+            stale = await store.get("ops")
+            # Another request rotates it meanwhile (its own session, committed).
+            winner = await rotate(client, grace_seconds=3600)
+
+            with pytest.raises(Conflict, match="changed meanwhile"):
+                await store.rotate_secret(stale, SecretRotation(grace_seconds=3600))
+
+        await ping(client)
+        [delivery] = receiver.all()
+        assert delivery.verifies(winner["signing_secret"])
+        assert len(delivery.headers["webhook-signature"].split(" ")) == 2
 
     @pytest.mark.parametrize(
         ("body", "path"),
