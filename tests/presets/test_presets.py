@@ -697,7 +697,13 @@ class TestAuthorization:
         assert_refused(await secrets_only.post(path, json=self.BODY), "services.manage")
         assert (await client.get("/v1/services/refreshers")).status_code == 404
         both = await callers.holding("services.manage", "secrets.manage")
-        response = await both.post(path, json=self.BODY)
+        refused = await both.post(path, json=self.BODY)
+        assert_refused(refused, "secrets.use:CLIENT_ID")
+        assert refused.json()["error"]["path"] == "action[1].auth.username"
+        assert (await client.get("/v1/services/refreshers")).status_code == 404
+        # Using them is enough: ACCESS_TOKEN is only written, and nothing needs reading.
+        users = await callers.holding("services.manage", "secrets.manage", "secrets.use:CLIENT_*")
+        response = await users.post(path, json=self.BODY)
         assert response.status_code == 200, response.text
 
     async def test_listing_presets_needs_services_manage(
