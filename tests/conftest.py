@@ -33,6 +33,7 @@ from app.demo.token_server import TokenServerState, create_token_server
 from app.main import create_app
 from app.migrate import upgrade_database
 from app.pipeline.schemas import CANONICAL_ACTION_EXAMPLE
+from app.services.models import Endpoint, Service
 
 PG_SERVER = os.environ.get("TOKENFARM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 OWNER_EMAIL = "owner@example.com"
@@ -347,6 +348,34 @@ async def setup_oauth(
     )
     assert response.status_code == 200, response.text
     return OAuthSetup(refresh_token=refresh_token)
+
+
+async def store_action_unchecked(
+    app: FastAPI,
+    action: list[Any],
+    *,
+    slug: str = "svc",
+    readable_id: str = "run",
+    enable_log: bool = True,
+) -> None:
+    """Store a service with one endpoint running `action` straight into the database, unchecked:
+    an action saved before the save-time rules (docs/action-language.md) refuse it, which runs
+    must still run, and redact."""
+    async with app.state.session_factory() as session, session.begin():
+        service = Service(slug=slug, name="Saved before the rules")
+        session.add(service)
+        await session.flush()
+        assert service.id is not None
+        session.add(
+            Endpoint(
+                service_id=service.id,
+                readable_id=readable_id,
+                name="Saved before the rules",
+                methods=["GET", "POST"],
+                enable_log=enable_log,
+                action=action,
+            )
+        )
 
 
 async def secret_value(client: httpx.AsyncClient, name: str) -> Any:

@@ -150,7 +150,7 @@ class Applier:
             request = RefresherRequest(
                 preset=binding.refresher.preset, params=binding.refresher.params
             )
-            await self.binder.bind(change.name, request)
+            await self.binder.bind(change.name, request, self.actor)
             return
         secret = await self.secrets.get(change.name)
         await self.secrets.update(
@@ -159,9 +159,9 @@ class Applier:
 
     async def _service(self, change: Change) -> None:
         if change.action == "create":
-            await self.services.create(change.spec)
+            await self.services.create(change.spec, self.actor)
         else:
-            await self.services.replace(change.current, change.spec)
+            await self.services.replace(change.current, change.spec, self.actor)
 
     async def _schedule(self, change: Change) -> None:
         spec = change.spec

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from app.auth.dependencies import require
+from app.auth.dependencies import CurrentActor, require
 from app.auth.permissions import Permission
 from app.dependencies import KeyringDep, SessionDep, SettingsDep
 from app.presets.binder import PresetBinder
@@ -39,10 +39,11 @@ async def list_presets() -> list[PresetRead]:
 
 @router.post("/v1/secrets/{name}/refresher", dependencies=BIND)
 async def bind_refresher(
-    name: str, data: RefresherRequest, binder: PresetBinder = BinderDep
+    name: str, data: RefresherRequest, actor: CurrentActor, binder: PresetBinder = BinderDep
 ) -> RefresherRead:
     """Expand a preset into an editable action at `refreshers/{name}` and bind the secret to it.
 
-    Binding again replaces that action. Params name secrets (which must exist), never values.
+    Binding again replaces that action. Params name secrets (which must exist), never values;
+    the caller needs `secrets.use:NAME` of every secret the action reads.
     """
-    return await binder.bind(name, data)
+    return await binder.bind(name, data, actor)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response, status
 
-from app.auth.dependencies import require
+from app.auth.dependencies import CurrentActor, require
 from app.auth.permissions import Permission
 from app.dependencies import SessionDep
 from app.services.schemas import ServiceBody, ServiceCreate, ServiceRead
@@ -22,9 +22,12 @@ StoreDep = Depends(_store)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, dependencies=MANAGE)
-async def create_service(data: ServiceCreate, store: ServiceStore = StoreDep) -> ServiceRead:
-    """Create a service with its endpoints; each action is validated before it is saved."""
-    return await store.describe(await store.create(data))
+async def create_service(
+    data: ServiceCreate, actor: CurrentActor, store: ServiceStore = StoreDep
+) -> ServiceRead:
+    """Create a service with its endpoints; each action is validated before it is saved, and
+    every secret it reads needs `secrets.use:NAME` of the caller."""
+    return await store.describe(await store.create(data, actor))
 
 
 @router.get("", dependencies=MANAGE)
@@ -41,10 +44,11 @@ async def get_service(slug: str, store: ServiceStore = StoreDep) -> ServiceRead:
 
 @router.put("/{slug}", dependencies=MANAGE)
 async def replace_service(
-    slug: str, data: ServiceBody, store: ServiceStore = StoreDep
+    slug: str, data: ServiceBody, actor: CurrentActor, store: ServiceStore = StoreDep
 ) -> ServiceRead:
-    """Replace a service's name, variables and endpoints."""
-    return await store.describe(await store.replace(await store.get(slug), data))
+    """Replace a service's name, variables and endpoints (validated as on create; every secret
+    any endpoint reads needs `secrets.use:NAME` of the caller)."""
+    return await store.describe(await store.replace(await store.get(slug), data, actor))
 
 
 @router.delete("/{slug}", status_code=status.HTTP_204_NO_CONTENT, dependencies=MANAGE)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
@@ -13,7 +13,7 @@ from sqlmodel import col
 
 from app.db import flushed_connection, one_or_not_found, utcnow
 from app.errors import AlreadyExists, Conflict, NotFound
-from app.pipeline.analysis import validate_action
+from app.pipeline.analysis import ensure_author_may_save, validate_action
 from app.pipeline.schemas import dump_action
 from app.secrets.models import Secret
 from app.services.models import Endpoint, Service
@@ -25,6 +25,9 @@ from app.services.schemas import (
     ServiceRead,
     ServiceVariable,
 )
+
+if TYPE_CHECKING:
+    from app.auth.actor import Actor
 
 # The lookups of every run, built once (building a statement costs more than running it).
 _SERVICE = select(Service).where(col(Service.slug) == bindparam("slug"))
@@ -145,18 +148,22 @@ class ServiceStore:
         services = (await self.session.execute(query)).scalars().all()
         return [await self.describe(service) for service in services]
 
-    async def _validated_endpoints(self, body: ServiceBody) -> list[Endpoint]:
-        """Endpoint rows of a body whose actions name only known secrets and variables."""
+    async def _validated_endpoints(self, body: ServiceBody, author: Actor) -> list[Endpoint]:
+        """Endpoint rows of a body whose actions name only known secrets and variables, keep
+        secrets where they belong, and use only secrets `author` may use. Every endpoint counts,
+        changed or not: the body also sets the variables the actions run with."""
         known_secrets = set((await self.session.execute(select(col(Secret.name)))).scalars())
         declared = {v.name for v in body.variables}
         rows = []
         for index, endpoint in enumerate(body.endpoints):
+            prefix = f"endpoints[{index}].action"
             nodes = validate_action(
                 endpoint.action,
                 declared_variables=declared,
                 known_secrets=known_secrets,
-                prefix=f"endpoints[{index}].action",
+                prefix=prefix,
             )
+            ensure_author_may_save(author, nodes, prefix)
             rows.append(
                 Endpoint(
                     service_id=0,
@@ -188,14 +195,14 @@ class ServiceStore:
         except IntegrityError:
             raise AlreadyExists(f"service {slug!r} already exists") from None
 
-    async def create(self, data: ServiceCreate) -> Service:
-        """A new service with its endpoints."""
+    async def create(self, data: ServiceCreate, author: Actor) -> Service:
+        """A new service with its endpoints, saved by `author`."""
         query = select(col(Service.id)).where(col(Service.slug) == data.slug)
         if (await self.session.execute(query)).first():
             raise AlreadyExists(
                 f"service {data.slug!r} already exists; PUT /v1/services/{data.slug} replaces it"
             )
-        rows = await self._validated_endpoints(data)
+        rows = await self._validated_endpoints(data, author)
         service = Service(
             slug=data.slug,
             name=data.name,
@@ -210,9 +217,9 @@ class ServiceStore:
         await self.session.flush()
         return service
 
-    async def replace(self, service: Service, data: ServiceBody) -> Service:
-        """Replace a service's fields and its whole endpoint list."""
-        rows = await self._validated_endpoints(data)
+    async def replace(self, service: Service, data: ServiceBody, author: Actor) -> Service:
+        """Replace a service's fields and its whole endpoint list, saved by `author`."""
+        rows = await self._validated_endpoints(data, author)
         current = {e.readable_id for e in await self.endpoints(service)}
         removed = current - {r.readable_id for r in rows}
         bound = await self._bound_secrets(service.slug, removed) if removed else []

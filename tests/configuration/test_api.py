@@ -267,6 +267,41 @@ class TestPermissions:
         allowed = await callers.holding("schedules.manage", "act_as:pinger")
         assert actions(await post_yaml(allowed, text)) == [("schedule", "mine", "create")]
 
+    async def test_an_action_that_reads_a_secret_needs_using_it(
+        self, callers: Callers, client: httpx.AsyncClient
+    ) -> None:
+        await create_secret(client, "API_KEY", "api-key-canary-93b1", environment_specific=False)
+        text = (
+            "version: 1\nservices:\n  - slug: uses\n    name: Uses\n    endpoints:\n"
+            "      - readable_id: go\n        name: Go\n        action:\n"
+            "          - {type: web_request, url: 'https://api.example.com/x',"
+            " headers: {X-Key: '{{ secrets.API_KEY }}'}}\n"
+        )
+        http = await callers.holding("services.manage")
+        for params in ({}, {"dry_run": "true"}):
+            response = await post_yaml(http, text, **params)
+            assert_refused(response, "secrets.use:API_KEY")
+            assert response.json()["error"]["path"] == "endpoints[0].action[0].headers.X-Key"
+        assert (await client.get("/v1/services/uses")).status_code == 404
+        allowed = await callers.holding("services.manage", "secrets.use:API_KEY")
+        assert actions(await post_yaml(allowed, text)) == [("service", "uses", "create")]
+
+    async def test_a_preset_refresher_needs_using_its_secrets(
+        self, callers: Callers, client: httpx.AsyncClient
+    ) -> None:
+        text = (
+            "version: 1\nsecrets:\n  - name: CID\n    environment_specific: false\n"
+            "  - name: T\n    refresher:\n      preset: oauth2_client_credentials\n"
+            "      params: {token_url: 'https://a.example/t', client_id_secret: CID,"
+            " client_secret_secret: CID}\n"
+        )
+        http = await callers.holding("secrets.manage", "services.manage")
+        assert_refused(await post_yaml(http, text), "secrets.use:CID")
+        assert (await client.get("/v1/secrets/T")).status_code == 404
+        allowed = await callers.holding("secrets.manage", "services.manage", "secrets.use:CID")
+        response = await post_yaml(allowed, text)
+        assert response.status_code == 200, response.text
+
     async def test_a_role_may_grant_only_what_the_caller_holds(
         self, callers: Callers, client: httpx.AsyncClient
     ) -> None:

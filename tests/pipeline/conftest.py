@@ -17,12 +17,14 @@ from urllib.parse import parse_qs
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app.demo.loopback import LoopbackServer
+from tests.conftest import store_action_unchecked
 
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -184,6 +186,29 @@ async def run_action(
 ) -> httpx.Response:
     """Save `action` as the endpoint `svc/run` and call it once; `request` goes to httpx."""
     await create_service(client, action, variables=variables)
+    return await client.request(method, "/api/services/svc/run", **request)
+
+
+async def run_unchecked(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    action: list[Any],
+    *,
+    method: str = "GET",
+    **request: Any,
+) -> httpx.Response:
+    """Store `action` as `svc/run` the way an action saved before the save-time rules is stored
+    (the API refuses it now: assert that), and call it once."""
+    refused = await client.post(
+        "/v1/services",
+        json={
+            "slug": "svc",
+            "name": "Test",
+            "endpoints": [{"readable_id": "run", "name": "Under test", "action": action}],
+        },
+    )
+    assert refused.status_code == 422, refused.text
+    await store_action_unchecked(app, action)
     return await client.request(method, "/api/services/svc/run", **request)
 
 

@@ -58,7 +58,11 @@ from app.schemas import describe_error
 copy = {"type": "copy", "secret": "API_KEY", "into": "key"}
 action = [
     {"type": "if", "condition": {"op": "has_value", "left": "yes"}, "then": [copy]},
-    {"type": "end_execution", "response": "{{ vars.key }}"},
+    {
+        "type": "if",
+        "condition": {"op": "has_value", "left": "{{ vars.key }}"},
+        "then": [{"type": "end_execution", "response": "copied"}],
+    },
 ]
 # `vars.key` is known only because the nested copy node says it sets it.
 nodes = validate_action(action, declared_variables=set(), known_secrets={"API_KEY"})
@@ -66,6 +70,15 @@ try:
     validate_action(action, declared_variables=set(), known_secrets=set())
 except ActionInvalid as exc:
     unknown = str(exc)
+# The node says nothing of flows: by default what it sets is made from what it reads.
+try:
+    validate_action(
+        [copy, {"type": "end_execution", "response": "{{ vars.key }}"}],
+        declared_variables=set(),
+        known_secrets={"API_KEY"},
+    )
+except ActionInvalid as exc:
+    shown = str(exc)
 ctx = RunContext(
     run_id="run-1", actor=None, outbound=None, variables={}, secrets={"API_KEY": "k-123"}
 )
@@ -75,6 +88,7 @@ print(json.dumps({
     "dumped": dump_action(nodes),
     "reads": sorted(referenced_secrets(nodes)),
     "unknown_secret": unknown,
+    "shown": shown,
     "result": ctx.result,
     "trace": [[entry["path"], entry["type"], entry["outcome"]] for entry in ctx.trace],
     "message": describe_error({"type": "union_tag_invalid", "ctx": {"tag": "nope"}}),
@@ -123,11 +137,15 @@ class TestRegistry:
         assert seen["unknown_secret"] == (
             "action[0].then[0].secret: unknown secret 'API_KEY' (create it first)"
         )
-        assert seen["result"] == "k-123"
+        assert seen["shown"].startswith(
+            "action[1].response: this would show secret 'API_KEY' (or a value made from it)"
+        )
+        assert seen["result"] == "copied"
         assert seen["trace"] == [
             ["action[0]", "if", "ok"],
             ["action[0].then[0]", "copy", "ok"],
-            ["action[1]", "end_execution", "ended"],
+            ["action[1]", "if", "ended"],
+            ["action[1].then[0]", "end_execution", "ended"],
         ]
         assert seen["message"].endswith("sign_jwt, copy)")
 

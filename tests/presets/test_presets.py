@@ -11,7 +11,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.presets.binder import refresher_id
+from app.pipeline.analysis import author_needs, validate_action
+from app.presets.binder import parse_params, refresher_id
+from app.presets.catalog import PRESETS
 from tests.auth.conftest import Callers, assert_refused
 from tests.conftest import (
     CLIENT_ID,
@@ -697,7 +699,13 @@ class TestAuthorization:
         assert_refused(await secrets_only.post(path, json=self.BODY), "services.manage")
         assert (await client.get("/v1/services/refreshers")).status_code == 404
         both = await callers.holding("services.manage", "secrets.manage")
-        response = await both.post(path, json=self.BODY)
+        refused = await both.post(path, json=self.BODY)
+        assert_refused(refused, "secrets.use:CLIENT_ID")
+        assert refused.json()["error"]["path"] == "action[1].auth.username"
+        assert (await client.get("/v1/services/refreshers")).status_code == 404
+        # Using them is enough: ACCESS_TOKEN is only written, and nothing needs reading.
+        users = await callers.holding("services.manage", "secrets.manage", "secrets.use:CLIENT_*")
+        response = await users.post(path, json=self.BODY)
         assert response.status_code == 200, response.text
 
     async def test_listing_presets_needs_services_manage(
@@ -708,3 +716,85 @@ class TestAuthorization:
         assert_refused(await secrets_only.get("/v1/presets"), "services.manage")
         services = await callers.holding("services.manage")
         assert (await services.get("/v1/presets")).status_code == 200
+
+
+PRESET_PARAMS = [
+    pytest.param(
+        "oauth2_refresh_token",
+        {
+            "token_url": "https://auth.example.com/oauth/token",
+            "client_id_secret": "CLIENT_ID",
+            "client_secret_secret": "CLIENT_SECRET",
+            "refresh_token_secret": "REFRESH_TOKEN",
+            "scope": "read",
+        },
+        {"CLIENT_ID", "CLIENT_SECRET", "REFRESH_TOKEN"},
+        id="refresh-token-basic",
+    ),
+    pytest.param(
+        "oauth2_refresh_token",
+        {
+            "token_url": "https://auth.example.com/oauth/token",
+            "client_id_secret": "CLIENT_ID",
+            "client_auth": "private_key_jwt",
+            "private_key_secret": "CLIENT_KEY",
+            "private_key_field": "private_key",
+            "key_id": "k1",
+            "refresh_token_secret": "REFRESH_TOKEN",
+        },
+        {"CLIENT_ID", "CLIENT_KEY", "REFRESH_TOKEN"},
+        id="refresh-token-private-key-jwt",
+    ),
+    pytest.param(
+        "oauth2_client_credentials",
+        {
+            "token_url": "https://auth.example.com/oauth/token",
+            "client_id_secret": "CLIENT_ID",
+            "client_auth": "post",
+            "client_secret_secret": "CLIENT_SECRET",
+            "audience": "api",
+            "resource": "https://api.example.com",
+        },
+        {"CLIENT_ID", "CLIENT_SECRET"},
+        id="client-credentials-post",
+    ),
+    pytest.param(
+        "oauth2_jwt_bearer",
+        {"service_account_secret": "SA_KEY", "scope": "cloud", "subject": "a@example.com"},
+        {"SA_KEY"},
+        id="jwt-bearer",
+    ),
+    pytest.param(
+        "entra_id_client_credentials",
+        {
+            "tenant_id": "contoso",
+            "client_id_secret": "CLIENT_ID",
+            "client_secret_secret": "CLIENT_SECRET",
+        },
+        {"CLIENT_ID", "CLIENT_SECRET"},
+        id="entra",
+    ),
+]
+
+
+class TestPresetsKeepSecretsWhereTheyBelong:
+    @pytest.mark.parametrize(("name", "params", "used"), PRESET_PARAMS)
+    def test_every_preset_passes_the_analysis_and_needs_only_using_its_secrets(
+        self, name: str, params: dict[str, Any], used: set[str]
+    ) -> None:
+        preset = PRESETS[name]
+        action = preset.expand(parse_params(preset, params), "ACCESS_TOKEN")
+        known = {
+            "ACCESS_TOKEN",
+            "CLIENT_ID",
+            "CLIENT_SECRET",
+            "CLIENT_KEY",
+            "REFRESH_TOKEN",
+            "SA_KEY",
+        }
+        nodes = validate_action(action, declared_variables=set(), known_secrets=known)
+        needs = {need.permission for need in author_needs(nodes)}
+        assert needs == {f"secrets.use:{secret}" for secret in used}
+
+    def test_the_cases_cover_every_preset(self) -> None:
+        assert {case.values[0] for case in PRESET_PARAMS} == set(PRESETS)

@@ -6,8 +6,16 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
-from tests.conftest import CLIENT_ID, CLIENT_SECRET, TokenServer, secret_value, setup_oauth
+from tests.conftest import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    TokenServer,
+    secret_value,
+    setup_oauth,
+    store_action_unchecked,
+)
 
 
 def endpoint(readable_id: str, action: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
@@ -222,28 +230,26 @@ class TestTrace:
             assert isinstance(entry["duration_ms"], float | int) and entry["duration_ms"] >= 0
 
     async def test_trace_and_answer_never_carry_values(
-        self, client: httpx.AsyncClient, token_server: TokenServer
+        self, app: FastAPI, client: httpx.AsyncClient, token_server: TokenServer
     ) -> None:
         setup = await setup_oauth(client, token_server)
-        # An author who logs and returns secrets still never gets to see them.
-        await create_service(
-            client,
-            "leaky",
-            endpoint(
-                "echo",
-                [
-                    {"type": "log", "message": "refresh is {{ secrets.REFRESH_TOKEN }}"},
-                    {"type": "log", "message": "client is {{ secrets.CLIENT_SECRET }}"},
-                    {
-                        "type": "end_execution",
-                        "response": {
-                            "id": "{{ secrets.CLIENT_ID }}",
-                            "nested": ["{{ secrets.ACCESS_TOKEN }}"],
-                        },
+        # An action that logs and returns secrets is refused when saved (tests/services); one
+        # saved before that rule still never shows them.
+        await store_action_unchecked(
+            app,
+            [
+                {"type": "log", "message": "refresh is {{ secrets.REFRESH_TOKEN }}"},
+                {"type": "log", "message": "client is {{ secrets.CLIENT_SECRET }}"},
+                {
+                    "type": "end_execution",
+                    "response": {
+                        "id": "{{ secrets.CLIENT_ID }}",
+                        "nested": ["{{ secrets.ACCESS_TOKEN }}"],
                     },
-                ],
-                enable_log=True,
-            ),
+                },
+            ],
+            slug="leaky",
+            readable_id="echo",
         )
         refresh = await run(client, "/refresh/ACCESS_TOKEN")
         canaries = [

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -12,6 +13,33 @@ if TYPE_CHECKING:
 
 SECRET_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,127}$"  # noqa: S105 - a pattern, not a secret
 VARIABLE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+
+
+FlowKind = Literal["variable", "secret", "output", "condition"]
+
+
+@dataclass(frozen=True)
+class Flow:
+    """Where a value a node handles goes, for the save-time analysis (app/pipeline/analysis.py).
+
+    `value` is action JSON: the bindings in it are where the value comes from (a variable set from
+    an upstream's answer says `"{{ response.body }}"`). `kind` is where it goes:
+
+    - `variable`: into the variable `target`;
+    - `secret`: stored as the value of the secret `target`;
+    - `output`: somewhere a caller or a reader of runs, logs or secret metadata sees it;
+    - `condition`: compared by the operator `target` (`value` holds the operands).
+    """
+
+    kind: FlowKind
+    field: str  # where in the node, appended to its path: `.response`, `.condition.all[0]`
+    value: Any
+    target: str | None = None
+
+
+def secret_binding(name: str) -> str:
+    """The binding that reads secret `name`, as a flow's value names it."""
+    return f"{{{{ secrets.{name} }}}}"
 
 
 class Strict(BaseModel):
@@ -26,8 +54,9 @@ class ActionNode(Protocol):
     A node type is a `NodeBase` model with `type: Literal["..."]`, listed once in
     `app/pipeline/nodes/registry.py`: that entry puts it into the action union (validation, the
     OpenAPI schema, error messages), the engine and the analysis. Neither of them asks which type a
-    node is; they call these methods. `NodeBase` answers "nothing" to each question, so a node
-    overrides only what it has: nested blocks, secrets it names, variables it sets, extra checks.
+    node is; they call these methods. `NodeBase` answers "nothing" to each question (and, for
+    `flows`, "every variable I set is made from everything I read"), so a node overrides only what
+    it has: nested blocks, secrets it names, variables it sets, where values go, extra checks.
     Nodes are shared by every run of the same action text, so `run` never changes the node: a
     run's state lives in its `RunContext`.
     """
@@ -56,6 +85,13 @@ class ActionNode(Protocol):
 
     def variables_set(self) -> Sequence[str]:
         """Variables the node sets."""
+        ...
+
+    def flows(self) -> Sequence[Flow]:
+        """Where the values the node handles go: the variables it sets and from what, and what it
+        stores, shows or compares. The analysis refuses an action whose flows would show a
+        secret, store it where its author couldn't read it, or compare it with what a caller or
+        an upstream controls; so a node type that shows, stores or compares anything says so."""
         ...
 
     def check(self, path: str) -> None:
@@ -94,6 +130,12 @@ class NodeBase(Strict):
     def variables_set(self) -> Sequence[str]:
         """No variable set."""
         return ()
+
+    def flows(self) -> Sequence[Flow]:
+        """Each variable it sets, made from everything the node reads (its fields' bindings and
+        the secrets it names): safe for any node; nodes that know better say more precisely."""
+        sources = [self.own_fields(), *(secret_binding(name) for _, name in self.secrets_read())]
+        return [Flow("variable", "", sources, name) for name in self.variables_set()]
 
     def check(self, path: str) -> None:
         """Nothing beyond the schema."""

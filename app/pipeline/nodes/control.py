@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
 from app.errors import CATCHABLE_KINDS, RunFailed, Thrown
 from app.pipeline.bindings import as_text
-from app.pipeline.conditions import Condition, evaluate
+from app.pipeline.conditions import AllOf, AnyOf, Comparison, Condition, NotOf, evaluate
 from app.pipeline.engine import EndExecution, run_block
-from app.pipeline.nodes.base import NodeBase
+from app.pipeline.nodes.base import Flow, NodeBase
 
 if TYPE_CHECKING:
     from app.pipeline.context import RunContext
@@ -34,6 +34,18 @@ class IfNode(NodeBase):
     def blocks(self) -> Sequence[tuple[str, Sequence[ActionNode]]]:
         """`then` and `else`."""
         return [("then", self.then), ("else", self.else_)]
+
+    def flows(self) -> Sequence[Flow]:
+        """Each comparison of the condition, with its operands."""
+        return [
+            Flow(
+                "condition",
+                f".condition{where}",
+                [comparison.left, comparison.right],
+                comparison.op,
+            )
+            for where, comparison in _comparisons(self.condition)
+        ]
 
     async def run(self, ctx: RunContext, path: str, entry: dict[str, Any]) -> None:
         """Run the branch the condition picks."""
@@ -85,6 +97,10 @@ class ThrowNode(NodeBase):
         """Fail the run with the node's status and message."""
         raise Thrown(as_text(ctx.render(self.message)), status_code=self.status)
 
+    def flows(self) -> Sequence[Flow]:
+        """The message goes to the caller, the run record and any `catch`."""
+        return [Flow("output", ".message", self.message)]
+
 
 class EndExecutionNode(NodeBase):
     """Ends the run successfully; `response` becomes the run's response."""
@@ -96,3 +112,21 @@ class EndExecutionNode(NodeBase):
         """Stop the run successfully with the rendered response."""
         ctx.result = ctx.render(self.response)
         raise EndExecution
+
+    def flows(self) -> Sequence[Flow]:
+        """The response goes to the caller."""
+        return [Flow("output", ".response", self.response)]
+
+
+def _comparisons(condition: Any, where: str = "") -> Iterator[tuple[str, Comparison]]:
+    """Every comparison of a condition, with its path below `condition`."""
+    if isinstance(condition, Comparison):
+        yield where, condition
+    elif isinstance(condition, AllOf):
+        for index, item in enumerate(condition.all):
+            yield from _comparisons(item, f"{where}.all[{index}]")
+    elif isinstance(condition, AnyOf):
+        for index, item in enumerate(condition.any):
+            yield from _comparisons(item, f"{where}.any[{index}]")
+    elif isinstance(condition, NotOf):
+        yield from _comparisons(condition.not_, f"{where}.not")

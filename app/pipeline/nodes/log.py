@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
 from app.pipeline.bindings import as_text
-from app.pipeline.nodes.base import NodeBase
+from app.pipeline.nodes.base import Flow, NodeBase
 
 if TYPE_CHECKING:
     from app.pipeline.context import RunContext
@@ -28,6 +29,10 @@ class LogNode(NodeBase):
     type: Literal["log"]
     message: str = Field(min_length=1, max_length=2000)
     level: Literal["debug", "info", "warning", "error"] = "info"
+
+    def flows(self) -> Sequence[Flow]:
+        """The message goes to the trace and the server log."""
+        return [Flow("output", ".message", self.message)]
 
     async def run(self, ctx: RunContext, path: str, entry: dict[str, Any]) -> None:
         """Add the message to the trace and the server log, secret values redacted."""

@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 from app.errors import BindingError
 from app.pipeline.conditions import has_value
 from app.pipeline.context import PendingWrite
-from app.pipeline.nodes.base import SECRET_NAME_PATTERN, NodeBase
+from app.pipeline.nodes.base import SECRET_NAME_PATTERN, Flow, NodeBase
 
 if TYPE_CHECKING:
     from app.pipeline.context import RunContext
@@ -36,6 +36,15 @@ class UpdateSecretNode(NodeBase):
     def secrets_written(self) -> Sequence[tuple[str, str]]:
         """The secret it writes."""
         return [("secret", self.secret)]
+
+    def flows(self) -> Sequence[Flow]:
+        """The value is stored in the secret; the expiry shows in its metadata, which
+        `secrets.read` doesn't guard."""
+        return [
+            Flow("secret", ".value", self.value, self.secret),
+            Flow("output", ".expires_in", self.expires_in),
+            Flow("output", ".expires_at", self.expires_at),
+        ]
 
     async def run(self, ctx: RunContext, path: str, entry: dict[str, Any]) -> None:
         """Queue the write; the runner commits every write together when the run succeeds."""

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
-from app.pipeline.nodes.base import VARIABLE_NAME_PATTERN, NodeBase
+from app.pipeline.nodes.base import VARIABLE_NAME_PATTERN, Flow, NodeBase
 
 if TYPE_CHECKING:
     from app.pipeline.context import RunContext
@@ -22,6 +22,12 @@ class UpdateObjectNode(NodeBase):
     def variables_set(self) -> Sequence[str]:
         """Every variable it names."""
         return list(self.values)
+
+    def flows(self) -> Sequence[Flow]:
+        """Each variable from its own value."""
+        return [
+            Flow("variable", f".values.{name}", value, name) for name, value in self.values.items()
+        ]
 
     async def run(self, ctx: RunContext, path: str, entry: dict[str, Any]) -> None:
         """Set each variable to its rendered value."""

@@ -24,7 +24,7 @@ from app.errors import (
     UpstreamTimeout,
 )
 from app.pipeline.bindings import BINDING, as_text
-from app.pipeline.nodes.base import VARIABLE_NAME_PATTERN, NodeBase, Strict
+from app.pipeline.nodes.base import VARIABLE_NAME_PATTERN, Flow, NodeBase, Strict
 
 if TYPE_CHECKING:
     from jsonpath_ng import JSONPath
@@ -112,6 +112,14 @@ class WebRequestNode(NodeBase):
     def variables_set(self) -> Sequence[str]:
         """The variables of its result mapping."""
         return list(self.result_mapping)
+
+    def flows(self) -> Sequence[Flow]:
+        """The mapped variables come from the upstream's answer, whatever the request carried:
+        an answer is not taken to echo what was sent (docs/action-language.md)."""
+        return [
+            Flow("variable", f".result_mapping.{name}", "{{ response.body }}", name)
+            for name in self.result_mapping
+        ]
 
     def check(self, path: str) -> None:
         """Every result mapping is a JSONPath, and the URL can be http(s)."""
