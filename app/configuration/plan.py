@@ -728,6 +728,13 @@ class Planner:
         for spec in document.secrets:
             binding = bindings[spec.name]
             secret = state.secrets.get(spec.name)
+            if spec.allowed_destinations is None and (
+                secret is None or secret.allowed_destinations is None
+            ):
+                warnings.append(
+                    f"secret {spec.name}: no allowed_destinations, so a run may send its value "
+                    "to any origin"
+                )
             has_value = spec.name in values
             if secret is None:
                 change = Change("secret", spec.name, "create", spec=spec, binding=binding)
@@ -747,6 +754,10 @@ class Planner:
                 )
                 if getattr(secret, name) != getattr(spec, name)
             ]
+            if spec.allowed_destinations is not None and (
+                secret.allowed_destinations != spec.allowed_destinations
+            ):
+                fields.append("allowed_destinations")  # absent: the stored list stays
             rebinds = secret.refresh_endpoint != binding.refresh_endpoint
             if binding.refresher is not None:
                 current_action = self._current_action(state, binding.refresh_endpoint)
