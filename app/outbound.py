@@ -48,6 +48,7 @@ OUTCOME_OF_ERROR = {
     "egress_refused": "refused",
     "bad_upstream_response": "bad_response",
     "binding_error": "refused",
+    "destination_not_allowed": "refused",
 }
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address

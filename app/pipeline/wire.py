@@ -155,11 +155,15 @@ def check_destination(
         allowed = allowed_destinations[name]
         if destination in allowed or name not in secrets:
             continue
-        forms = {form for text in sensitive_strings(secrets[name]) for form in wire_forms(text)}
+        # Case-blind: a host name is lower-cased on its way out (and a DNS lookup of
+        # `SECRET.attacker.example` would carry it before any connection).
+        forms = {
+            form.lower() for text in sensitive_strings(secrets[name]) for form in wire_forms(text)
+        }
         if not forms:
             continue
         if views is None:
-            views = decoded_views(texts)
+            views = [view.lower() for view in decoded_views(texts)]
         if any(form in view for view in views for form in forms):
             listed = ", ".join(allowed) if allowed else "nowhere"
             raise DestinationNotAllowed(

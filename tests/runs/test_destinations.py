@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from app.demo.loopback import LoopbackServer
+from app.pipeline.wire import origin_of_url
 from tests.conftest import CLIENT_SECRET, TokenServer, create_secret, setup_oauth
 
 SECRET = "CANARYds+9x/7q=="
@@ -110,6 +111,28 @@ class TestSecretsGoOnlyWhereTheyBelong:
         assert "CLIENT_SECRET" in error["message"] and attacker.url in error["message"]
         assert attacker.seen == []
         assert SECRET not in answer.text
+
+    @pytest.mark.parametrize(
+        "url",
+        ["http://{{ secrets.HOSTY }}@127.0.0.1:PORT/", "http://{{ secrets.HOSTY }}.localhost/"],
+    )
+    async def test_a_secret_in_the_url_authority_is_refused_before_any_lookup(
+        self, client: httpx.AsyncClient, attacker: Recorder, allowed: Recorder, url: str
+    ) -> None:
+        hosty = "CanaryHost7"  # a host name is lower-cased on its way out; the check is not fooled
+        await create_secret(
+            client, "HOSTY", hosty, environment_specific=False, allowed_destinations=[allowed.url]
+        )
+        url = url.replace("PORT", attacker.url.rsplit(":", 1)[1])
+
+        answer = await save_and_run(client, [request_to(url)])
+
+        assert answer.status_code == 403, answer.text
+        assert answer.json()["error"]["secret"] == "HOSTY"
+        assert answer.json()["error"]["destination"] == origin_of_url(
+            url.replace("{{ secrets.HOSTY }}", hosty)
+        )
+        assert attacker.seen == []
 
     async def test_a_variable_made_from_the_secret_is_refused_too(
         self, client: httpx.AsyncClient, attacker: Recorder, allowed: Recorder
