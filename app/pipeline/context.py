@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ class Redactor:
 
     def __init__(self) -> None:
         self._values: set[str] = set()
-        self._pattern: re.Pattern[str] | None = None
+        self._ordered: list[str] | None = None  # longest first, sorted when first needed
 
     def add(self, value: Any) -> None:
         """Treat a value (and every string inside it) as sensitive, in each of its wire forms."""
@@ -53,16 +52,16 @@ class Redactor:
         new = {form for form in forms if len(form) >= MIN_SENSITIVE_LENGTH} - self._values
         if new:
             self._values |= new
-            self._pattern = None
+            self._ordered = None
 
     def text(self, text: str) -> str:
-        """The text with every sensitive value replaced, the longest that matches first."""
-        if not self._values:
-            return text
-        if self._pattern is None:
-            ordered = sorted(self._values, key=len, reverse=True)
-            self._pattern = re.compile("|".join(map(re.escape, ordered)))
-        return self._pattern.sub(REDACTED, text)
+        """The text with every sensitive value replaced, longest first."""
+        if self._ordered is None:
+            self._ordered = sorted(self._values, key=len, reverse=True)
+        for value in self._ordered:
+            if value in text:
+                text = text.replace(value, REDACTED)
+        return text
 
     def value(self, value: Any) -> Any:
         """A (nested) JSON value with every sensitive string replaced."""
