@@ -728,13 +728,9 @@ class Planner:
         for spec in document.secrets:
             binding = bindings[spec.name]
             secret = state.secrets.get(spec.name)
-            if spec.allowed_destinations is None and (
+            unlisted = spec.allowed_destinations is None and (
                 secret is None or secret.allowed_destinations is None
-            ):
-                warnings.append(
-                    f"secret {spec.name}: no allowed_destinations, so a run may send its value "
-                    "to any origin"
-                )
+            )
             has_value = spec.name in values
             if secret is None:
                 change = Change("secret", spec.name, "create", spec=spec, binding=binding)
@@ -742,6 +738,8 @@ class Planner:
                 change.value, change.writes_value = values.get(spec.name), has_value
                 change.rebinds = binding.refresh_endpoint is not None
                 changes.append(change)
+                if unlisted:
+                    warnings.append(_unlisted(spec.name))
                 continue
             fields = [
                 name
@@ -779,6 +777,8 @@ class Planner:
                         "initial_only: true"
                     )
             action: ChangeAction = "update" if fields else "unchanged"
+            if unlisted and fields:
+                warnings.append(_unlisted(spec.name))
             changes.append(
                 Change(
                     "secret",
@@ -920,3 +920,8 @@ def _service_fields(
     if not fields and [e.readable_id for e in endpoints] != declared_ids:
         fields.append("endpoints (order)")
     return fields
+
+
+def _unlisted(secret: str) -> str:
+    """The warning for a secret saved without allowed destinations."""
+    return f"secret {secret}: no allowed_destinations, so a run may send its value to any origin"
