@@ -173,6 +173,15 @@ class EgressRefused(RunFailed):
     kind = "network"
 
 
+class DestinationNotAllowed(RunFailed):
+    """A request would carry a secret to an origin outside its `allowed_destinations`; nothing
+    was sent. Not catchable by `try`: no action may route around it."""
+
+    status_code = 403
+    error_type = "destination_not_allowed"
+    kind = "destination_not_allowed"
+
+
 class BadUpstreamResponse(RunFailed):
     """The upstream answered 2xx, but the body can't be read as the action expects."""
 

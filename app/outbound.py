@@ -36,6 +36,7 @@ from app.errors import (
     UpstreamUnreachable,
 )
 from app.events import Events, UpstreamCall
+from app.pipeline.wire import origin
 
 MAX_RESPONSE_BYTES = 1024 * 1024
 MAX_REDIRECTS = 5
@@ -47,12 +48,15 @@ OUTCOME_OF_ERROR = {
     "egress_refused": "refused",
     "bad_upstream_response": "bad_response",
     "binding_error": "refused",
+    "destination_not_allowed": "refused",
 }
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 """`(host, port) -> addresses`, in the order they should be tried."""
+DestinationCheck = Callable[[str, Sequence[str]], None]
+"""`(origin, texts of the request)`: raises to refuse a request before it is sent."""
 
 NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 HOST_NAME = re.compile(
@@ -68,6 +72,15 @@ class OutboundResponse:
     headers: dict[str, str]
     content: bytes
     content_type: str = field(default="")
+
+
+def wire_texts(request: httpx.Request) -> list[str]:
+    """What a request carries, as text: its URL, every header value and its body."""
+    return [
+        str(request.url),
+        *request.headers.values(),
+        request.content.decode("utf-8", errors="replace"),
+    ]
 
 
 def describe_target(method: str, url: str) -> str:
@@ -320,6 +333,7 @@ class Outbound:
         content: str | None = None,
         timeout_seconds: float | None = None,
         follow_redirects: bool = False,
+        destination_check: DestinationCheck | None = None,
     ) -> OutboundResponse:
         """Send one request and read its answer within the timeout, all in all.
 
@@ -327,6 +341,8 @@ class Outbound:
         `EgressRefused` (a target the egress guard refuses), `UpstreamTimeout`,
         `UpstreamUnreachable`, or `BadUpstreamResponse` (a body that is too large or can't be
         decoded). Redirects are followed only with `follow_redirects`, at most `MAX_REDIRECTS`.
+        `destination_check` sees each hop as it would be sent (its origin, and the URL, header
+        values and body) and may refuse it before anything is sent.
         """
         check_url(url)
         # Before httpx parses the URL: it rejects some spellings of refused addresses
@@ -359,7 +375,7 @@ class Outbound:
             # by byte must not hold the run (and its lock) longer than the node allows. The
             # deadline covers name resolution and every redirect hop too.
             async with asyncio.timeout(timeout):
-                return await self._exchange(request, target, follow_redirects)
+                return await self._exchange(request, target, follow_redirects, destination_check)
         except (TimeoutError, httpx.TimeoutException):
             raise UpstreamTimeout(f"{target}: no answer within {timeout:g} s") from None
         except httpx.DecodingError:
@@ -373,11 +389,18 @@ class Outbound:
             ) from None
 
     async def _exchange(
-        self, request: httpx.Request, target: str, follow_redirects: bool
+        self,
+        request: httpx.Request,
+        target: str,
+        follow_redirects: bool,
+        destination_check: DestinationCheck | None,
     ) -> OutboundResponse:
         """Send the request (and its redirect hops, when asked to) and read the final answer."""
         hops = 0
         while True:
+            if destination_check is not None:
+                url = request.url
+                destination_check(origin(url.scheme, url.host, url.port), wire_texts(request))
             response = await self._send_checked(request, target)
             location = response.headers.get("location")
             if not (follow_redirects and response.status_code in REDIRECT_STATUSES and location):

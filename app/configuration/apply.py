@@ -45,6 +45,7 @@ SECRET_METADATA = (
     "locked",
     "refresh_as",
     "refresh_before_expiry_seconds",
+    "allowed_destinations",
 )
 DELETE_ORDER: tuple[Kind, ...] = ("schedule", "secret", "service", "service_account", "role")
 LABELS: dict[Kind, str] = {

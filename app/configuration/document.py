@@ -21,7 +21,13 @@ from app.presets.schemas import PresetName
 from app.schedules.cron import check_cron, zone
 from app.schedules.schemas import Cron, Environments, ScheduleName, TimeZone
 from app.schemas import StrictModel as Strict
-from app.secrets.schemas import RefreshAs, RefreshBeforeExpirySeconds, RefreshEndpoint, SecretName
+from app.secrets.schemas import (
+    AllowedDestinations,
+    RefreshAs,
+    RefreshBeforeExpirySeconds,
+    RefreshEndpoint,
+    SecretName,
+)
 from app.services.schemas import READABLE_ID_PATTERN, SLUG_PATTERN, ServiceCreate
 from app.text import Description
 
@@ -113,6 +119,8 @@ class SecretSpec(Strict):
     refresher: RefresherSpec | None = None
     refresh_as: RefreshAs | None = None
     refresh_before_expiry_seconds: RefreshBeforeExpirySeconds | None = None
+    # Absent: the stored list stays as it is (a refresher preset adds its token endpoint).
+    allowed_destinations: AllowedDestinations | None = None
     # Declared only to refuse it with a message that says what to do instead.
     value: Any = Field(None, exclude=True)
 

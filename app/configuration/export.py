@@ -101,6 +101,7 @@ async def _secrets(session: AsyncSession, settings: Settings) -> list[dict[str, 
             refresh_endpoint=secret.refresh_endpoint,
             refresh_as=secret.refresh_as,
             refresh_before_expiry_seconds=secret.refresh_before_expiry_seconds,
+            allowed_destinations=secret.allowed_destinations,
         )
         exported.append(_without_defaults(entry))
     return exported
@@ -168,6 +169,7 @@ DEFAULTS: dict[str, Any] = {
     "refresh_endpoint": None,
     "refresh_as": None,
     "refresh_before_expiry_seconds": None,
+    "allowed_destinations": None,
     "enabled": True,
     "environments": None,
     "variables": [],

@@ -728,6 +728,9 @@ class Planner:
         for spec in document.secrets:
             binding = bindings[spec.name]
             secret = state.secrets.get(spec.name)
+            unlisted = spec.allowed_destinations is None and (
+                secret is None or secret.allowed_destinations is None
+            )
             has_value = spec.name in values
             if secret is None:
                 change = Change("secret", spec.name, "create", spec=spec, binding=binding)
@@ -735,6 +738,8 @@ class Planner:
                 change.value, change.writes_value = values.get(spec.name), has_value
                 change.rebinds = binding.refresh_endpoint is not None
                 changes.append(change)
+                if unlisted:
+                    warnings.append(_unlisted(spec.name))
                 continue
             fields = [
                 name
@@ -747,6 +752,10 @@ class Planner:
                 )
                 if getattr(secret, name) != getattr(spec, name)
             ]
+            if spec.allowed_destinations is not None and (
+                secret.allowed_destinations != spec.allowed_destinations
+            ):
+                fields.append("allowed_destinations")  # absent: the stored list stays
             rebinds = secret.refresh_endpoint != binding.refresh_endpoint
             if binding.refresher is not None:
                 current_action = self._current_action(state, binding.refresh_endpoint)
@@ -768,6 +777,8 @@ class Planner:
                         "initial_only: true"
                     )
             action: ChangeAction = "update" if fields else "unchanged"
+            if unlisted and fields:
+                warnings.append(_unlisted(spec.name))
             changes.append(
                 Change(
                     "secret",
@@ -909,3 +920,8 @@ def _service_fields(
     if not fields and [e.readable_id for e in endpoints] != declared_ids:
         fields.append("endpoints (order)")
     return fields
+
+
+def _unlisted(secret: str) -> str:
+    """The warning for a secret saved without allowed destinations."""
+    return f"secret {secret}: no allowed_destinations, so a run may send its value to any origin"

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from app.pipeline.bindings import dig, render
+from app.pipeline.wire import (
+    MIN_SENSITIVE_LENGTH,
+    basic_credentials,
+    check_destination,
+    sensitive_strings,
+    wire_forms,
+)
 
 if TYPE_CHECKING:
     # Names for the annotations only: node modules import this one, and the command line imports
@@ -20,43 +26,39 @@ if TYPE_CHECKING:
     from app.outbound import Outbound, OutboundResponse
 
 REDACTED = "[REDACTED]"
-MIN_REDACTED_LENGTH = 4
 
 
 class Redactor:
-    """Remembers every sensitive string of a run and blanks it out of anything shown."""
+    """Remembers every sensitive string of a run, in every form it takes on the wire
+    (app/pipeline/wire.py), and blanks each out of anything shown."""
 
     def __init__(self) -> None:
         self._values: set[str] = set()
+        self._ordered: list[str] | None = None  # longest first, sorted when first needed
 
     def add(self, value: Any) -> None:
-        """Treat a value (and every string inside it) as sensitive."""
-        if isinstance(value, str):
-            if len(value) >= MIN_REDACTED_LENGTH:
-                self._values.add(value)
-            # Bindings address into JSON-string secrets (`secrets.SA_KEY.private_key`), so the
-            # fields inside are sensitive on their own.
-            if value[:1] in ("{", "["):
-                try:
-                    parsed = json.loads(value)
-                except ValueError:
-                    return
-                if isinstance(parsed, (dict, list)):
-                    self.add(parsed)
-        elif isinstance(value, dict):
-            for item in value.values():
-                self.add(item)
-        elif isinstance(value, list):
-            for item in value:
-                self.add(item)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            # Numeric secrets (PINs, account numbers) are redacted when long enough to matter.
-            if len(str(value)) >= 6:
-                self._values.add(str(value))
+        """Treat a value (and every string inside it) as sensitive, in each of its wire forms."""
+        for text in sensitive_strings(value):
+            self._remember(wire_forms(text))
+
+    def add_basic_auth(self, username: str, password: str) -> None:
+        """Treat the basic-auth credentials built from a pair as sensitive: the base64 of
+        `id:secret` contains neither value's own base64."""
+        if len(username) + len(password) >= MIN_SENSITIVE_LENGTH:
+            credentials = basic_credentials(username, password)
+            self._remember({credentials, credentials.rstrip("=")})
+
+    def _remember(self, forms: set[str]) -> None:
+        new = {form for form in forms if len(form) >= MIN_SENSITIVE_LENGTH} - self._values
+        if new:
+            self._values |= new
+            self._ordered = None
 
     def text(self, text: str) -> str:
         """The text with every sensitive value replaced, longest first."""
-        for value in sorted(self._values, key=len, reverse=True):
+        if self._ordered is None:
+            self._ordered = sorted(self._values, key=len, reverse=True)
+        for value in self._ordered:
             if value in text:
                 text = text.replace(value, REDACTED)
         return text
@@ -112,6 +114,8 @@ class RunContext:
     writes: dict[str, PendingWrite] = field(default_factory=dict)
     trace: list[dict[str, Any]] = field(default_factory=list)
     redactor: Redactor = field(default_factory=Redactor)
+    # The origins each secret that declares `allowed_destinations` may be sent to.
+    allowed_destinations: dict[str, tuple[str, ...]] = field(default_factory=dict)
     error: RunFailed | None = None
     result: Any = None
 
@@ -152,3 +156,8 @@ class RunContext:
     def render(self, value: Any) -> Any:
         """Resolve every binding in a (nested) action value."""
         return render(value, self.resolve)
+
+    def check_destination(self, destination: str, texts: Sequence[str]) -> None:
+        """Refuse a request to `destination` (an origin) that would carry a secret elsewhere
+        than its allowed destinations; `texts` are the request's URL, header values and body."""
+        check_destination(self.secrets, self.allowed_destinations, destination, texts)

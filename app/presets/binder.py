@@ -8,7 +8,7 @@ that endpoint's action. The action is validated exactly as any saved action is.
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from sqlalchemy import select
@@ -22,6 +22,7 @@ from app.db import utcnow
 from app.errors import Conflict, InvalidInput, NotFound
 from app.pipeline.analysis import ensure_author_may_save, validate_action
 from app.pipeline.schemas import dump_action
+from app.pipeline.wire import origin_of_url
 from app.presets.catalog import PRESETS, ClientAuthParams, Preset, PresetParams
 from app.presets.schemas import RefresherRead, RefresherRequest
 from app.schemas import describe_error, format_location
@@ -96,12 +97,14 @@ class PresetBinder:
         await self._refuse_shared(target, refresh_endpoint)
         service = await self._refreshers(author)
         # The same validation as any saved action (services store, PUT /v1/services/{slug}).
+        expanded = preset.expand(params, target.name)
         nodes = validate_action(
-            preset.expand(params, target.name),
+            expanded,
             declared_variables={v["name"] for v in service.variables},
             known_secrets=known,
         )
         ensure_author_may_save(author, nodes, "action")
+        await self._allow_token_endpoint(expanded, params)
         endpoint = await self._put_endpoint(service, readable_id, target.name, preset)
         endpoint.action = dump_action(nodes)
         await self._flush(refresh_endpoint)
@@ -115,6 +118,29 @@ class PresetBinder:
             params=params.model_dump(mode="json", exclude_none=True),
             action=endpoint.action,
         )
+
+    async def _allow_token_endpoint(
+        self, action: list[dict[str, Any]], params: PresetParams
+    ) -> None:
+        """The credentials the preset sends (client id and secret, refresh token, keys) may go
+        to its token endpoint's origin: added to each one's allowed_destinations (a secret that
+        declared none is restricted to it). Not the target: its value goes to other APIs. A
+        token URL read from a secret at run time (a key file's token_uri) is left alone."""
+        urls = [
+            node["url"]
+            for node in action
+            if node.get("type") == "web_request" and "{{" not in node["url"]
+        ]
+        if not urls:
+            return
+        destinations = {origin_of_url(url) for url in urls}
+        for name in sorted(set(params.secret_params().values())):
+            secret = await self.secrets.get(name)
+            allowed = list(secret.allowed_destinations or [])
+            missing = sorted(destinations - set(allowed))
+            if missing or secret.allowed_destinations is None:
+                update = SecretUpdate(allowed_destinations=allowed + missing)
+                await self.secrets.update(secret, update)
 
     async def _known_secrets(self) -> set[str]:
         """Names of every secret."""

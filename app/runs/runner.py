@@ -291,6 +291,11 @@ class Runner:
         )
         for value in secret_values.values():
             ctx.redactor.add(value)
+        ctx.allowed_destinations = {
+            name: loaded.secret.allowed_destinations
+            for name, loaded in prepared.secrets.items()
+            if loaded is not None and loaded.secret.allowed_destinations is not None
+        }
         error: TokenfarmError | None = None
         try:
             preflight(prepared, actor, job.force)

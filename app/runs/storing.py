@@ -207,7 +207,9 @@ class RunStorage:
         prepared = record.prepared
         store = SecretStore(session, self.keyring, self.settings)
         revoked = isinstance(error, UpstreamFailed) and error.oauth_error == "invalid_grant"
-        summary = health.failure_summary(error.error_type, error.error_class, error.message)
+        # Stored redacted: the column is plain text, and an upstream may echo what it was sent.
+        message = record.ctx.redactor.text(error.message)
+        summary = health.failure_summary(error.error_type, error.error_class, message)
         for name in sorted(prepared.target_names):
             loaded = prepared.secrets.get(name)
             if loaded is None or why_runs_cannot_write(

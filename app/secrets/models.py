@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, ForeignKey, Integer, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, ForeignKey, Integer, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from app.db import timestamp_column, utcnow
@@ -33,6 +33,10 @@ class Secret(SQLModel, table=True):
     # (None: 10 % of the value's lifetime, at least 30 s).
     refresh_as: str | None = Field(default=None, max_length=64)
     refresh_before_expiry_seconds: int | None = Field(default=None)
+    # Origins a run may send the value to (None: anywhere); see app/pipeline/wire.py.
+    allowed_destinations: list[str] | None = Field(
+        default=None, sa_column=Column(JSON, nullable=True)
+    )
     last_refreshed_at: datetime | None = Field(default=None, sa_column=timestamp_column())
     created_at: datetime = Field(default_factory=utcnow, sa_column=timestamp_column(False))
     updated_at: datetime = Field(default_factory=utcnow, sa_column=timestamp_column(False))

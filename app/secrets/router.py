@@ -24,6 +24,7 @@ from app.secrets.schemas import (
     RollbackRequest,
     SecretCreate,
     SecretRead,
+    SecretSaved,
     SecretUpdate,
     SecretValueRead,
     SecretValueWrite,
@@ -67,10 +68,10 @@ READ_RESPONSES: dict[int | str, dict[str, Any]] = {
 @router.post("", status_code=status.HTTP_201_CREATED, dependencies=MANAGE)
 async def create_secret(
     data: SecretCreate, actor: CurrentActor, store: SecretStore = StoreDep
-) -> SecretRead:
+) -> SecretSaved:
     """Create a secret, optionally with its first value."""
     secret = await store.create(data, actor.label, caller=actor)
-    return await store.describe(secret)
+    return await store.saved(secret)
 
 
 @router.get("", dependencies=MANAGE)
@@ -88,10 +89,11 @@ async def get_secret(name: str, store: SecretStore = StoreDep) -> SecretRead:
 @router.patch("/{name}", dependencies=MANAGE)
 async def update_secret(
     name: str, data: SecretUpdate, actor: CurrentActor, store: SecretStore = StoreDep
-) -> SecretRead:
-    """Change a secret's description, lock, refresh settings or environment-specific flag."""
+) -> SecretSaved:
+    """Change a secret's description, lock, refresh settings, allowed destinations or
+    environment-specific flag."""
     secret = await store.update(await store.get(name), data, caller=actor)
-    return await store.describe(secret)
+    return await store.saved(secret)
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, dependencies=MANAGE)

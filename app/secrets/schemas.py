@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -19,6 +20,7 @@ from pydantic.json_schema import SkipJsonSchema
 from app.auth.schemas import ACCOUNT_NAME_PATTERN
 from app.config import Environment
 from app.pipeline.schemas import SECRET_NAME_PATTERN
+from app.pipeline.wire import parse_origin
 from app.schemas import StrictModel, all_finite
 from app.text import Description
 
@@ -72,6 +74,30 @@ RefreshBeforeExpirySeconds = Annotated[
 ]
 
 
+def _origin(value: Any) -> Any:
+    """An origin (`scheme://host[:port]`), normalized; anything else is refused saying why."""
+    if not isinstance(value, str):
+        return value  # the type check says what is wrong
+    return parse_origin(value)
+
+
+MAX_ALLOWED_DESTINATIONS = 50
+Origin = Annotated[
+    str, Field(max_length=300, examples=["https://github.com"]), AfterValidator(_origin)
+]
+AllowedDestinations = Annotated[
+    list[Origin],
+    Field(
+        max_length=MAX_ALLOWED_DESTINATIONS,
+        description="Origins (`https://host[:port]`) a run may send this secret's value, or "
+        "anything made from it, to; a request elsewhere that carries it fails before it is "
+        "sent. null: anywhere (a warning says so when the secret is saved).",
+        examples=[["https://github.com"]],
+    ),
+    AfterValidator(lambda origins: list(dict.fromkeys(origins))),
+]
+
+
 def _storable(value: Any) -> Any:
     """Refuse what would read back as null: null itself, NaN and Infinity anywhere inside."""
     if value is None:
@@ -97,6 +123,7 @@ class SecretCreate(StrictModel):
     refresh_before_expiry_seconds: RefreshBeforeExpirySeconds | None = Field(
         None, description="Refresh this long before expiry; null: 10 % of the lifetime, >= 30 s."
     )
+    allowed_destinations: AllowedDestinations | None = None
     value: SecretJSON | SkipJsonSchema[None] = Field(
         None, description="The first value (never shown again here)."
     )
@@ -127,6 +154,7 @@ class SecretUpdate(StrictModel):
     refresh_before_expiry_seconds: RefreshBeforeExpirySeconds | None = Field(
         None, description="Refresh this long before expiry; null: 10 % of the lifetime, >= 30 s."
     )
+    allowed_destinations: AllowedDestinations | None = None
 
 
 class SecretRead(BaseModel):
@@ -143,6 +171,9 @@ class SecretRead(BaseModel):
     refresh_before_expiry_seconds: int | None = Field(
         description="How long before expiry the scheduler refreshes (null: 10 % of the "
         "lifetime, at least 30 s)."
+    )
+    allowed_destinations: list[str] | None = Field(
+        description="Origins a run may send the value to (null: anywhere)."
     )
     status: Literal["ok", "failing", "needs_reauth"] = Field(
         description="`failing`: the last refreshes failed (see `failure_count`, `last_error`); "
@@ -163,6 +194,16 @@ class SecretRead(BaseModel):
     environments: list[str] = Field(description="Environments that hold a value.")
     created_at: datetime
     updated_at: datetime
+
+
+class SecretSaved(SecretRead):
+    """A secret's metadata as a create or change left it, with what deserves a second look."""
+
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="E.g. that the secret declares no allowed_destinations, so runs may send "
+        "its value anywhere.",
+    )
 
 
 class SecretValueWrite(StrictModel):

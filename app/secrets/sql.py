@@ -37,6 +37,8 @@ class SecretState:
     environment_specific: bool
     locked: bool
     status: str
+    # Origins a run may send the value to; None: anywhere.
+    allowed_destinations: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,7 @@ LOAD_FOR_RUN = (
         SECRET_TABLE.c.environment_specific,
         SECRET_TABLE.c.locked,
         SECRET_TABLE.c.status,
+        SECRET_TABLE.c.allowed_destinations,
         VALUE_TABLE.c.environment,
         VALUE_TABLE.c.version,
         VALUE_TABLE.c.ciphertext,

@@ -5,6 +5,7 @@ Services only `flush()`; the request's session commits once at the end.
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,6 +39,7 @@ from app.secrets.models import ALL_ENVIRONMENTS, Secret, SecretValue, SecretVers
 from app.secrets.schemas import (
     SecretCreate,
     SecretRead,
+    SecretSaved,
     SecretUpdate,
     SecretValueRead,
     SecretVersionRead,
@@ -54,6 +56,8 @@ from app.secrets.sql import (
     store_values,
 )
 from app.services.models import Endpoint, Service
+
+logger = logging.getLogger("tokenfarm.secrets")
 
 __all__ = ["LoadedSecret", "SecretState", "SecretStore", "ValueTiming", "expires_within"]
 
@@ -194,6 +198,7 @@ class SecretStore:
             refresh_endpoint=secret.refresh_endpoint,
             refresh_as=secret.refresh_as,
             refresh_before_expiry_seconds=secret.refresh_before_expiry_seconds,
+            allowed_destinations=secret.allowed_destinations,
             status=secret.status,
             failure_count=secret.failure_count,
             last_error=secret.last_error,
@@ -280,6 +285,7 @@ class SecretStore:
             refresh_endpoint=data.refresh_endpoint,
             refresh_as=data.refresh_as,
             refresh_before_expiry_seconds=data.refresh_before_expiry_seconds,
+            allowed_destinations=data.allowed_destinations,
         )
         self.session.add(secret)
         try:
@@ -331,6 +337,20 @@ class SecretStore:
             await self.replan(secret)
         return secret
 
+    async def saved(self, secret: Secret) -> SecretSaved:
+        """A secret's metadata after a create or change, with warnings (logged too): one that
+        declares no allowed destinations may be sent anywhere by a run."""
+        warnings = []
+        if secret.allowed_destinations is None:
+            warnings.append(
+                f"secret {secret.name!r} declares no allowed_destinations, so a run may send its "
+                "value (or anything made from it) to any origin; set allowed_destinations to the "
+                'origins that should receive it (e.g. ["https://auth.example.com"])'
+            )
+            logger.warning("secret %s declares no allowed_destinations", secret.name)
+        described = await self.describe(secret)
+        return SecretSaved(**described.model_dump(), warnings=warnings)
+
     async def replan(self, secret: Secret) -> None:
         """Plan the next refresh of every value of the secret afresh (its metadata changed, it
         left `needs_reauth`, or a refresh failed)."""
@@ -380,7 +400,15 @@ class SecretStore:
             LOAD_FOR_RUN, {"names": sorted(names), "environments": environments}
         )
         for row in found:
-            state = SecretState(row.id, row.name, row.environment_specific, row.locked, row.status)
+            allowed = row.allowed_destinations
+            state = SecretState(
+                row.id,
+                row.name,
+                row.environment_specific,
+                row.locked,
+                row.status,
+                tuple(allowed) if allowed is not None else None,
+            )
             environment = (
                 self.settings.environment if state.environment_specific else ALL_ENVIRONMENTS
             )

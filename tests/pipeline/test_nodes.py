@@ -231,7 +231,7 @@ class TestWebRequest:
         response = await run_action(client, [web_request(echo, "/token", method="POST")])
         assert response.status_code == 502, response.text
         assert response.json()["error"]["message"] == (
-            "POST 127.0.0.1/token answered 400: invalid_grant (refresh token was revoked)"
+            'POST 127.0.0.1/token answered 400: invalid_grant ("refresh token was revoked")'
         )
 
     async def test_accept_statuses_count_as_success(

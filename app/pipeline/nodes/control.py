@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from app.errors import CATCHABLE_KINDS, RunFailed, Thrown
+from app.errors import CATCHABLE_KINDS, DestinationNotAllowed, RunFailed, Thrown
 from app.pipeline.bindings import as_text
 from app.pipeline.conditions import AllOf, AnyOf, Comparison, Condition, NotOf, evaluate
 from app.pipeline.engine import EndExecution, run_block
@@ -76,6 +76,8 @@ class TryNode(NodeBase):
         try:
             await run_block(self.do, ctx, f"{path}.do")
         except RunFailed as exc:
+            if isinstance(exc, DestinationNotAllowed):
+                raise  # no action may route around where a secret may go
             if self.errors is not None and exc.kind not in self.errors:
                 raise
             entry["caught"] = exc.error_type

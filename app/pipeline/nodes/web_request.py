@@ -32,7 +32,9 @@ if TYPE_CHECKING:
     from app.pipeline.context import RunContext
 
 logger = logging.getLogger("tokenfarm.run")
-OAUTH_DESCRIPTION_LIMIT = 300
+OAUTH_ERROR_LIMIT = 100
+# Upstream text quoted in an error message (redacted first) is cut after this many characters.
+EXCERPT_LIMIT = 200
 # RFC 9110 §5.6.2 token: what an HTTP header name may be made of.
 HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$"
 HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
@@ -151,6 +153,7 @@ class WebRequestNode(NodeBase):
                 as_text(ctx.render(self.auth.username)),
                 as_text(ctx.render(self.auth.password)),
             )
+            ctx.redactor.add_basic_auth(*auth)
         elif self.auth is not None and self.auth.type == "bearer":
             token = as_text(ctx.render(self.auth.token))
             _set_header(headers, "Authorization", f"Bearer {token}", replace=True)
@@ -182,6 +185,7 @@ class WebRequestNode(NodeBase):
                     content=content,
                     timeout_seconds=self._timeout(ctx),
                     follow_redirects=self.follow_redirects,
+                    destination_check=ctx.check_destination,
                 )
             except RunFailed as exc:
                 failure: RunFailed = exc
@@ -293,14 +297,16 @@ class WebRequestNode(NodeBase):
 
     @staticmethod
     def _oauth_detail(ctx: RunContext) -> str:
-        """`: invalid_grant (description)` from an RFC 6749 §5.2 error body, when there is one."""
+        """`: invalid_grant ("description")` from an RFC 6749 §5.2 error body, when there is
+        one: the upstream's words redacted, then capped and quoted (an upstream may echo what
+        it was sent; cut first, half a secret would be left)."""
         body = ctx.response_json
         if not isinstance(body, dict) or not isinstance(body.get("error"), str):
             return ""
-        detail = f": {body['error'][:100]}"
+        detail = f": {ctx.redactor.text(body['error'])[:OAUTH_ERROR_LIMIT]}"
         description = body.get("error_description")
         if isinstance(description, str) and description:
-            detail += f" ({description[:OAUTH_DESCRIPTION_LIMIT]})"
+            detail += f" ({quoted_excerpt(ctx.redactor.text(description))})"
         return detail
 
     def _map_result(self, ctx: RunContext, target: str, content_type: str) -> None:
@@ -332,6 +338,12 @@ def compile_jsonpath(expression: str) -> JSONPath:
         raise ValueError(
             f"{expression!r} is not a JSONPath expression ({type(exc).__name__})"
         ) from None
+
+
+def quoted_excerpt(text: str, limit: int = EXCERPT_LIMIT) -> str:
+    """Text an upstream sent, for an error message: at most `limit` characters, in quotes."""
+    excerpt = text if len(text) <= limit else text[:limit] + "…"
+    return json.dumps(excerpt, ensure_ascii=False)
 
 
 def _plausible_url(url: str) -> bool:
