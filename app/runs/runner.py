@@ -30,10 +30,12 @@ from app.crypto import Keyring
 from app.db import utcnow
 from app.errors import (
     Conflict,
+    DatabaseUnavailable,
     InternalError,
     MethodNotAllowed,
     StorageFailed,
     TokenfarmError,
+    is_database_outage,
 )
 from app.events import Events, RunFinished
 from app.outbound import Outbound
@@ -209,9 +211,20 @@ class Runner:
                     if adopted is not None:
                         return adopted
                 return await self._run(prepared, job)
-        except SQLAlchemyError as exc:
-            logger.error("run of %s/%s: the database failed: %s", slug, readable_id, type(exc))
-            failure = StorageFailed("the database could not be reached; nothing was called")
+        except Exception as exc:
+            outage = is_database_outage(exc)
+            if not outage and not isinstance(exc, SQLAlchemyError):
+                raise
+            logger.error(
+                "run of %s/%s: the database failed: %s", slug, readable_id, type(exc).__name__
+            )
+            failure: TokenfarmError = (
+                DatabaseUnavailable(
+                    "the database is unavailable right now; nothing was called: try again shortly"
+                )
+                if outage
+                else StorageFailed("the database could not be reached; nothing was called")
+            )
             return RunOutcome(
                 run_id=job.run_id or str(uuid.uuid4()),
                 status="failed",
