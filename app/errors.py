@@ -320,3 +320,12 @@ def is_database_outage(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+class AnswerPending(TokenfarmError):
+    """A refresh would present a refresh token that an answer kept but not yet written replaced
+    (app/runs/spool.py): refused until that answer is written."""
+
+    status_code = 503
+    error_type = "answer_pending"
+    retry_after_seconds = 5

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from app.errors import (
+    AnswerPending,
     DatabaseUnavailable,
     InternalError,
     InvalidInput,
@@ -41,6 +42,8 @@ HTTP_ERROR_TYPES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
 }
+# Errors that pass once the database is back: answered with Retry-After.
+RETRY_LATER = (DatabaseUnavailable, AnswerPending)
 PROBED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 # FastAPI's detail for a body it can't decode at all (JSON that isn't UTF-8, a broken form).
 UNPARSABLE_BODY = "There was an error parsing the body"
@@ -64,7 +67,7 @@ async def tokenfarm_error(request: Request, exc: Exception) -> JSONResponse:
         headers["Allow"] = ", ".join(exc.extra["allowed"])
     if exc.status_code == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, DatabaseUnavailable):
+    if isinstance(exc, RETRY_LATER):
         headers["Retry-After"] = str(exc.retry_after_seconds)
     body = exc.to_body()
     if isinstance(exc, InvalidInput) and "errors" not in body:
@@ -207,6 +210,7 @@ def install_error_handlers(app: FastAPI) -> None:
 def retry_after(error_body: dict[str, Any] | None) -> dict[str, str] | None:
     """The Retry-After header of a run's failure answered as a result (not raised): a run that
     met a database outage answers as every route does then."""
-    if error_body is not None and error_body.get("type") == DatabaseUnavailable.error_type:
-        return {"Retry-After": str(DatabaseUnavailable.retry_after_seconds)}
+    for kind in RETRY_LATER:
+        if error_body is not None and error_body.get("type") == kind.error_type:
+            return {"Retry-After": str(kind.retry_after_seconds)}
     return None

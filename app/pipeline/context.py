@@ -114,6 +114,9 @@ class RunContext:
     redactor: Redactor = field(default_factory=Redactor)
     error: RunFailed | None = None
     result: Any = None
+    # Called by `web_request` with each accepted upstream answer before anything reads it, when
+    # the run may write secrets (it may carry a rotated token): the runner keeps it durably.
+    answer_sink: Callable[[OutboundResponse], Awaitable[None]] | None = None
 
     def resolve(self, segments: list[str]) -> Any:
         """The value of one split binding path."""

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -29,6 +30,7 @@ from app.config import Settings
 from app.crypto import Keyring
 from app.db import utcnow
 from app.errors import (
+    AnswerPending,
     Conflict,
     DatabaseUnavailable,
     InternalError,
@@ -304,9 +306,15 @@ class Runner:
         )
         for value in secret_values.values():
             ctx.redactor.add(value)
+        record = RunRecord(prepared, ctx, job.trigger, started_at, started, job.schedule_name)
+        if prepared.target_names:
+            # Every answer it accepts is kept durably as it arrives (app/runs/storing.py).
+            ctx.answer_sink = partial(self.storage.keep_answer, record)
         error: TokenfarmError | None = None
+        self.storage.in_flight.add(run_id)
         try:
             preflight(prepared, actor, job.force)
+            await self._write_pending(prepared.target_names)
             await execute(prepared.nodes, ctx)
         except TokenfarmError as exc:
             error = exc
@@ -322,8 +330,10 @@ class Runner:
             error = InternalError(
                 f"the run failed unexpectedly ({type(exc).__name__}); see the server log"
             )
-        record = RunRecord(prepared, ctx, job.trigger, started_at, started, job.schedule_name)
-        outcome = await self.storage.finish(record, error)
+        try:
+            outcome = await self.storage.finish(record, error)
+        finally:
+            self.storage.in_flight.discard(run_id)
         self._announce(record, outcome)
         logger.info(
             "run %s of %s/%s by %s (%s): %s in %.1f ms%s",
@@ -337,6 +347,30 @@ class Runner:
             f" [{outcome.error_body['type']}]" if outcome.error_body else "",
         )
         return outcome
+
+    async def _write_pending(self, targets: set[str]) -> None:
+        """Before calling anything: write the kept answers (spooled during a database outage,
+        or left by a process that died) that rotated a target, or refuse: this run would present
+        the refresh token such an answer replaced, and the upstream may revoke the grant."""
+        if not targets or not self.storage.pending(targets):
+            return
+        # Imported here: recovering is rare, and app/runs/recovery.py imports the engine.
+        from app.runs.recovery import replay_pending
+
+        waiting = self.storage.pending(targets)
+        try:
+            await replay_pending(self.storage, actor="system:replay", only=waiting)
+        except Exception as exc:
+            if not (isinstance(exc, SQLAlchemyError) or is_database_outage(exc)):
+                raise
+        still = self.storage.pending(targets)
+        if still:
+            raise AnswerPending(
+                f"run {still[0]} kept an answer that rotated {', '.join(sorted(targets))} and "
+                "it is not written yet (the database is unavailable, or that run may still be in "
+                "flight); nothing was called: try again shortly",
+                runs=still,
+            )
 
     def _announce(self, record: RunRecord, outcome: RunOutcome) -> None:
         """Tell listeners (metrics, notifications) how the run went, after it is stored (the
