@@ -228,6 +228,8 @@ class ReplayReport:
     refused: dict[str, str] = field(default_factory=dict)
     # Runs still in the spool: the database failed again, or the run is in flight here.
     waiting: list[str] = field(default_factory=list)
+    # Runs whose spooled answer was already written (by the run, or an earlier replay).
+    done: list[str] = field(default_factory=list)
 
 
 async def replay_spool(
@@ -252,6 +254,7 @@ async def replay_spool(
             kept = await _into_run_row(session, keyring, entry)
         spool.remove(entry.run_id)
         if not kept:
+            report.done.append(entry.run_id)
             continue
         try:
             async with session_factory() as session, session.begin():

@@ -18,6 +18,7 @@ import pytest
 from app.migrate import upgrade_database
 from tests.conftest import TokenServer, create_secret, secret_value, setup_oauth, wait_at_gate
 from tests.private_postgres import PrivateCluster, private_cluster
+from tests.processes import replica_env, run_cli
 
 CANARY = "plain-canary-value-3e9d1f"
 
@@ -131,6 +132,11 @@ class TestDatabaseStoppedMidRefresh:
         assert again.status_code == 503, again.text
         assert token_server.state.token_requests == 1
 
+        # A copy, as if a second process found it too: replaying twice writes once.
+        copy = tmp_path / "copy" / "spool"
+        copy.mkdir(parents=True)
+        (copy / spooled[0].name).write_bytes(spooled[0].read_bytes())
+
         cluster.start()
 
         run_id = response.json()["run_id"]
@@ -145,6 +151,16 @@ class TestDatabaseStoppedMidRefresh:
         assert new_refresh != old_refresh
         assert token_server.state.is_active(new_refresh)
         assert token_server.state.is_active(await secret_value(client, "ACCESS_TOKEN"))
+
+        versions = (await client.get("/v1/secrets/REFRESH_TOKEN/versions")).json()
+        settings = client._transport.app.state.settings  # type: ignore[attr-defined]
+        env = replica_env(settings, settings.resolved_database_url, str(tmp_path / "copy"))
+        again_replayed = run_cli("runs", "recover", "--spool", env=env)
+        assert again_replayed.returncode == 0, again_replayed.stderr
+        assert f"run {run_id} was already written" in again_replayed.stdout
+        assert not list(copy.glob("*.answer"))
+        assert (await client.get("/v1/secrets/REFRESH_TOKEN/versions")).json() == versions
+        assert new_refresh not in again_replayed.stdout + again_replayed.stderr
 
         # The next refresh presents the NEW refresh token: the server would revoke the family
         # on reuse of the old one (invalid_grant), so success proves it.
