@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -80,6 +81,7 @@ class RunStorage:
         """Keep an upstream answer durably before the run reads it: in the run row, or, when the
         database can't take it, in the local spool. When neither can, the run goes on (and
         stores as it would have); only that is logged."""
+        arrived = time.perf_counter()
         record.add_answer(response)
         payload = record.answers_payload()
         if record.kept_in != "spool":
@@ -89,6 +91,12 @@ class RunStorage:
                     connection = await session.connection()
                     await connection.run_sync(record.keep_answers_op(ciphertext))
                 record.kept_in = "slot"
+                # The window a crash could still lose the answer in (docs/operations.md).
+                logger.debug(
+                    "run %s: answer kept in %.1f ms",
+                    record.ctx.run_id,
+                    (time.perf_counter() - arrived) * 1000,
+                )
                 return
             except Exception as exc:
                 if not (isinstance(exc, SQLAlchemyError) or is_database_outage(exc)):
@@ -101,6 +109,11 @@ class RunStorage:
         try:
             await asyncio.to_thread(self.spool.put, record.ctx.run_id, payload)
             record.kept_in = "spool"
+            logger.debug(
+                "run %s: answer spooled in %.1f ms",
+                record.ctx.run_id,
+                (time.perf_counter() - arrived) * 1000,
+            )
         except OSError as exc:
             logger.error(
                 "run %s: the answer could not be kept, neither in the database nor in the spool "
