@@ -21,7 +21,7 @@ from app.errors import is_database_outage
 from app.events import Events
 from app.notifications.notifier import Notifier
 from app.outbound import Outbound
-from app.runs.recovery import find_orphans, replay_pending
+from app.runs.recovery import find_orphans
 from app.runs.runner import Runner
 from app.schedules.scheduler import Scheduler
 
@@ -106,7 +106,7 @@ async def replay_kept_answers(runner: Runner) -> None:
                 storage.orphans.update(await find_orphans(storage.session_factory, started_at))
                 scanned = True
             if not storage.spool.empty or storage.orphans:
-                await replay_pending(storage, actor="system:replay")
+                await runner.replay_kept_answers()
             failures = 0
         except asyncio.CancelledError:
             raise

@@ -46,6 +46,8 @@ class PreparedRun:
     nodes: Sequence[Any]
     targets: Sequence[tuple[str, str]]
     secrets: dict[str, LoadedSecret | None]
+    # How many kept answers this process had replayed when it was loaded (see RunStorage).
+    replays_seen: int = 0
 
     @property
     def target_names(self) -> set[str]:

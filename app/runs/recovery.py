@@ -333,15 +333,20 @@ async def replay_pending(
 ) -> ReplayReport:
     """Write the kept answers that wait: the spool's, then those of orphaned runs once they can
     no longer be in flight. Raises what the database raised when it is (still) down."""
-    report = await replay_spool(
-        storage.session_factory,
-        storage.keyring,
-        storage.settings,
-        storage.spool,
-        actor=actor,
-        in_flight=storage.in_flight,
-        only=only,
-    )
+    # Counted before any write too: a run that loads meanwhile must not miss the change.
+    storage.replays += 1
+    try:
+        report = await replay_spool(
+            storage.session_factory,
+            storage.keyring,
+            storage.settings,
+            storage.spool,
+            actor=actor,
+            in_flight=storage.in_flight,
+            only=only,
+        )
+    finally:
+        storage.replays += 1
     for run_id in list(storage.orphans):
         if (only is not None and run_id not in only) or run_id in storage.in_flight:
             continue
@@ -356,5 +361,7 @@ async def replay_pending(
         except (Conflict, NotFound) as exc:
             # Stored by its replica, or a secret changed since: not this process's to write.
             report.refused[run_id] = exc.message
+        finally:
+            storage.replays += 1
         storage.orphans.pop(run_id, None)
     return report

@@ -44,7 +44,7 @@ from app.outbound import Outbound
 from app.pipeline.analysis import compile_action
 from app.pipeline.context import RequestData, RunContext
 from app.pipeline.engine import execute
-from app.runs.flights import Flight, Flights, Turns, adopt, turns_of
+from app.runs.flights import Flight, Flights, Turns, adopt, secret_turn, turns_of
 from app.runs.preflight import preflight
 from app.runs.record import PreparedRun, RunOutcome, RunRecord
 from app.runs.storing import RunStorage
@@ -192,8 +192,13 @@ class Runner:
                 self.turns.in_process(turns) as waited,
                 self.turns.across_replicas(turns, deadline_seconds) as locked,
             ):
+                # A kept answer not yet written rotated a target: write it first (then load
+                # again), so that this run never presents the grant that answer replaced.
+                wrote = await self._write_pending(snapshot.target_names)
+                # Also when the replay task wrote one since the snapshot was loaded.
+                wrote = wrote or snapshot.replays_seen != self.storage.replays
                 prepared = snapshot
-                if waited or locked:
+                if waited or locked or wrote:
                     prepared = await self._prepare(slug, readable_id, job.method)
                     if not prepared.target_names <= snapshot.target_names:
                         raise Conflict(
@@ -270,6 +275,7 @@ class Runner:
     async def _load(
         self, session: AsyncSession, slug: str, readable_id: str, method: str | None
     ) -> PreparedRun:
+        replays_seen = self.storage.replays  # before reading: a replay may write meanwhile
         service, endpoint = await ServiceStore(session).get_endpoint(slug, readable_id)
         if method is not None and method not in endpoint.methods:
             raise MethodNotAllowed(
@@ -280,7 +286,9 @@ class Runner:
         action = compile_action(endpoint.action)
         store = SecretStore(session, self.keyring, self.settings)
         secrets = await store.load_for_run(set(action.reads))
-        return PreparedRun(service, endpoint, action.nodes, action.targets, secrets)
+        return PreparedRun(
+            service, endpoint, action.nodes, action.targets, secrets, replays_seen=replays_seen
+        )
 
     # --- running -------------------------------------------------------------------------------
 
@@ -314,7 +322,6 @@ class Runner:
         self.storage.in_flight.add(run_id)
         try:
             preflight(prepared, actor, job.force)
-            await self._write_pending(prepared.target_names)
             await execute(prepared.nodes, ctx)
         except TokenfarmError as exc:
             error = exc
@@ -348,12 +355,29 @@ class Runner:
         )
         return outcome
 
-    async def _write_pending(self, targets: set[str]) -> None:
-        """Before calling anything: write the kept answers (spooled during a database outage,
-        or left by a process that died) that rotated a target, or refuse: this run would present
-        the refresh token such an answer replaced, and the upstream may revoke the grant."""
-        if not targets or not self.storage.pending(targets):
+    async def replay_kept_answers(self) -> None:
+        """Write the kept answers that wait (the runtime's replay task does, while they do) in
+        the turns of the secrets they write, here and across replicas: no run of those secrets
+        loads or calls anything meanwhile (it would present the grant an answer replaced)."""
+        from app.runs.recovery import replay_pending
+
+        environment = self.settings.environment
+        turns = sorted(secret_turn(name, environment) for name in self.storage.pending_targets())
+        if not turns:
             return
+        async with (
+            self.turns.in_process(turns),
+            self.turns.across_replicas(turns, self.settings.run_deadline_seconds),
+        ):
+            await replay_pending(self.storage, actor="system:replay")
+
+    async def _write_pending(self, targets: set[str]) -> bool:
+        """Before calling anything: write the kept answers (spooled during a database outage,
+        or left by a process that died) that rotated a target (True: some were), or refuse: this
+        run would present the refresh token such an answer replaced, and the upstream may revoke
+        the grant."""
+        if not targets or not self.storage.pending(targets):
+            return False
         # Imported here: recovering is rare, and app/runs/recovery.py imports the engine.
         from app.runs.recovery import replay_pending
 
@@ -364,13 +388,14 @@ class Runner:
             if not (isinstance(exc, SQLAlchemyError) or is_database_outage(exc)):
                 raise
         still = self.storage.pending(targets)
-        if still:
-            raise AnswerPending(
-                f"run {still[0]} kept an answer that rotated {', '.join(sorted(targets))} and "
-                "it is not written yet (the database is unavailable, or that run may still be in "
-                "flight); nothing was called: try again shortly",
-                runs=still,
-            )
+        if not still:
+            return True
+        raise AnswerPending(
+            f"run {still[0]} kept an answer that rotated {', '.join(sorted(targets))} and "
+            "it is not written yet (the database is unavailable, or that run may still be in "
+            "flight); nothing was called: try again shortly",
+            runs=still,
+        )
 
     def _announce(self, record: RunRecord, outcome: RunOutcome) -> None:
         """Tell listeners (metrics, notifications) how the run went, after it is stored (the

@@ -104,6 +104,10 @@ class Spool:
         """The runs whose spooled answer writes one of `secrets` (cheap: no disk access)."""
         return sorted(run_id for run_id, names in self._pending.items() if names & secrets)
 
+    def pending_names(self) -> set[str]:
+        """Every secret a spooled answer writes."""
+        return set().union(*self._pending.values())
+
     @property
     def empty(self) -> bool:
         """Whether nothing waits in the spool (as this process knows it)."""

@@ -70,12 +70,22 @@ class RunStorage:
         # run id -> targets of a run the process that ran it left `storing` (found at start-up):
         # no refresh of them starts until its answer is recovered (app/runtime.py).
         self.orphans: dict[str, set[str]] = {}
+        # Kept answers this process has written by replaying them: a run loaded before one was
+        # loads again in its turn (it would present the grant the answer replaced).
+        self.replays = 0
 
     def pending(self, secrets: set[str]) -> list[str]:
         """Runs whose kept answer, not yet written, rotates one of `secrets`: a refresh of them
         would present the refresh token that answer replaced."""
         orphans = [run_id for run_id, names in self.orphans.items() if names & secrets]
         return sorted(set(self.spool.pending(secrets)) | set(orphans))
+
+    def pending_targets(self) -> set[str]:
+        """Every secret some kept answer, not yet written, rotates."""
+        names = set(self.spool.pending_names())
+        for targets in self.orphans.values():
+            names |= targets
+        return names
 
     async def keep_answer(self, record: RunRecord, response: OutboundResponse) -> None:
         """Keep an upstream answer durably before the run reads it: in the run row, or, when the

@@ -167,3 +167,26 @@ class TestDatabaseStoppedMidRefresh:
         after = await client.get("/refresh/ACCESS_TOKEN")
         assert after.status_code == 200, after.text
         assert token_server.state.is_active(await secret_value(client, "REFRESH_TOKEN"))
+
+    async def test_a_refresh_as_soon_as_the_database_is_back_writes_the_spooled_answer_first(
+        self, client: httpx.AsyncClient, token_server: TokenServer, cluster: PrivateCluster
+    ) -> None:
+        await setup_oauth(client, token_server)
+        gate = threading.Event()
+        token_server.state.gate = gate
+        refreshing = asyncio.create_task(client.get("/refresh/ACCESS_TOKEN"))
+        await wait_at_gate(token_server, 1)
+        cluster.stop()
+        token_server.state.gate = None
+        gate.set()
+        assert_unavailable(await refreshing)
+        cluster.start()
+
+        # Whether the replay task or this refresh writes the spooled answer, the refresh
+        # presents the rotated grant: the old one would revoke the family (invalid_grant).
+        response = await client.get("/refresh/ACCESS_TOKEN")
+        assert response.status_code == 200, response.text
+        assert token_server.state.token_requests == 2
+        assert token_server.state.is_active(await secret_value(client, "REFRESH_TOKEN"))
+        versions = (await client.get("/v1/secrets/REFRESH_TOKEN/versions")).json()
+        assert [v["source"] for v in versions] == ["run", "recovery", "create"]
