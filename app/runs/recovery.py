@@ -133,6 +133,8 @@ class Recovery:
             request=RequestData(**payload["request"]),
             clock=replayed.clock,
         )
+        for value in ctx.secrets.values():
+            ctx.redactor.add(value)
         try:
             await execute(action.nodes, ctx)
         except TokenfarmError as exc:
