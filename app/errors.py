@@ -267,3 +267,74 @@ class StorageFailed(TokenfarmError):
 
     status_code = 503
     error_type = "storage_error"
+
+
+class DatabaseUnavailable(TokenfarmError):
+    """The database can't be reached right now (down, restarting, out of connections): the
+    caller should try again shortly; nothing was lost (see docs/operations.md)."""
+
+    status_code = 503
+    error_type = "database_unavailable"
+    retry_after_seconds = 5
+
+
+# asyncpg's errors that mean the server is gone or refuses sessions, not a bad statement:
+# class 08 (connection exceptions), 53300 too_many_connections, 57P01-57P03 (shutting down,
+# starting up), and its own "connection is closed" interface errors.
+_ASYNCPG_OUTAGES = frozenset(
+    {
+        "PostgresConnectionError",
+        "ConnectionDoesNotExistError",
+        "ConnectionFailureError",
+        "ClientCannotConnectError",
+        "TooManyConnectionsError",
+        "AdminShutdownError",
+        "CrashShutdownError",
+        "CannotConnectNowError",
+        "InterfaceError",
+        "InternalClientError",
+        "ConnectionRejectionError",
+    }
+)
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """Whether an exception (or one it was raised from) means the database is unreachable,
+    rather than that a statement was wrong: the one test behind every `database_unavailable`."""
+    import socket
+
+    from sqlalchemy import exc as sa_exc
+
+    seen: BaseException | None = exc
+    for _ in range(6):  # the chain a driver, SQLAlchemy and our code build is short
+        if seen is None:
+            return False
+        if isinstance(
+            seen,
+            sa_exc.OperationalError
+            | sa_exc.InterfaceError
+            | sa_exc.DisconnectionError
+            | sa_exc.TimeoutError,
+        ):
+            return True
+        if isinstance(seen, sa_exc.DBAPIError) and seen.connection_invalidated:
+            return True
+        # A refused connect is not wrapped by SQLAlchemy (it is no DBAPI error); asyncio raises
+        # a plain OSError when every address of a host name refused.
+        if isinstance(seen, ConnectionError | socket.gaierror) or type(seen) is OSError:
+            return True
+        if type(seen).__module__.startswith("asyncpg") and any(
+            cls.__name__ in _ASYNCPG_OUTAGES for cls in type(seen).__mro__
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class AnswerPending(TokenfarmError):
+    """A refresh would present a refresh token that an answer kept but not yet written replaced
+    (app/runs/spool.py): refused until that answer is written."""
+
+    status_code = 503
+    error_type = "answer_pending"
+    retry_after_seconds = 5

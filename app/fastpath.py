@@ -31,8 +31,8 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.auth.dependencies import bearer_token
-from app.errors import TokenfarmError
-from app.handlers import tokenfarm_error
+from app.errors import TokenfarmError, is_database_outage
+from app.handlers import database_unavailable, tokenfarm_error
 
 if TYPE_CHECKING:
     from app.auth.actor import Actor
@@ -138,6 +138,11 @@ async def _answered(
         response = await shortcut(scope, actor, params)
     except TokenfarmError as exc:
         response = await tokenfarm_error(Request(scope), exc)
+    except Exception as exc:
+        if not is_database_outage(exc):
+            raise
+        # The route would answer the outage so too (app/handlers.py `database_error`).
+        response = await tokenfarm_error(Request(scope), database_unavailable())
     if response is None:
         return False
     if isinstance(response, bytes):

@@ -9,13 +9,23 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from app.errors import InternalError, InvalidInput, MethodNotAllowed, TokenfarmError
+from app.errors import (
+    AnswerPending,
+    DatabaseUnavailable,
+    InternalError,
+    InvalidInput,
+    MethodNotAllowed,
+    TokenfarmError,
+    is_database_outage,
+)
 from app.logs import request_id_var
 from app.middleware import REQUEST_ID_HEADER
 from app.schemas import ErrorResponse, describe_error, format_location
@@ -32,6 +42,8 @@ HTTP_ERROR_TYPES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
 }
+# Errors that pass once the database is back: answered with Retry-After.
+RETRY_LATER = (DatabaseUnavailable, AnswerPending)
 PROBED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 # FastAPI's detail for a body it can't decode at all (JSON that isn't UTF-8, a broken form).
 UNPARSABLE_BODY = "There was an error parsing the body"
@@ -55,6 +67,8 @@ async def tokenfarm_error(request: Request, exc: Exception) -> JSONResponse:
         headers["Allow"] = ", ".join(exc.extra["allowed"])
     if exc.status_code == 401:
         headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, RETRY_LATER):
+        headers["Retry-After"] = str(exc.retry_after_seconds)
     body = exc.to_body()
     if isinstance(exc, InvalidInput) and "errors" not in body:
         # Every 422 lists its problems the same way, whether pydantic or a store found them.
@@ -114,8 +128,34 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(_body(error_type, message), status_code=exc.status_code, headers=headers)
 
 
+def database_unavailable() -> DatabaseUnavailable:
+    """The one answer to a database outage, wherever it surfaces."""
+    return DatabaseUnavailable(
+        "the database is unavailable right now; try again shortly (nothing was changed by this "
+        "request, and a rotated token that arrived meanwhile is kept: see docs/operations.md)"
+    )
+
+
+async def database_error(request: Request, exc: Exception) -> JSONResponse:
+    """An outage of the database (refused or lost connections, too many connections, a server
+    shutting down) -> 503 `database_unavailable` with Retry-After; any other database error is
+    unexpected."""
+    if is_database_outage(exc):
+        logger.warning(
+            "database unavailable on %s %s: %s",
+            request.method,
+            request.url.path,
+            type(exc).__name__,
+        )
+        return await tokenfarm_error(request, database_unavailable())
+    return await unexpected_error(request, exc)
+
+
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     """Anything unforeseen: logged by class name only, answered without details."""
+    if is_database_outage(exc):
+        # Raised outside the routes (a middleware's session, the app's own fast paths).
+        return await database_error(request, exc)
     logger.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path)
     error = InternalError("an unexpected error occurred; see the server log")
     # Answered by Starlette's outermost middleware, outside the request-id middleware: the id is
@@ -160,5 +200,17 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(TokenfarmError, tokenfarm_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    # Drivers' connection errors are not always wrapped by SQLAlchemy (a refused connect).
+    for outage in (SQLAlchemyError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        app.add_exception_handler(outage, database_error)
     app.add_exception_handler(Exception, unexpected_error)
     document_errors(app)
+
+
+def retry_after(error_body: dict[str, Any] | None) -> dict[str, str] | None:
+    """The Retry-After header of a run's failure answered as a result (not raised): a run that
+    met a database outage answers as every route does then."""
+    for kind in RETRY_LATER:
+        if error_body is not None and error_body.get("type") == kind.error_type:
+            return {"Retry-After": str(kind.retry_after_seconds)}
+    return None

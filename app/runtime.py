@@ -5,21 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.backoff import backoff_seconds
 from app.clock import Clock, SystemClock
 from app.config import Settings
 from app.crypto import Keyring
-from app.db import create_engine, create_lock_engine, session_factory
+from app.db import create_engine, create_lock_engine, session_factory, utcnow
+from app.errors import is_database_outage
 from app.events import Events
 from app.notifications.notifier import Notifier
 from app.outbound import Outbound
+from app.runs.recovery import find_orphans
 from app.runs.runner import Runner
 from app.schedules.scheduler import Scheduler
+
+logger = logging.getLogger("tokenfarm.run")
+REPLAY_POLL_SECONDS = 1.0
 
 
 @dataclass
@@ -51,9 +58,13 @@ async def runtime(settings: Settings, keyring: Keyring) -> AsyncIterator[Runtime
     # Webhooks: this process delivers the status changes of its own runs.
     notifier = Notifier(factory, keyring, settings)
     events.subscribe(notifier.notify)
+    replaying = asyncio.ensure_future(replay_kept_answers(runner))
     try:
         yield Runtime(engine, factory, outbound, runner, events, notifier)
     finally:
+        replaying.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await replaying
         await runner.drain(timeout_seconds=settings.http_timeout_seconds)
         await events.drain(timeout_seconds=settings.http_timeout_seconds)
         await notifier.aclose()
@@ -79,3 +90,35 @@ async def scheduling(
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def replay_kept_answers(runner: Runner) -> None:
+    """Write the answers kept but not written: at start-up, those of runs a process that died
+    left `storing`, and the spool's; from then on the spool's whenever the database is back,
+    retrying with backoff while it is down (app/runs/spool.py)."""
+    storage = runner.storage
+    started_at = utcnow()
+    scanned = False
+    failures = 0
+    while True:
+        try:
+            if not scanned:
+                storage.orphans.update(await find_orphans(storage.session_factory, started_at))
+                scanned = True
+            if not storage.spool.empty or storage.orphans:
+                await runner.replay_kept_answers()
+            failures = 0
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            failures += 1
+            if is_database_outage(exc):
+                logger.info("kept answers wait for the database (%s)", type(exc).__name__)
+            else:
+                logger.error("replaying kept answers failed: %s", type(exc).__name__)
+        delay = REPLAY_POLL_SECONDS
+        if failures:
+            delay = backoff_seconds(
+                failures, base_seconds=0.5, max_seconds=30, fixed_share=0.5, random_share=0.5
+            )
+        await asyncio.sleep(delay)

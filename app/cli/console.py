@@ -27,7 +27,7 @@ from app.cli.core import _fail
 from app.config import Settings, get_settings
 from app.crypto import Keyring, load_keyring
 from app.db import create_engine, session_factory, utcnow
-from app.errors import TokenfarmError
+from app.errors import TokenfarmError, is_database_outage
 
 T = TypeVar("T")
 # Piped output goes to scripts, files and `grep`: a table row stays on one line.
@@ -71,6 +71,10 @@ def run_async(work: Coroutine[Any, Any, T]) -> T:
         fail("; ".join(_validation_message(e) for e in exc.errors()))
     except SQLAlchemyError as exc:
         fail(database_problem(exc))
+    except OSError as exc:
+        if not is_database_outage(exc):
+            raise
+        fail(f"the database is unavailable ({type(exc).__name__}); try again once it is up")
 
 
 def _validation_message(error: Any) -> str:

@@ -10,7 +10,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -39,6 +39,9 @@ from app.runs.schemas import RUN_ID_PATTERN, RecoveryResult, RunSummary
 from app.secrets.schemas import SecretRead
 from app.secrets.store import SecretStore
 from app.services.schemas import READABLE_ID_PATTERN, SLUG_PATTERN
+
+if TYPE_CHECKING:
+    from app.runs.recovery import ReplayReport
 
 # The commands of this module; app/cli/__init__.py lists them and loads them when they run.
 commands = typer.Typer()
@@ -398,14 +401,56 @@ async def _recover(run_id: str, force: bool) -> RecoveryResult:
     return await in_transaction(settings, work)
 
 
+async def _replay_spool() -> ReplayReport:
+    from app.runs.recovery import replay_spool
+    from app.runs.spool import Spool
+
+    settings, keyring = settings_and_keyring()
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        spool = Spool(settings.data_dir / "spool", keyring)
+        return await replay_spool(
+            session_factory(engine), keyring, settings, spool, actor=SYSTEM_ACTOR.label
+        )
+    finally:
+        await engine.dispose()
+
+
 @runs_cli.command("recover")
 def recover_run(
-    run_id: Annotated[str, typer.Argument(help="The run's id (see `tokenfarm runs`).")],
+    run_id: Annotated[
+        str | None, typer.Argument(help="The run's id (see `tokenfarm runs`).")
+    ] = None,
     force: Annotated[
         bool, typer.Option(help="Write even over secrets that changed since the run began.")
     ] = False,
+    spool: Annotated[
+        bool,
+        typer.Option(
+            "--spool",
+            help="Write the answers waiting in this data dir's spool (kept while the database "
+            "was down; a running `tokenfarm serve` writes them itself once it is back).",
+        ),
+    ] = False,
 ) -> None:
     """Write what a run's upstream answered when storing it failed or the process died."""
+    if spool:
+        if run_id is not None or force:
+            fail("--spool takes no run id and no --force", 2)
+        report = run_async(_replay_spool())
+        for result in report.recovered:
+            for written in result.written:
+                typer.echo(f"{written.secret}: version {written.version}")
+            typer.echo(f"run {result.run_id} recovered")
+        for done in report.done:
+            typer.echo(f"run {done} was already written")
+        for refused, why in report.refused.items():
+            typer.echo(f"run {refused} kept in the run log, not written: {why}", err=True)
+        if not report.recovered and not report.refused and not report.done:
+            typer.echo("the spool is empty")
+        return
+    if run_id is None:
+        fail("name a run id (see `tokenfarm runs`), or --spool", 2)
     if not re.fullmatch(RUN_ID_PATTERN, run_id):
         fail(f"{run_id!r} is not a run id (see `tokenfarm runs`)", 2)
     result = run_async(_recover(run_id, force))

@@ -118,6 +118,9 @@ class RunContext:
     allowed_destinations: dict[str, tuple[str, ...]] = field(default_factory=dict)
     error: RunFailed | None = None
     result: Any = None
+    # Called by `web_request` with each accepted upstream answer before anything reads it, when
+    # the run may write secrets (it may carry a rotated token): the runner keeps it durably.
+    answer_sink: Callable[[OutboundResponse], Awaitable[None]] | None = None
 
     def resolve(self, segments: list[str]) -> Any:
         """The value of one split binding path."""

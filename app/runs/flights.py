@@ -24,7 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.auth.actor import Actor
-from app.errors import Conflict
+from app.errors import Conflict, is_database_outage
 from app.runs.record import PreparedRun, RunOutcome
 from app.secrets import sql
 from app.secrets.sql import LoadedSecret
@@ -116,6 +116,7 @@ class Turns:
             yield False
             return
         keys = [advisory_key(name) for name in turns]
+        over = False
         try:
             async with self.lock_engine.connect() as connection, connection.begin():
                 # Every lock in one statement, in the turns' order (no deadlock): the function
@@ -123,7 +124,14 @@ class Turns:
                 # lock_timeout (app/db.py `create_lock_engine`).
                 await connection.execute(_TAKE_TURNS, {"keys": keys})
                 yield True
-        except DBAPIError as exc:
+                over = True
+        except Exception as exc:
+            if over and is_database_outage(exc):
+                # The run is over and the database went away: its locks went with the session;
+                # the run's own outcome (kept answer and all) is what the caller must see.
+                return
+            if not isinstance(exc, DBAPIError):
+                raise
             if (
                 "lock timeout" in str(exc.orig).lower()
                 or "LockNotAvailable" in type(exc.orig).__name__

@@ -8,12 +8,14 @@ work or an awaited call per statement would cost more than the statements.
 
 from __future__ import annotations
 
+import base64
+import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, delete, insert, update
 from sqlalchemy.engine import Connection
@@ -28,6 +30,9 @@ from app.secrets.schemas import ValueWritten
 from app.secrets.sql import LoadedSecret
 from app.services.store import EndpointState, ServiceState
 
+if TYPE_CHECKING:
+    from app.outbound import OutboundResponse
+
 RUN_TABLE = Run.__table__  # type: ignore[attr-defined]
 RUN_SECRET_TABLE = RunSecret.__table__  # type: ignore[attr-defined]
 
@@ -41,6 +46,8 @@ class PreparedRun:
     nodes: Sequence[Any]
     targets: Sequence[tuple[str, str]]
     secrets: dict[str, LoadedSecret | None]
+    # How many kept answers this process had replayed when it was loaded (see RunStorage).
+    replays_seen: int = 0
 
     @property
     def target_names(self) -> set[str]:
@@ -83,6 +90,15 @@ class RunRecord:
     started_at: datetime
     started: float
     schedule_name: str | None = None
+    # The upstream answers kept since they arrived (app/runs/storing.py `keep_answer`), and
+    # where: "slot" (the run row) or "spool" (app/runs/spool.py); None: nothing kept yet.
+    answers: list[dict[str, Any]] = field(default_factory=list)
+    kept_in: str | None = None
+    # The service variables as the run began: replaying an answer runs the action from there.
+    initial_variables: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.initial_variables = copy.deepcopy(self.ctx.variables)
 
     @property
     def logged(self) -> bool:
@@ -122,6 +138,58 @@ class RunRecord:
             )
         return keyring.encrypt({"writes": writes})
 
+    def add_answer(self, response: OutboundResponse) -> None:
+        """Note an upstream answer to keep (with the run's clock as it arrived: replaying it
+        computes the same expiries)."""
+        self.answers.append(
+            {
+                "status": response.status,
+                "headers": response.headers,
+                "content": base64.b64encode(response.content).decode(),
+                "content_type": response.content_type,
+                "clock": self.ctx.clock(),
+            }
+        )
+
+    def answers_payload(self) -> dict[str, Any]:
+        """What replaying the kept answers needs (app/runs/recovery.py): the run, the action as
+        it ran, its start (variables, request), the answers, and the versions its writes replace.
+        Only ever stored encrypted."""
+        request = self.ctx.request
+        return {
+            "kind": "answers",
+            "run": {
+                "service_slug": self.prepared.service.slug,
+                "endpoint_readable_id": self.prepared.endpoint.readable_id,
+                "trigger": self.trigger,
+                "schedule_name": self.schedule_name,
+                "actor": self.ctx.actor.label,
+                "started_at": self.started_at.isoformat(),
+            },
+            "action": self.prepared.endpoint.action,
+            "variables": self.initial_variables,
+            "request": {"query": request.query, "body": request.body, "headers": request.headers},
+            "answers": self.answers,
+            "bases": [
+                {"secret": name, "environment": loaded.environment, "base_version": loaded.version}
+                for name in sorted(self.prepared.target_names)
+                if (loaded := self.prepared.secrets.get(name)) is not None
+            ],
+        }
+
+    def keep_answers_op(self, ciphertext: str) -> Callable[[Connection], None]:
+        """What keeps the answers so far (encrypted) in the run row, `storing`: inserted with the
+        first answer, updated with any later one."""
+        placeholder = RunOutcome(run_id=self.ctx.run_id, status="storing", http_status=200)
+        return partial(
+            write_run,
+            row=self.row(placeholder, "storing", ciphertext),
+            completed={"recovery": ciphertext},
+            names=sorted(self.prepared.target_names),
+            kept=self.kept_in == "slot",
+            written=[],
+        )
+
     def keep_op(self, outcome: RunOutcome, keyring: Keyring) -> Callable[[Connection], None]:
         """What keeps the upstream's answer (encrypted) in the run row, `storing`, before the
         writes are stored: no rotated token is lost if the process or the database fails."""
@@ -135,7 +203,7 @@ class RunRecord:
         )
 
     def record_op(
-        self, outcome: RunOutcome, kept: bool, written: list[str]
+        self, outcome: RunOutcome, kept: bool, written: list[str], *, drop_kept: bool = False
     ) -> Callable[[Connection], None]:
         """What completes the run row (inserted now, or kept since the upstream answered), for
         a connection: the run row as first inserted and the columns that complete it."""
@@ -150,7 +218,7 @@ class RunRecord:
             "duration_ms": round((time.perf_counter() - self.started) * 1000, 2),
             "trace": self.ctx.redactor.value(self.ctx.trace),
         }
-        if kept and outcome.status == "succeeded":
+        if kept and (outcome.status == "succeeded" or drop_kept):
             completed["recovery"] = None
         return partial(
             write_run,
@@ -172,10 +240,15 @@ class RunRecord:
             return partial(drop_run, run_id=self.ctx.run_id)
         return None
 
-    async def save(self, session: AsyncSession, outcome: RunOutcome, kept: bool) -> None:
-        """Complete the run row (inserted now, or kept since the upstream answered)."""
+    async def save(
+        self, session: AsyncSession, outcome: RunOutcome, kept: bool, *, drop_kept: bool = False
+    ) -> None:
+        """Complete the run row (inserted now, or kept since the upstream answered); `drop_kept`:
+        the kept answer goes (the action failed after it arrived, so its writes are void)."""
         connection = await session.connection()
-        await connection.run_sync(self.record_op(outcome, kept, sorted(outcome.written)))
+        await connection.run_sync(
+            self.record_op(outcome, kept, sorted(outcome.written), drop_kept=drop_kept)
+        )
 
 
 # Built once: building and keying a statement costs several times what executing it does.

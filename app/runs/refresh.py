@@ -14,7 +14,7 @@ from typing import Any
 from app.auth.accounts import AccountStore
 from app.auth.actor import Actor, refuse
 from app.auth.permissions import Scoped, service_run, service_run_wanted
-from app.errors import Conflict, NotFound, PermissionDenied
+from app.errors import Conflict, DatabaseUnavailable, NotFound, PermissionDenied
 from app.runs.runner import RefreshTarget, Runner, RunOutcome
 from app.runs.schemas import RefreshResult
 from app.secrets.cache import CachedValue, ValueCache
@@ -88,6 +88,8 @@ async def finish_refresh(
     version: int | None
     if stored is not None:
         version, expires_at = stored.version, stored.expires_at
+    elif (outcome.error_body or {}).get("type") == DatabaseUnavailable.error_type:
+        version, expires_at = None, None  # the database can't say; the run's error says why
     else:
         async with runner.session_factory() as session:
             store = SecretStore(session, runner.keyring, runner.settings)

@@ -15,6 +15,7 @@ from app.auth.permissions import Permission
 from app.dependencies import KeyringDep, RunnerDep, SessionDep, SettingsDep
 from app.errors import InvalidInput, TokenfarmError
 from app.fastpath import FastPath
+from app.handlers import retry_after
 from app.middleware import received_at
 from app.pipeline.context import RequestData
 from app.pipeline.schemas import SECRET_NAME_PATTERN
@@ -70,7 +71,11 @@ async def _request_data(request: Request) -> RequestData:
 
 def _answer(result: RunResult, http_status: int) -> JSONResponse:
     """The result as its documented schema renders it, with the run's status code."""
-    return JSONResponse(result.model_dump(mode="json"), status_code=http_status)
+    return JSONResponse(
+        result.model_dump(mode="json"),
+        status_code=http_status,
+        headers=retry_after(result.error.model_dump() if result.error else None),
+    )
 
 
 SlugPath = Annotated[str, Path(pattern=SLUG_PATTERN, examples=["oauth"])]

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -29,18 +30,21 @@ from app.config import Settings
 from app.crypto import Keyring
 from app.db import utcnow
 from app.errors import (
+    AnswerPending,
     Conflict,
+    DatabaseUnavailable,
     InternalError,
     MethodNotAllowed,
     StorageFailed,
     TokenfarmError,
+    is_database_outage,
 )
 from app.events import Events, RunFinished
 from app.outbound import Outbound
 from app.pipeline.analysis import compile_action
 from app.pipeline.context import RequestData, RunContext
 from app.pipeline.engine import execute
-from app.runs.flights import Flight, Flights, Turns, adopt, turns_of
+from app.runs.flights import Flight, Flights, Turns, adopt, secret_turn, turns_of
 from app.runs.preflight import preflight
 from app.runs.record import PreparedRun, RunOutcome, RunRecord
 from app.runs.storing import RunStorage
@@ -188,8 +192,13 @@ class Runner:
                 self.turns.in_process(turns) as waited,
                 self.turns.across_replicas(turns, deadline_seconds) as locked,
             ):
+                # A kept answer not yet written rotated a target: write it first (then load
+                # again), so that this run never presents the grant that answer replaced.
+                wrote = await self._write_pending(snapshot.target_names)
+                # Also when the replay task wrote one since the snapshot was loaded.
+                wrote = wrote or snapshot.replays_seen != self.storage.replays
                 prepared = snapshot
-                if waited or locked:
+                if waited or locked or wrote:
                     prepared = await self._prepare(slug, readable_id, job.method)
                     if not prepared.target_names <= snapshot.target_names:
                         raise Conflict(
@@ -209,9 +218,20 @@ class Runner:
                     if adopted is not None:
                         return adopted
                 return await self._run(prepared, job)
-        except SQLAlchemyError as exc:
-            logger.error("run of %s/%s: the database failed: %s", slug, readable_id, type(exc))
-            failure = StorageFailed("the database could not be reached; nothing was called")
+        except Exception as exc:
+            outage = is_database_outage(exc)
+            if not outage and not isinstance(exc, SQLAlchemyError):
+                raise
+            logger.error(
+                "run of %s/%s: the database failed: %s", slug, readable_id, type(exc).__name__
+            )
+            failure: TokenfarmError = (
+                DatabaseUnavailable(
+                    "the database is unavailable right now; nothing was called: try again shortly"
+                )
+                if outage
+                else StorageFailed("the database could not be reached; nothing was called")
+            )
             return RunOutcome(
                 run_id=job.run_id or str(uuid.uuid4()),
                 status="failed",
@@ -255,6 +275,7 @@ class Runner:
     async def _load(
         self, session: AsyncSession, slug: str, readable_id: str, method: str | None
     ) -> PreparedRun:
+        replays_seen = self.storage.replays  # before reading: a replay may write meanwhile
         service, endpoint = await ServiceStore(session).get_endpoint(slug, readable_id)
         if method is not None and method not in endpoint.methods:
             raise MethodNotAllowed(
@@ -265,7 +286,9 @@ class Runner:
         action = compile_action(endpoint.action)
         store = SecretStore(session, self.keyring, self.settings)
         secrets = await store.load_for_run(set(action.reads))
-        return PreparedRun(service, endpoint, action.nodes, action.targets, secrets)
+        return PreparedRun(
+            service, endpoint, action.nodes, action.targets, secrets, replays_seen=replays_seen
+        )
 
     # --- running -------------------------------------------------------------------------------
 
@@ -296,7 +319,12 @@ class Runner:
             for name, loaded in prepared.secrets.items()
             if loaded is not None and loaded.secret.allowed_destinations is not None
         }
+        record = RunRecord(prepared, ctx, job.trigger, started_at, started, job.schedule_name)
+        if prepared.target_names:
+            # Every answer it accepts is kept durably as it arrives (app/runs/storing.py).
+            ctx.answer_sink = partial(self.storage.keep_answer, record)
         error: TokenfarmError | None = None
+        self.storage.in_flight.add(run_id)
         try:
             preflight(prepared, actor, job.force)
             await execute(prepared.nodes, ctx)
@@ -314,8 +342,10 @@ class Runner:
             error = InternalError(
                 f"the run failed unexpectedly ({type(exc).__name__}); see the server log"
             )
-        record = RunRecord(prepared, ctx, job.trigger, started_at, started, job.schedule_name)
-        outcome = await self.storage.finish(record, error)
+        try:
+            outcome = await self.storage.finish(record, error)
+        finally:
+            self.storage.in_flight.discard(run_id)
         self._announce(record, outcome)
         logger.info(
             "run %s of %s/%s by %s (%s): %s in %.1f ms%s",
@@ -329,6 +359,48 @@ class Runner:
             f" [{outcome.error_body['type']}]" if outcome.error_body else "",
         )
         return outcome
+
+    async def replay_kept_answers(self) -> None:
+        """Write the kept answers that wait (the runtime's replay task does, while they do) in
+        the turns of the secrets they write, here and across replicas: no run of those secrets
+        loads or calls anything meanwhile (it would present the grant an answer replaced)."""
+        from app.runs.recovery import replay_pending
+
+        environment = self.settings.environment
+        turns = sorted(secret_turn(name, environment) for name in self.storage.pending_targets())
+        if not turns:
+            return
+        async with (
+            self.turns.in_process(turns),
+            self.turns.across_replicas(turns, self.settings.run_deadline_seconds),
+        ):
+            await replay_pending(self.storage, actor="system:replay")
+
+    async def _write_pending(self, targets: set[str]) -> bool:
+        """Before calling anything: write the kept answers (spooled during a database outage,
+        or left by a process that died) that rotated a target (True: some were), or refuse: this
+        run would present the refresh token such an answer replaced, and the upstream may revoke
+        the grant."""
+        if not targets or not self.storage.pending(targets):
+            return False
+        # Imported here: recovering is rare, and app/runs/recovery.py imports the engine.
+        from app.runs.recovery import replay_pending
+
+        waiting = self.storage.pending(targets)
+        try:
+            await replay_pending(self.storage, actor="system:replay", only=waiting)
+        except Exception as exc:
+            if not (isinstance(exc, SQLAlchemyError) or is_database_outage(exc)):
+                raise
+        still = self.storage.pending(targets)
+        if not still:
+            return True
+        raise AnswerPending(
+            f"run {still[0]} kept an answer that rotated {', '.join(sorted(targets))} and "
+            "it is not written yet (the database is unavailable, or that run may still be in "
+            "flight); nothing was called: try again shortly",
+            runs=still,
+        )
 
     def _announce(self, record: RunRecord, outcome: RunOutcome) -> None:
         """Tell listeners (metrics, notifications) how the run went, after it is stored (the

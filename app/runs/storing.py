@@ -1,18 +1,24 @@
 """Storing a run's outcome: the runner's one storing transaction, and what a failure leaves.
 
-A run that succeeded first keeps the upstream's answer encrypted in its run row (so no rotated
-token is lost if the process dies or the database fails now), then stores every write
-compare-and-set on the version the run began from, together with its run record, in one
-transaction: the runner opens it and calls, in order, the secrets' statements
-(app/secrets/sql.py) and the run record's (app/runs/record.py). No store runs another domain's SQL.
+Every upstream answer a run that writes secrets accepts is kept the moment it arrives, before
+any node reads it (`keep_answer`, the run context's answer sink): encrypted in the run row (the
+recovery slot) or, when the database can't take it, in the local spool (app/runs/spool.py). So
+no rotated token is lost if the process dies or the database fails from then on: what remains is
+the time of that one durable write. A run that succeeded then stores every write compare-and-set
+on the version the run began from, together with its run record, in one transaction: the runner
+opens it and calls, in order, the secrets' statements (app/secrets/sql.py) and the run record's
+(app/runs/record.py). No store runs another domain's SQL.
 A run that failed marks its targets (app/secrets/health.py) and records the failure.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -22,20 +28,26 @@ from app.config import Settings
 from app.crypto import Keyring
 from app.db import utcnow
 from app.errors import (
+    DatabaseUnavailable,
     RunFailed,
     StorageFailed,
     Superseded,
     TokenfarmError,
     UpstreamFailed,
     VersionConflict,
+    is_database_outage,
 )
 from app.runs.flights import adopt, changed_versions
 from app.runs.record import RunOutcome, RunRecord
+from app.runs.spool import Spool
 from app.secrets import health, sql
 from app.secrets.rules import why_runs_cannot_write
 from app.secrets.schemas import ValueWritten
 from app.secrets.sql import LoadedSecret, ValueWrite
 from app.secrets.store import SecretStore, checked_value
+
+if TYPE_CHECKING:
+    from app.outbound import OutboundResponse
 
 logger = logging.getLogger("tokenfarm.run")
 
@@ -52,16 +64,84 @@ class RunStorage:
         self.session_factory = session_factory
         self.keyring = keyring
         self.settings = settings
+        self.spool = Spool(settings.data_dir / "spool", keyring)
+        # Runs of this process between their start and their stored outcome.
+        self.in_flight: set[str] = set()
+        # run id -> targets of a run the process that ran it left `storing` (found at start-up):
+        # no refresh of them starts until its answer is recovered (app/runtime.py).
+        self.orphans: dict[str, set[str]] = {}
+        # Kept answers this process has written by replaying them: a run loaded before one was
+        # loads again in its turn (it would present the grant the answer replaced).
+        self.replays = 0
+
+    def pending(self, secrets: set[str]) -> list[str]:
+        """Runs whose kept answer, not yet written, rotates one of `secrets`: a refresh of them
+        would present the refresh token that answer replaced."""
+        orphans = [run_id for run_id, names in self.orphans.items() if names & secrets]
+        return sorted(set(self.spool.pending(secrets)) | set(orphans))
+
+    def pending_targets(self) -> set[str]:
+        """Every secret some kept answer, not yet written, rotates."""
+        names = set(self.spool.pending_names())
+        for targets in self.orphans.values():
+            names |= targets
+        return names
+
+    async def keep_answer(self, record: RunRecord, response: OutboundResponse) -> None:
+        """Keep an upstream answer durably before the run reads it: in the run row, or, when the
+        database can't take it, in the local spool. When neither can, the run goes on (and
+        stores as it would have); only that is logged."""
+        arrived = time.perf_counter()
+        record.add_answer(response)
+        payload = record.answers_payload()
+        if record.kept_in != "spool":
+            try:
+                ciphertext = self.keyring.encrypt(payload)
+                async with self.session_factory() as session, session.begin():
+                    connection = await session.connection()
+                    await connection.run_sync(record.keep_answers_op(ciphertext))
+                record.kept_in = "slot"
+                # The window a crash could still lose the answer in (docs/operations.md).
+                logger.debug(
+                    "run %s: answer kept in %.1f ms",
+                    record.ctx.run_id,
+                    (time.perf_counter() - arrived) * 1000,
+                )
+                return
+            except Exception as exc:
+                if not (isinstance(exc, SQLAlchemyError) or is_database_outage(exc)):
+                    raise
+                logger.warning(
+                    "run %s: the database can't keep the answer (%s); spooling it",
+                    record.ctx.run_id,
+                    type(exc).__name__,
+                )
+        try:
+            await asyncio.to_thread(self.spool.put, record.ctx.run_id, payload)
+            record.kept_in = "spool"
+            logger.debug(
+                "run %s: answer spooled in %.1f ms",
+                record.ctx.run_id,
+                (time.perf_counter() - arrived) * 1000,
+            )
+        except OSError as exc:
+            logger.error(
+                "run %s: the answer could not be kept, neither in the database nor in the spool "
+                "(%s)",
+                record.ctx.run_id,
+                type(exc).__name__,
+            )
 
     async def finish(self, record: RunRecord, error: TokenfarmError | None) -> RunOutcome:
         """Store the writes (all or none) with the run record, or record the failure."""
         ctx = record.ctx
         outcome = RunOutcome(run_id=ctx.run_id, status="succeeded", http_status=200)
-        kept = False  # whether the encrypted writes are safely in the run row
+        kept = record.kept_in == "slot"  # whether the answers are safely in the run row
+        failed_before_storing = error is not None
         try:
-            if error is None and ctx.writes:
-                # First keep what the upstream answered, so that no rotated token is lost if
-                # the process dies or the database fails before the writes are stored.
+            if error is None and ctx.writes and record.kept_in is None:
+                # Writes made of no upstream answer (nothing was kept as it arrived): keep them
+                # first, so that storing them can fail without losing them.
                 async with self.session_factory() as session, session.begin():
                     connection = await session.connection()
                     await connection.run_sync(record.keep_op(outcome, self.keyring))
@@ -71,11 +151,18 @@ class RunStorage:
                     outcome.response = ctx.redactor.value(ctx.result)
                     async with self.session_factory() as session, session.begin():
                         outcome.stored = await self._store_writes(session, record, outcome, kept)
+                    self._unspool(record)
                     return outcome
-                except (TokenfarmError, SQLAlchemyError) as exc:
+                except Exception as exc:
+                    if not isinstance(exc, TokenfarmError | SQLAlchemyError) and not (
+                        is_database_outage(exc)
+                    ):
+                        raise
                     # The transaction rolled back: none of this run's writes stayed.
                     outcome.stored = {}
-                    error = self._storing_failed(ctx.run_id, exc, kept)
+                    if is_database_outage(exc):
+                        await self._spool_kept(record)
+                    error = self._storing_failed(ctx.run_id, exc, kept, record.kept_in == "spool")
             elif isinstance(error, UpstreamFailed) and error.oauth_error == "invalid_grant":
                 adopted_or_error = await self._lost_race(record)
                 if isinstance(adopted_or_error, RunOutcome):
@@ -83,16 +170,24 @@ class RunStorage:
                 error = adopted_or_error or error
             outcome.status, outcome.http_status, outcome.error = "failed", error.status_code, error
             outcome.error_body = ctx.redactor.value(error.to_body())
+            if failed_before_storing:
+                # The action failed after an answer was kept: its writes are void, as every
+                # write of a failed run is, so the kept answer goes too.
+                self._unspool(record)
             async with self.session_factory() as session, session.begin():
                 if isinstance(error, RunFailed):
                     # Only a failure of the refresh itself marks the secret: not a refused
                     # pre-flight (a caller without permission must not flag it) nor a lost
                     # compare-and-set (someone else wrote it).
                     await self._mark_targets_failed(session, record, error)
-                await record.save(session, outcome, kept)
-        except SQLAlchemyError as exc:
+                await record.save(session, outcome, kept, drop_kept=failed_before_storing)
+        except Exception as exc:
+            if not isinstance(exc, SQLAlchemyError) and not is_database_outage(exc):
+                raise
             logger.error("run %s: storing the outcome failed: %s", ctx.run_id, type(exc).__name__)
-            failure = self._storing_failed(ctx.run_id, exc, kept)
+            if not failed_before_storing and is_database_outage(exc):
+                await self._spool_kept(record)
+            failure = self._storing_failed(ctx.run_id, exc, kept, record.kept_in == "spool")
             outcome = RunOutcome(
                 run_id=ctx.run_id,
                 status="failed",
@@ -102,21 +197,49 @@ class RunStorage:
             )
         return outcome
 
+    def _unspool(self, record: RunRecord) -> None:
+        """Forget the run's spooled answer: its writes are stored (or void)."""
+        if record.kept_in == "spool":
+            self.spool.remove(record.ctx.run_id)
+
+    async def _spool_kept(self, record: RunRecord) -> None:
+        """Storing met a database outage: the answers kept in the run row go to the spool too,
+        so that they are written when the database is back, and no refresh spends the grant they
+        replaced meanwhile."""
+        if record.kept_in != "slot" or not record.ctx.writes:
+            return
+        try:
+            await asyncio.to_thread(self.spool.put, record.ctx.run_id, record.answers_payload())
+            record.kept_in = "spool"
+        except OSError as exc:
+            logger.error("run %s: spooling failed (%s)", record.ctx.run_id, type(exc).__name__)
+
     @staticmethod
-    def _storing_failed(run_id: str, exc: Exception, kept: bool) -> TokenfarmError:
+    def _storing_failed(run_id: str, exc: Exception, kept: bool, spooled: bool) -> TokenfarmError:
         """The error of a run whose writes could not be stored, saying how to recover them: a
         new error (of the kind of a domain error caught, which stays its cause)."""
         if isinstance(exc, TokenfarmError):
             message, extra = exc.message, dict(exc.extra)
+        elif is_database_outage(exc):
+            message, extra = "the database is unavailable; nothing was written", {}
         else:
             message, extra = "the run's outcome could not be stored; nothing was written", {}
-        if kept:
+        if spooled:
+            message += (
+                f"; the upstream's answer is kept encrypted in this replica's spool (run "
+                f"{run_id}) and is written as soon as the database is back; until then this "
+                "secret is not refreshed again"
+            )
+            extra["recoverable"] = True
+        elif kept:
             message += (
                 f"; the upstream's answer is kept encrypted in run {run_id}: write it with "
                 f"`tokenfarm runs recover {run_id}` or POST /v1/runs/{run_id}/recover"
             )
             extra["recoverable"] = True
         if not isinstance(exc, TokenfarmError):
+            if is_database_outage(exc):
+                return DatabaseUnavailable(message, **extra)
             return StorageFailed(message, **extra)
         # A copy that keeps the kind's own attributes (status, error class), with the message.
         error = type(exc).__new__(type(exc), message)

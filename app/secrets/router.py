@@ -14,6 +14,7 @@ from app.auth.permissions import Permission, secret_read
 from app.config import Environment
 from app.dependencies import KeyringDep, SessionDep, SettingsDep
 from app.fastpath import FastPath
+from app.handlers import retry_after
 from app.middleware import received_at
 from app.runs.refresh import read_value
 from app.runs.runner import RunOutcome
@@ -170,7 +171,9 @@ FAST_PATHS = (FastPath(read_secret_value, read_secret_value_fast),)
 def _failed_refresh(outcome: RunOutcome) -> JSONResponse:
     """A failed refresh as the run routes answer it: the run's status, error and `run_id`."""
     body = {"error": outcome.error_body, "run_id": outcome.run_id, "status": outcome.status}
-    return JSONResponse(body, status_code=outcome.http_status)
+    return JSONResponse(
+        body, status_code=outcome.http_status, headers=retry_after(outcome.error_body)
+    )
 
 
 @router.get("/{name}/versions", dependencies=MANAGE)

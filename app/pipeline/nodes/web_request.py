@@ -190,10 +190,14 @@ class WebRequestNode(NodeBase):
             except RunFailed as exc:
                 failure: RunFailed = exc
             else:
+                accepted = 200 <= response.status < 300 or response.status in self.accept_statuses
+                if accepted and ctx.answer_sink is not None:
+                    # Kept durably before anything reads it: it may carry a rotated token.
+                    await ctx.answer_sink(response)
                 ctx.response = response
                 ctx.response_json = self._json_or_none(response.content)
                 entry["status"] = response.status
-                if 200 <= response.status < 300 or response.status in self.accept_statuses:
+                if accepted:
                     break
                 failure = UpstreamFailed(
                     f"{target} answered {response.status}{self._oauth_detail(ctx)}",
