@@ -55,6 +55,8 @@ async def tokenfarm_error(request: Request, exc: Exception) -> JSONResponse:
         headers["Allow"] = ", ".join(exc.extra["allowed"])
     if exc.status_code == 401:
         headers["WWW-Authenticate"] = "Bearer"
+    if exc.status_code in (429, 503) and isinstance(exc.extra.get("retry_after_seconds"), int):
+        headers["Retry-After"] = str(exc.extra["retry_after_seconds"])
     body = exc.to_body()
     if isinstance(exc, InvalidInput) and "errors" not in body:
         # Every 422 lists its problems the same way, whether pydantic or a store found them.
