@@ -76,7 +76,14 @@ class AccountStore:
 
     def __init__(self, session: AsyncSession, passwords: PasswordHashing | None = None) -> None:
         self.session = session
-        self.passwords = passwords or PasswordHashing(1)
+        self._passwords = passwords
+
+    @property
+    def passwords(self) -> PasswordHashing:
+        """The hashing of this store (made on first use: most stores never hash)."""
+        if self._passwords is None:
+            self._passwords = PasswordHashing(1)
+        return self._passwords
 
     # --- credentials -> actors -------------------------------------------------------------
 
