@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -78,6 +79,18 @@ class Settings(BaseSettings):
         "request); changes made through this process take effect at once, changes from other "
         "replicas or the CLI within this time.",
     )
+    password_hash_concurrency: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Password hashes and checks (argon2, 64 MiB each) run at once in worker "
+        "threads; more logins wait their turn, and other requests are not slowed.",
+    )
+    trusted_proxies: str = Field(
+        "",
+        description="Comma-separated CIDRs of reverse proxies whose `X-Forwarded-For` names the "
+        "client (for the login throttle); empty: the connection's address is the client's.",
+    )
 
     scheduler_enabled: bool = Field(
         True, description="Run the scheduler inside `tokenfarm serve` (off: run it on its own)."
@@ -102,6 +115,25 @@ class Settings(BaseSettings):
         """A bad entry stops start-up with a `ConfigurationError` that names it."""
         EgressAllowList.parse(value)
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies_are_networks(cls, value: str) -> str:
+        """A bad entry stops start-up naming it."""
+        for entry in filter(None, (part.strip() for part in value.split(","))):
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"TOKENFARM_TRUSTED_PROXIES: {entry!r} is not an IP address or CIDR"
+                ) from None
+        return value
+
+    @property
+    def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """`trusted_proxies` parsed."""
+        entries = filter(None, (part.strip() for part in self.trusted_proxies.split(",")))
+        return [ipaddress.ip_network(entry, strict=False) for entry in entries]
 
     @model_validator(mode="after")
     def _lease_outlasts_a_run(self) -> Settings:

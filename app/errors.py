@@ -83,6 +83,17 @@ class NotAuthenticated(TokenfarmError):
     error_type = "not_authenticated"
 
 
+class TooManyAttempts(TokenfarmError):
+    """Too many failed attempts: wait `retry_after_seconds` (also sent as `Retry-After`)."""
+
+    status_code = 429
+    error_type = "too_many_attempts"
+
+    def __init__(self, message: str, *, retry_after_seconds: int) -> None:
+        super().__init__(message, retry_after_seconds=retry_after_seconds)
+        self.retry_after_seconds = retry_after_seconds
+
+
 class SecretLocked(Conflict):
     """A run tried to write a locked secret."""
 

@@ -7,6 +7,7 @@ advertise its own `{"detail": [...]}` for 422, which this service never sends.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import asyncpg
@@ -67,8 +68,11 @@ async def tokenfarm_error(request: Request, exc: Exception) -> JSONResponse:
         headers["Allow"] = ", ".join(exc.extra["allowed"])
     if exc.status_code == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, RETRY_LATER):
-        headers["Retry-After"] = str(exc.retry_after_seconds)
+    # Come back later (429, 503): how much later, when the error knows (not an upstream's own
+    # Retry-After, which a 502 only reports).
+    wait = getattr(exc, "retry_after_seconds", None)
+    if exc.status_code in (429, 503) and isinstance(wait, int | float):
+        headers["Retry-After"] = str(math.ceil(wait))
     body = exc.to_body()
     if isinstance(exc, InvalidInput) and "errors" not in body:
         # Every 422 lists its problems the same way, whether pydantic or a store found them.

@@ -10,9 +10,12 @@ from fastapi import FastAPI
 from app import __version__
 from app.auth.cache import ActorCache
 from app.auth.dependencies import document_security
+from app.auth.passwords import PasswordHashing
 from app.auth.router import auth_router
 from app.auth.router import router as accounts_router
+from app.auth.throttle import LoginThrottle
 from app.auth.tokens import TokenService, load_jwt_secret
+from app.clock import Clock, SystemClock
 from app.config import Settings, get_settings
 from app.configuration.router import router as configuration_router
 from app.crypto import load_keyring
@@ -43,8 +46,9 @@ Secret values leave only through `GET /v1/secrets/{name}/value`.
 """
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The app; keys are checked at once so a misconfigured service never starts."""
+def create_app(settings: Settings | None = None, clock: Clock | None = None) -> FastAPI:
+    """The app; keys are checked at once so a misconfigured service never starts. `clock` is
+    the time the login throttle reads (tests pass a ManualClock)."""
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.resolved_log_format)
     keyring = load_keyring(settings)
@@ -83,6 +87,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.keyring = keyring
     app.state.tokens = tokens
     app.state.actor_cache = ActorCache(settings.auth_cache_seconds)
+    app.state.clock = clock or SystemClock()
+    app.state.passwords = PasswordHashing(settings.password_hash_concurrency)
+    app.state.login_throttle = LoginThrottle(
+        app.state.clock, trusted_proxies=settings.trusted_proxy_networks
+    )
     app.state.value_cache = ValueCache(None)  # until the database is open
     app.state.database_url = settings.resolved_database_url
     app.state.metrics = Metrics()

@@ -224,7 +224,8 @@ async def owner_token(app: FastAPI, password_hash: str) -> str:
         owner = (await session.execute(select(Role).where(col(Role.name) == "owner"))).scalar_one()
         assert user.id is not None and owner.id is not None
         session.add(UserRole(user_id=user.id, role_id=owner.id))
-    token: str = app.state.tokens.issue(OWNER_EMAIL, utcnow())
+    # A new user is at token generation 0.
+    token: str = app.state.tokens.issue(OWNER_EMAIL, 0, utcnow())
     return token
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -13,7 +12,7 @@ from sqlmodel import col
 from app.auth import keys
 from app.auth.actor import Actor
 from app.auth.models import ApiKey, Role, ServiceAccount, ServiceAccountRole, User, UserRole
-from app.auth.passwords import MIN_PASSWORD_LENGTH, hash_password, verify_password
+from app.auth.passwords import MIN_PASSWORD_LENGTH, PasswordHashing, hash_password
 from app.auth.permissions import (
     Permission,
     ensure_may_grant,
@@ -69,10 +68,22 @@ def _ensure_fit_for_anonymous(permissions: list[str]) -> None:
 
 
 class AccountStore:
-    """Users, service accounts, API keys and roles, for one session."""
+    """Users, service accounts, API keys and roles, for one session.
 
-    def __init__(self, session: AsyncSession) -> None:
+    `passwords` hashes off the event loop with the app's bound; a store made without it (the
+    CLI, config as code) gets a bound of its own.
+    """
+
+    def __init__(self, session: AsyncSession, passwords: PasswordHashing | None = None) -> None:
         self.session = session
+        self._passwords = passwords
+
+    @property
+    def passwords(self) -> PasswordHashing:
+        """The hashing of this store (made on first use: most stores never hash)."""
+        if self._passwords is None:
+            self._passwords = PasswordHashing(1)
+        return self._passwords
 
     # --- credentials -> actors -------------------------------------------------------------
 
@@ -109,13 +120,15 @@ class AccountStore:
             await self.session.execute(select(User).where(col(User.email) == email.strip().lower()))
         ).scalar_one_or_none()
         # Hash even when there is no such user, so timing doesn't tell which emails exist.
-        valid = verify_password(user.password_hash if user else _dummy_hash(), password)
+        password_hash = user.password_hash if user else await self._dummy_hash()
+        valid = await self.passwords.verify(password_hash, password)
         if user is None or not valid or user.disabled:
             raise NotAuthenticated("wrong email or password, or the account is disabled")
         return user
 
     async def actor_for_token(self, claims: TokenClaims) -> Actor:
-        """The user a verified token names, if it still exists, is enabled and kept its password."""
+        """The user a verified token names, if it still exists, is enabled, and none of its
+        tokens were ended since (a password change, "log out everywhere")."""
         if "\x00" in claims.subject:
             raise NotAuthenticated("the token's user no longer exists or is disabled")
         user = (
@@ -123,10 +136,22 @@ class AccountStore:
         ).scalar_one_or_none()
         if user is None or user.disabled:
             raise NotAuthenticated("the token's user no longer exists or is disabled")
-        if claims.issued_at < int(user.password_changed_at.timestamp()):
-            raise NotAuthenticated("the token was issued before the last password change")
+        # A generation, not a time: `iat` has second resolution, and a token issued in the same
+        # second as a password change would outlive it.
+        if claims.generation != user.token_generation:
+            raise NotAuthenticated(
+                "the token was ended by a password change or a log-out everywhere; log in again"
+            )
         permissions = await self._permissions(await self._user_role_ids(user))
         return Actor(kind="user", name=user.email, permissions=permissions)
+
+    async def _dummy_hash(self) -> str:
+        """A hash to verify against when there is no such user; made on first use, not at
+        import (argon2 costs 64 MiB and some CPU, which processes that never log anyone in
+        shouldn't pay)."""
+        if not _dummy:
+            _dummy.append(await self.passwords.hash("tokenfarm-timing-equaliser"))
+        return _dummy[0]
 
     async def actor_for_key(self, key: str, now: datetime) -> tuple[Actor, datetime | None]:
         """The service account an API key belongs to, if the key is known, unexpired and live,
@@ -273,7 +298,7 @@ class AccountStore:
             await self.session.execute(select(col(User.id)).where(col(User.email) == email))
         ).first():
             raise AlreadyExists(f"user {email!r} already exists")
-        user = User(email=email, password_hash=hash_password(data.password))
+        user = User(email=email, password_hash=await self.passwords.hash(data.password))
         self.session.add(user)
         await self._flush_unique(f"user {email!r} already exists")
         await self._set_user_roles(user, roles)
@@ -304,10 +329,40 @@ class AccountStore:
                 await self._ensure_an_owner_stays(user, removing=True)
             user.disabled = data.disabled
         if data.password is not None:
-            user.password_hash = hash_password(data.password)
+            user.password_hash = await self.passwords.hash(data.password)
             user.password_changed_at = utcnow()
+            await self._end_tokens(user)
         await self.session.flush()
         return user
+
+    async def end_sessions(self, user: User, actor: Actor) -> None:
+        """Log a user out everywhere: every token issued so far stops working (needs every
+        permission the user holds, unless it is the caller themself)."""
+        if not (actor.kind == "user" and actor.name == user.email):
+            await self._guard_peer(
+                await self._user_role_ids(user), actor, f"ending the sessions of {user.email!r}"
+            )
+        await self._end_tokens(user)
+
+    async def end_own_sessions(self, actor: Actor) -> None:
+        """Log the calling user out everywhere; only users have login tokens."""
+        if actor.kind == "anonymous":
+            raise NotAuthenticated("log in first: there is no session to end without a login")
+        if actor.kind != "user":
+            raise Conflict(
+                "only users have login sessions: revoke a service account's API keys one by one "
+                "(DELETE /v1/service-accounts/{name}/api-keys/{key_name})"
+            )
+        await self.end_sessions(await self.user(actor.name), actor)
+
+    async def _end_tokens(self, user: User) -> None:
+        """Move the user's token generation on, in SQL: two changes at once both count."""
+        await self.session.execute(
+            update(User)
+            .where(col(User.id) == _id(user))
+            .values(token_generation=col(User.token_generation) + 1)
+            .execution_options(synchronize_session="fetch")
+        )
 
     async def delete_user(self, user: User, actor: Actor) -> None:
         """Delete a user (never the last enabled owner)."""
@@ -463,11 +518,7 @@ class AccountStore:
             raise NotFound(f"service account {account.name!r} has no key {name!r}")
 
 
-@functools.cache
-def _dummy_hash() -> str:
-    """A hash to verify against when there is no such user; made on first use, not at import
-    (argon2 costs 64 MiB and some CPU, which processes that never log anyone in shouldn't pay)."""
-    return hash_password("tokenfarm-timing-equaliser")
+_dummy: list[str] = []
 
 
 async def ensure_owner(session: AsyncSession, email: str, password: str) -> tuple[User, bool]:

@@ -19,6 +19,8 @@ class User(SQLModel, table=True):
     email: str = Field(max_length=320, unique=True, index=True)
     password_hash: str = Field(max_length=255)
     disabled: bool = Field(default=False)
+    # Carried by every login token (`gen`); moving it on ends every token issued before.
+    token_generation: int = Field(default=0)
     password_changed_at: datetime = Field(default_factory=utcnow, sa_column=timestamp_column(False))
     created_at: datetime = Field(default_factory=utcnow, sa_column=timestamp_column(False))
 

@@ -26,6 +26,7 @@ from app.auth.schemas import (
     UserRead,
     UserUpdate,
 )
+from app.auth.throttle import LoginThrottle, client_host
 from app.db import utcnow
 from app.dependencies import SessionDep
 
@@ -34,8 +35,8 @@ router = APIRouter(tags=["accounts"], dependencies=[Depends(require(Permission.A
 NamePath = Annotated[str, Path(pattern=ACCOUNT_NAME_PATTERN, examples=["ci-deployer"])]
 
 
-async def _store(session: SessionDep) -> AccountStore:
-    return AccountStore(session)
+async def _store(request: Request, session: SessionDep) -> AccountStore:
+    return AccountStore(session, request.app.state.passwords)
 
 
 StoreDep = Annotated[AccountStore, Depends(_store)]
@@ -47,16 +48,36 @@ def _no_content() -> Response:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@auth_router.post("/auth/token")
+@auth_router.post(
+    "/auth/token",
+    responses={
+        429: {
+            "description": "Too many failed logins from this address or for this account: "
+            "try again after `Retry-After` seconds",
+            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+        }
+    },
+)
 async def login(
     request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()], store: StoreDep
 ) -> LoginToken:
-    """Log in with email (`username`) and password; answers a bearer token."""
-    user = await store.login(form.username, form.password)
+    """Log in with email (`username`) and password; answers a bearer token. Repeated failures
+    are answered 429 with `Retry-After` for a while (per account and per client address)."""
+    throttle: LoginThrottle = request.app.state.login_throttle
+    peer = request.client.host if request.client else None
+    forwarded_for = request.headers.getlist("x-forwarded-for")
+    with throttle.attempt(form.username, client_host(peer, forwarded_for, throttle.trusted)):
+        user = await store.login(form.username, form.password)
     tokens = request.app.state.tokens
-    return LoginToken(
-        access_token=tokens.issue(user.email, utcnow()), expires_in=tokens.ttl_seconds
-    )
+    token = tokens.issue(user.email, user.token_generation, utcnow())
+    return LoginToken(access_token=token, expires_in=tokens.ttl_seconds)
+
+
+@auth_router.post("/auth/logout-all", status_code=status.HTTP_204_NO_CONTENT)
+async def logout_everywhere(actor: CurrentActor, store: StoreDep) -> Response:
+    """Log out everywhere: every login token of the calling user stops working, this one too."""
+    await store.end_own_sessions(actor)
+    return _no_content()
 
 
 # --- roles ----------------------------------------------------------------------------------
@@ -122,6 +143,13 @@ async def update_user(
 ) -> UserRead:
     """Change a user's password (ends their older tokens), disabled flag or roles."""
     return await store.describe_user(await store.update_user(await store.user(email), data, actor))
+
+
+@router.delete("/v1/users/{email}/sessions", status_code=status.HTTP_204_NO_CONTENT)
+async def end_user_sessions(email: str, actor: CurrentActor, store: StoreDep) -> Response:
+    """Log a user out everywhere: every login token issued to them so far stops working."""
+    await store.end_sessions(await store.user(email), actor)
+    return _no_content()
 
 
 @router.delete("/v1/users/{email}", status_code=status.HTTP_204_NO_CONTENT)

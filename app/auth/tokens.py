@@ -20,6 +20,8 @@ MIN_SECRET_BYTES = 32
 MAX_TOKEN_LENGTH = 4096
 MAX_HEADER_LENGTH = 256
 REQUIRED_CLAIMS = ("sub", "iat", "exp", "aud", "iss")
+# The user's token generation when the token was issued; python-jose doesn't know the claim.
+GENERATION_CLAIM = "gen"
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class TokenClaims:
     subject: str
     issued_at: int
     expires_at: int
+    generation: int
 
 
 def load_jwt_secret(settings: Settings) -> str:
@@ -61,11 +64,12 @@ class TokenService:
     def __repr__(self) -> str:
         return "TokenService(<redacted>)"
 
-    def issue(self, subject: str, now: datetime) -> str:
-        """A signed token for `subject`, valid for `ttl_seconds` from `now`."""
+    def issue(self, subject: str, generation: int, now: datetime) -> str:
+        """A signed token for `subject` at its token `generation`, valid for `ttl_seconds`."""
         issued_at = int(now.timestamp())
         claims = {
             "sub": subject,
+            GENERATION_CLAIM: generation,
             "iat": issued_at,
             "exp": issued_at + self.ttl_seconds,
             "aud": AUDIENCE,
@@ -94,7 +98,13 @@ class TokenService:
         except (JOSEError, TypeError, ValueError, OverflowError):
             raise NotAuthenticated("the token is not valid or has expired") from None
         subject, issued_at, expires_at = claims["sub"], claims["iat"], claims["exp"]
-        # This service issues integer times only; `type` also refuses a bool posing as an int.
-        if not subject or type(issued_at) is not int or type(expires_at) is not int:
+        generation = claims.get(GENERATION_CLAIM)
+        # This service issues integers only; `type` also refuses a bool posing as an int. A
+        # token without a generation predates it (or was never ours): refused, never defaulted.
+        numbers = (issued_at, expires_at, generation)
+        if not subject or any(type(number) is not int for number in numbers):
             raise NotAuthenticated("the token is not valid")
-        return TokenClaims(subject=subject, issued_at=issued_at, expires_at=expires_at)
+        assert isinstance(generation, int)
+        return TokenClaims(
+            subject=subject, issued_at=issued_at, expires_at=expires_at, generation=generation
+        )

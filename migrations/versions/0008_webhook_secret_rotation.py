@@ -1,7 +1,7 @@
 """webhooks: a rotated signing secret stays valid for a grace period
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-12-02 09:30:00
 
 """
@@ -15,7 +15,7 @@ import app.db
 
 # revision identifiers, used by Alembic.
 revision: str = "0008"
-down_revision: str | Sequence[str] | None = "0006"
+down_revision: str | Sequence[str] | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

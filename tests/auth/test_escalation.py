@@ -160,7 +160,7 @@ class TestOwnerRoleStaysOutOfReach:
     ) -> None:
         await callers.account("accounts.manage", name="user-admin")
         await add_user(app, "admin@example.com", owner_password_hash, roles=("user-admin",))
-        admin = callers.client(app.state.tokens.issue("admin@example.com", utcnow()))
+        admin = callers.client(app.state.tokens.issue("admin@example.com", 0, utcnow()))
 
         response = await admin.patch("/v1/users/admin@example.com", json={"roles": ["owner"]})
 

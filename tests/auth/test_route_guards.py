@@ -51,6 +51,10 @@ CHECKED_IN_BODY = {
     ("POST", "/v1/apply"),
 }
 
+# Routes that act only on the caller's own account: any logged-in user, no permission; the
+# anonymous caller gets 401 and a service account 409 (tests/auth/test_sessions.py).
+CALLERS_OWN = {("POST", "/auth/logout-all")}
+
 
 @dataclass(frozen=True)
 class Guard:
@@ -128,6 +132,7 @@ def unchecked(app: FastAPI) -> list[tuple[str, str]]:
         and guard.resolves_actor
         and not guard.requires_permission
         and key not in CHECKED_IN_BODY
+        and key not in CALLERS_OWN
     )
 
 
@@ -168,6 +173,7 @@ class TestRouteWalk:
         guards = route_guards(bare_app)
         assert set(PUBLIC) - set(guards) == set()
         assert CHECKED_IN_BODY - set(guards) == set()
+        assert CALLERS_OWN - set(guards) == set()
         assert all(guards[key] is not None for key in CHECKED_IN_BODY)
 
     def test_the_walk_sees_every_api_route(self, bare_app: FastAPI) -> None:

@@ -43,6 +43,7 @@ def claims(**overrides: Any) -> dict[str, Any]:
     now = int(time.time())
     base: dict[str, Any] = {
         "sub": OWNER_EMAIL,
+        "gen": 0,
         "iat": now - 10,
         "exp": now + 600,
         "aud": "tokenfarm-api",
@@ -148,6 +149,11 @@ FORGED: dict[str, Callable[[Settings], str]] = {
     "iat_a_bool": lambda s: sign(s, iat=True),
     "iat_a_string": lambda s: sign(s, iat="yesterday"),
     "unknown_user": lambda s: sign(s, sub="nobody@example.com"),
+    "no_gen": lambda s: sign(s, gen=OMIT),
+    "gen_a_bool": lambda s: sign(s, gen=False),
+    "gen_a_string": lambda s: sign(s, gen="0"),
+    "gen_a_float": lambda s: sign(s, gen=0.0),
+    "gen_of_another_time": lambda s: sign(s, gen=1),
     "tampered_payload": _tampered,
     "oversized_header": _oversized_header,
     "oversized_token": _oversized_token,
@@ -247,13 +253,14 @@ class TestTokenService:
     def test_issued_token_verifies_to_its_claims(self) -> None:
         service = TokenService("s" * 48, ttl_seconds=600)
         now = utcnow()
-        verified = service.verify(service.issue("carol@example.com", now))
+        verified = service.verify(service.issue("carol@example.com", 7, now))
         assert verified.subject == "carol@example.com"
         assert verified.issued_at == int(now.timestamp())
         assert verified.expires_at == verified.issued_at + 600
+        assert verified.generation == 7
 
     def test_token_of_another_service_key_is_refused(self) -> None:
-        token = TokenService("a" * 48, ttl_seconds=600).issue("carol@example.com", utcnow())
+        token = TokenService("a" * 48, ttl_seconds=600).issue("carol@example.com", 0, utcnow())
         with pytest.raises(NotAuthenticated):
             TokenService("b" * 48, ttl_seconds=600).verify(token)
 
