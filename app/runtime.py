@@ -58,13 +58,18 @@ async def runtime(settings: Settings, keyring: Keyring) -> AsyncIterator[Runtime
     # Webhooks: this process delivers the status changes of its own runs.
     notifier = Notifier(factory, keyring, settings)
     events.subscribe(notifier.notify)
-    replaying = asyncio.ensure_future(replay_kept_answers(runner))
+    stop_replaying = asyncio.Event()
+    replaying = asyncio.ensure_future(replay_kept_answers(runner, stop_replaying))
     try:
         yield Runtime(engine, factory, outbound, runner, events, notifier)
     finally:
-        replaying.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await replaying
+        # Stopped between passes, not cancelled inside one: a query cancelled mid-flight leaves
+        # its driver thread answering a loop that is gone.
+        stop_replaying.set()
+        try:
+            await asyncio.wait_for(replaying, timeout=settings.http_timeout_seconds)
+        except (TimeoutError, asyncio.CancelledError):
+            pass
         await runner.drain(timeout_seconds=settings.http_timeout_seconds)
         await events.drain(timeout_seconds=settings.http_timeout_seconds)
         await notifier.aclose()
@@ -92,7 +97,7 @@ async def scheduling(
             await task
 
 
-async def replay_kept_answers(runner: Runner) -> None:
+async def replay_kept_answers(runner: Runner, stop: asyncio.Event) -> None:
     """Write the answers kept but not written: at start-up, those of runs a process that died
     left `storing`, and the spool's; from then on the spool's whenever the database is back,
     retrying with backoff while it is down (app/runs/spool.py)."""
@@ -100,7 +105,7 @@ async def replay_kept_answers(runner: Runner) -> None:
     started_at = utcnow()
     scanned = False
     failures = 0
-    while True:
+    while not stop.is_set():
         try:
             if not scanned:
                 storage.orphans.update(await find_orphans(storage.session_factory, started_at))
@@ -121,4 +126,5 @@ async def replay_kept_answers(runner: Runner) -> None:
             delay = backoff_seconds(
                 failures, base_seconds=0.5, max_seconds=30, fixed_share=0.5, random_share=0.5
             )
-        await asyncio.sleep(delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=delay)
