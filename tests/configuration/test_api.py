@@ -170,6 +170,20 @@ class TestApplyRoute:
         body = b"version: 1\n" + b"#" * (2 * 1024 * 1024)
         error_of(await client.post("/v1/apply", content=body, headers=YAML), 413)
 
+    async def test_a_body_over_the_general_cap_but_within_its_own_is_read(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        # The general body cap (1 MiB) does not apply here: the JSON form may be twice a document.
+        body = b"version: 1\n" + b"#" * (1024 * 1024 + 1)
+        error = error_of(await client.post("/v1/apply", content=body, headers=YAML), 422)
+        assert "larger than 1048576 bytes" in error["message"]
+
+    async def test_a_document_nested_2000_deep_is_422(self, client: httpx.AsyncClient) -> None:
+        body = b"version: 1\nsecrets: " + b"[" * 2000 + b"]" * 2000
+        error = error_of(await client.post("/v1/apply", content=body, headers=YAML), 422)
+        assert error["type"] == "invalid_document"
+        assert "nests deeper than" in error["message"]
+
     async def test_a_change_a_store_refuses_is_409_and_nothing_is_applied(
         self, client: httpx.AsyncClient
     ) -> None:
