@@ -63,6 +63,13 @@ class Settings(BaseSettings):
             "e.g. `127.0.0.0/8,::1,tokens.internal`."
         ),
     )
+    max_secret_value_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest secret value a person may set (its JSON text, in bytes; 422 beyond "
+        "it).",
+    )
 
     jwt_secret: str | None = Field(
         None,

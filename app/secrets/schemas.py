@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -17,9 +17,9 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from app.auth.schemas import ACCOUNT_NAME_PATTERN
-from app.config import Environment
+from app.config import Environment, get_settings
 from app.pipeline.schemas import SECRET_NAME_PATTERN
-from app.schemas import StrictModel, all_finite
+from app.schemas import StrictModel, UtcDatetime, all_finite
 from app.text import Description
 
 REFRESH_ENDPOINT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}/[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -73,12 +73,25 @@ RefreshBeforeExpirySeconds = Annotated[
 
 
 def _storable(value: Any) -> Any:
-    """Refuse what would read back as null: null itself, NaN and Infinity anywhere inside."""
+    """Refuse what would read back as null (null itself, NaN and Infinity anywhere inside) and
+    what is larger than `TOKENFARM_MAX_SECRET_VALUE_BYTES` as JSON text."""
     if value is None:
         raise ValueError("a secret value can't be null (any other JSON value is fine)")
     if not all_finite(value):
         raise ValueError("a secret value can't hold NaN or Infinity (JSON has no such numbers)")
+    # The process's settings: a request model has no app to ask (`create_app` uses the same).
+    limit = get_settings().max_secret_value_bytes
+    # A cheap bound first: a string's JSON text is at least as long as the string.
+    if isinstance(value, str) and len(value) > limit:
+        raise ValueError(_too_large(limit))
+    text = json.dumps(value, ensure_ascii=False)
+    if len(text.encode("utf-8", errors="surrogatepass")) > limit:
+        raise ValueError(_too_large(limit))
     return value
+
+
+def _too_large(limit: int) -> str:
+    return f"a secret value is at most {limit} bytes as JSON (TOKENFARM_MAX_SECRET_VALUE_BYTES)"
 
 
 class SecretCreate(StrictModel):
@@ -101,7 +114,7 @@ class SecretCreate(StrictModel):
         None, description="The first value (never shown again here)."
     )
     environment: Environment | None = Field(None, description="Where the first value goes.")
-    expires_at: AwareDatetime | None = None
+    expires_at: UtcDatetime | None = None
 
     # An explicit null is refused; leaving `value` out creates a secret without one.
     _value_storable = field_validator("value", mode="before")(_storable)
@@ -173,7 +186,7 @@ class SecretValueWrite(StrictModel):
         None,
         description="Default: the service's environment (only for environment-specific secrets).",
     )
-    expires_at: AwareDatetime | None = None
+    expires_at: UtcDatetime | None = None
 
 
 class SecretValueRead(BaseModel):

@@ -352,6 +352,13 @@ class TestApiKeys:
         )
         assert "future" in error_of(response, 422)["message"]
 
+        # A far moment whose offset pushes it past year 9999 in UTC overflowed (a 500).
+        response = await client.post(
+            "/v1/service-accounts/bot/api-keys",
+            json={"name": "far", "expires_at": "9999-12-31T23:59:59-23:59"},
+        )
+        assert error_of(response, 422)["errors"][0]["path"] == "expires_at"
+
     async def test_duplicate_key_name_is_409(
         self, client: httpx.AsyncClient, callers: Callers
     ) -> None:
