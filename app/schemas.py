@@ -36,6 +36,26 @@ def _fits_in_utc(value: datetime) -> datetime:
         ) from None
 
 
+def _not_null(schema: dict[str, Any]) -> None:
+    """Drop the null branch (and the null default) from a field's JSON schema."""
+    schema.pop("default", None)
+    branches = [branch for branch in schema.pop("anyOf", []) if branch != {"type": "null"}]
+    if len(branches) == 1:
+        schema.update(branches[0])
+    elif branches:
+        schema["anyOf"] = branches
+
+
+def left_out(**constraints: Any) -> Any:
+    """An update's field that may be left out (it stays as it is) but not set to null.
+
+    Typed `X | None` for Python (validation and its messages stay those of `X`; the store
+    refuses an explicit null with a 422 naming the field), declared `X` in the schema, so the
+    schema never offers a null the API refuses.
+    """
+    return Field(None, json_schema_extra=_not_null, **constraints)
+
+
 # An aware moment that fits in UTC (`9999-12-31T23:59:59-23:59` does not), answered in UTC.
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_fits_in_utc)]
 

@@ -19,7 +19,7 @@ from pydantic.json_schema import SkipJsonSchema
 from app.auth.schemas import ACCOUNT_NAME_PATTERN
 from app.config import Environment, get_settings
 from app.pipeline.schemas import SECRET_NAME_PATTERN
-from app.schemas import StrictModel, UtcDatetime, all_finite
+from app.schemas import StrictModel, UtcDatetime, all_finite, left_out
 from app.text import Description
 
 REFRESH_ENDPOINT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}/[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -128,9 +128,9 @@ class SecretCreate(StrictModel):
 class SecretUpdate(StrictModel):
     """Metadata changes; absent fields stay as they are."""
 
-    description: Description | None = None
-    environment_specific: bool | None = None
-    locked: bool | None = None
+    description: Description | None = left_out()
+    environment_specific: bool | None = left_out()
+    locked: bool | None = left_out()
     refresh_endpoint: RefreshEndpoint | None = Field(None, description="null unbinds it.")
     refresh_as: RefreshAs | None = Field(
         None,
