@@ -79,19 +79,25 @@ def _storable(value: Any) -> Any:
         raise ValueError("a secret value can't be null (any other JSON value is fine)")
     if not all_finite(value):
         raise ValueError("a secret value can't hold NaN or Infinity (JSON has no such numbers)")
-    # The process's settings: a request model has no app to ask (`create_app` uses the same).
-    limit = get_settings().max_secret_value_bytes
-    # A cheap bound first: a string's JSON text is at least as long as the string.
-    if isinstance(value, str) and len(value) > limit:
-        raise ValueError(_too_large(limit))
-    text = json.dumps(value, ensure_ascii=False)
-    if len(text.encode("utf-8", errors="surrogatepass")) > limit:
-        raise ValueError(_too_large(limit))
+    problem = value_size_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
-def _too_large(limit: int) -> str:
-    return f"a secret value is at most {limit} bytes as JSON (TOKENFARM_MAX_SECRET_VALUE_BYTES)"
+def value_size_problem(value: Any) -> str | None:
+    """Why a value a person sets is too large (`TOKENFARM_MAX_SECRET_VALUE_BYTES` of JSON
+    text), or None; config as code asks this too, before it writes anything."""
+    # The process's settings: a request model has no app to ask (`create_app` uses the same).
+    limit = get_settings().max_secret_value_bytes
+    # A cheap bound first: a string's JSON text is at least as long as the string.
+    too_large = isinstance(value, str) and len(value) > limit
+    if not too_large:
+        text = json.dumps(value, ensure_ascii=False)
+        too_large = len(text.encode("utf-8", errors="surrogatepass")) > limit
+    if too_large:
+        return f"a secret value is at most {limit} bytes as JSON (TOKENFARM_MAX_SECRET_VALUE_BYTES)"
+    return None
 
 
 class SecretCreate(StrictModel):

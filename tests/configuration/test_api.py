@@ -11,7 +11,7 @@ import yaml
 
 from tests.auth.conftest import assert_refused, error_of
 from tests.configuration.conftest import Callers, Setup, snapshot
-from tests.conftest import create_secret
+from tests.conftest import create_secret, secret_value
 
 YAML = {"content-type": "application/yaml"}
 ROLES_AND_SERVICE = """\
@@ -177,6 +177,26 @@ class TestApplyRoute:
         body = b"version: 1\n" + b"#" * (1024 * 1024 + 1)
         error = error_of(await client.post("/v1/apply", content=body, headers=YAML), 422)
         assert "larger than 1048576 bytes" in error["message"]
+
+    async def test_a_value_over_the_limit_is_422_and_nothing_is_written(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        # The secret schema's limit (64 KiB) holds here too, for a new secret and an existing one.
+        await create_secret(client, "KEPT", "small")
+        document = (
+            "version: 1\nsecrets:\n  - name: BIG\n    value_from: {env: BIG}\n"
+            "  - name: KEPT\n    value_from: {env: BIG}\n"
+        )
+        form = {"document": document, "env": {"BIG": "x" * (64 * 1024)}}
+        error = error_of(await client.post("/v1/apply", json=form), 422)
+        assert error["type"] == "invalid_document"
+        assert [(p["path"], p["line"]) for p in error["errors"]] == [
+            ("secrets[0].value_from.env", 4),
+            ("secrets[1].value_from.env", 6),
+        ]
+        assert "at most 65536 bytes" in error["errors"][0]["message"]
+        error_of(await client.get("/v1/secrets/BIG"), 404)
+        assert (await secret_value(client, "KEPT")) == "small"
 
     async def test_a_document_nested_2000_deep_is_422(self, client: httpx.AsyncClient) -> None:
         body = b"version: 1\nsecrets: " + b"[" * 2000 + b"]" * 2000
