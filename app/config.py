@@ -64,6 +64,27 @@ class Settings(BaseSettings):
             "e.g. `127.0.0.0/8,::1,tokens.internal`."
         ),
     )
+    max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Largest request body accepted (413 beyond it, unread); `POST /v1/apply` "
+        "takes up to twice the largest configuration document (2 MiB) whatever this says.",
+    )
+    body_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="How long a request's body may take to arrive after its headers (408 and "
+        "the connection closed beyond it).",
+    )
+    max_secret_value_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest secret value a person may set (its JSON text, in bytes; 422 beyond "
+        "it).",
+    )
 
     jwt_secret: str | None = Field(
         None,

@@ -17,6 +17,7 @@ from app.auth.throttle import LoginThrottle
 from app.auth.tokens import TokenService, load_jwt_secret
 from app.clock import Clock, SystemClock
 from app.config import Settings, get_settings
+from app.configuration.router import MAX_BODY_BYTES as MAX_APPLY_BODY_BYTES
 from app.configuration.router import router as configuration_router
 from app.crypto import load_keyring
 from app.fastpath import FastPaths, bind
@@ -25,7 +26,7 @@ from app.health import router as health_router
 from app.logs import configure_logging
 from app.metrics import Metrics
 from app.metrics import router as metrics_router
-from app.middleware import RequestIdMiddleware
+from app.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from app.notifications.router import router as webhooks_router
 from app.presets.router import router as presets_router
 from app.runs.router import FAST_PATHS as RUN_FAST_PATHS
@@ -116,5 +117,12 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     # shortcuts are declared beside their routes and matched on those routes' own paths.
     app.state.fast_paths = True  # False: every request is routed (tests compare the answers)
     app.add_middleware(FastPaths, paths=bind(app.routes, [*SECRET_FAST_PATHS, *RUN_FAST_PATHS]))
+    # Before anything reads a body: FastAPI reads and parses it before the auth dependency runs.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        timeout_seconds=settings.body_timeout_seconds,
+        larger={"/v1/apply": max(MAX_APPLY_BODY_BYTES, settings.max_body_bytes)},
+    )
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -1,6 +1,7 @@
 """The request id: taken from `X-Request-ID` when it is sane, made otherwise; on every log line of
 the request and in the response. Also the access log, without query strings, and when the request
 arrived (`received_at`), which decides whether a refresh may share a run that has just landed.
+And the bounds of a request body (`BodyLimitMiddleware`): its size and how long it may take.
 
 Pure ASGI rather than `BaseHTTPMiddleware`: that one runs the app in another task, which breaks
 context variables and streaming, and buffers nothing we need.
@@ -8,12 +9,15 @@ context variables and streaming, and buffers nothing we need.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
 import uuid
 
 from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.logs import request_id_var
@@ -110,3 +114,113 @@ def _log_access(scope: Scope, status: int, seconds: float) -> None:
             "client": client[0] if client else None,
         },
     )
+
+
+class BodyRefused(HTTPException):
+    """A request body refused while it arrives; the connection is closed after the answer.
+
+    An `HTTPException`, so FastAPI passes it on from its body parsing and the app's handler
+    answers it in the usual error shape (`app/handlers.py`); `BodyLimitMiddleware` answers it
+    itself when it escapes the app.
+    """
+
+    def __init__(self, status_code: int, detail: str) -> None:
+        super().__init__(status_code, detail, headers={"Connection": "close"})
+
+
+def too_large(limit: int) -> BodyRefused:
+    """413: the body is larger than `limit` bytes."""
+    return BodyRefused(413, f"the request body is larger than {limit} bytes")
+
+
+class BodyLimitMiddleware:
+    """Bounds what a request body may cost before anything reads or parses it.
+
+    A declared `Content-Length` over the limit is refused at once, unread; a chunked body is
+    counted as it streams and refused the moment it passes the limit; a body that hasn't fully
+    arrived `timeout_seconds` after the request did is answered 408. Both close the connection,
+    so a client can't keep it busy with the rest. Limits are per path (`larger`, e.g. the
+    configuration document), else `max_bytes`.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int,
+        timeout_seconds: float,
+        larger: dict[str, int] | None = None,
+    ) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.timeout_seconds = timeout_seconds
+        self.larger = larger or {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.larger.get(scope.get("path", ""), self.max_bytes)
+        declared = _content_length(scope)
+        if declared is not None and declared > limit:
+            await _answer(scope, send, too_large(limit))
+            return
+        deadline = asyncio.get_running_loop().time() + self.timeout_seconds
+        received = 0
+        body_done = False
+        started = False
+
+        async def bounded_receive() -> Message:
+            nonlocal received, body_done
+            if body_done:
+                return await receive()  # only a disconnect is left to hear
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyRefused(
+                    408, f"the request body did not arrive within {self.timeout_seconds:g} s"
+                ) from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise too_large(limit)
+                body_done = not message.get("more_body", False)
+            return message
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, bounded_receive, watched_send)
+        except BodyRefused as exc:
+            # Raised where nothing turned it into an answer (a task group, a middleware).
+            if started:
+                raise
+            await _answer(scope, send, exc)
+
+
+def _content_length(scope: Scope) -> int | None:
+    """The declared body length; None when absent (chunked) or not a number."""
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+async def _answer(scope: Scope, send: Send, exc: BodyRefused) -> None:
+    """Send the refusal in the error shape; the body is left unread."""
+    error_type = "payload_too_large" if exc.status_code == 413 else "request_timeout"
+    response = JSONResponse(
+        {"error": {"type": error_type, "message": exc.detail}},
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
+    await response(scope, _nothing_to_read, send)
+
+
+async def _nothing_to_read() -> Message:
+    return {"type": "http.disconnect"}

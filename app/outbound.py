@@ -382,6 +382,11 @@ class Outbound:
             raise BadUpstreamResponse(
                 f"{target}: the response body could not be decoded (its content-encoding is broken)"
             ) from None
+        except (httpx.InvalidURL, UnicodeError):
+            # httpx parses the Location of every redirect it receives, followed or not
+            # (`http:127.0.0.2/echo`, an IDNA label `xn--`): the upstream's answer is unusable.
+            # The location itself is not quoted: an upstream may echo a credential into it.
+            raise BadUpstreamResponse(f"{target}: the answer redirects to an invalid URL") from None
         except httpx.RequestError as exc:
             # The class name only: httpx messages can repeat the full URL.
             raise UpstreamUnreachable(

@@ -1,11 +1,13 @@
-"""Pieces every domain's models share: the strict request model and the error body."""
+"""Pieces every domain's models share: the strict request model, the error body, and an aware
+moment that fits in UTC."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from app.pipeline.schemas import NODE_TYPES
 
@@ -22,6 +24,40 @@ def all_finite(value: Any) -> bool:
     if isinstance(value, list):
         return all(all_finite(item) for item in value)
     return True
+
+
+def _fits_in_utc(value: datetime) -> datetime:
+    """The moment in UTC; one whose offset pushes it past year 1 or 9999 can't be stored."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(
+            "the moment falls outside years 1-9999 once converted to UTC; give a nearer one"
+        ) from None
+
+
+def _not_null(schema: dict[str, Any]) -> None:
+    """Drop the null branch (and the null default) from a field's JSON schema."""
+    schema.pop("default", None)
+    branches = [branch for branch in schema.pop("anyOf", []) if branch != {"type": "null"}]
+    if len(branches) == 1:
+        schema.update(branches[0])
+    elif branches:
+        schema["anyOf"] = branches
+
+
+def left_out(**constraints: Any) -> Any:
+    """An update's field that may be left out (it stays as it is) but not set to null.
+
+    Typed `X | None` for Python (validation and its messages stay those of `X`; the store
+    refuses an explicit null with a 422 naming the field), declared `X` in the schema, so the
+    schema never offers a null the API refuses.
+    """
+    return Field(None, json_schema_extra=_not_null, **constraints)
+
+
+# An aware moment that fits in UTC (`9999-12-31T23:59:59-23:59` does not), answered in UTC.
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_fits_in_utc)]
 
 
 class StrictModel(BaseModel):

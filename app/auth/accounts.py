@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.exc import StaleDataError
 from sqlmodel import col
 
 from app.auth import keys
@@ -308,7 +309,16 @@ class AccountStore:
         await self.session.execute(delete(UserRole).where(col(UserRole.user_id) == _id(user)))
         for role in roles:
             self.session.add(UserRole(user_id=_id(user), role_id=_id(role)))
-        await self.session.flush()
+        await self._flush_user(user)
+
+    async def _flush_user(self, user: User) -> None:
+        """Flush a change to `user`; NotFound when a concurrent request deleted it meanwhile
+        (its row is gone: the update matches nothing, a role row's foreign key fails)."""
+        email = user.email  # a failed flush leaves the object unreadable
+        try:
+            await self.session.flush()
+        except (StaleDataError, IntegrityError):
+            raise NotFound(f"user {email!r} does not exist") from None
 
     async def _guard_peer(self, current_role_ids: list[int], actor: Actor, what: str) -> None:
         """Changing an account needs every permission it holds: no one edits a stronger peer."""
@@ -332,7 +342,7 @@ class AccountStore:
             user.password_hash = await self.passwords.hash(data.password)
             user.password_changed_at = utcnow()
             await self._end_tokens(user)
-        await self.session.flush()
+        await self._flush_user(user)
         return user
 
     async def end_sessions(self, user: User, actor: Actor) -> None:
@@ -371,7 +381,7 @@ class AccountStore:
         )
         await self._ensure_an_owner_stays(user, removing=True)
         await self.session.delete(user)
-        await self.session.flush()
+        await self._flush_user(user)
 
     async def _ensure_an_owner_stays(self, user: User, *, removing: bool) -> None:
         """Refuse the change that would take away the last enabled owner."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 
-from app.schemas import StrictModel
+from app.schemas import StrictModel, UtcDatetime
 from app.text import Description
 
 ACCOUNT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
@@ -104,7 +104,7 @@ class ApiKeyCreate(StrictModel):
     """A new API key of a service account."""
 
     name: AccountName = Field(examples=["ci"])
-    expires_at: AwareDatetime | None = None
+    expires_at: UtcDatetime | None = None
 
 
 class ApiKeyRead(BaseModel):

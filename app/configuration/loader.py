@@ -23,6 +23,9 @@ from app.schemas import UNION_TAGS, describe_error, format_location
 MAX_DOCUMENT_BYTES = 1024 * 1024
 # Aliases share nodes, so a small file can expand into a huge document ("billion laughs").
 MAX_EXPANDED_NODES = 200_000
+# Composing, checking and validating recurse once per level: a real document is a few levels
+# deep, and 2,000 levels of `[[[…` would exhaust Python's stack (a RecursionError).
+MAX_DEPTH = 100
 PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
 
@@ -157,6 +160,29 @@ def _duplicate_keys(node: Node, file: str, path: str, seen: set[int]) -> list[Pr
     return found
 
 
+class _TooDeep(Exception):
+    """The document nests deeper than `MAX_DEPTH`; carries where it went too deep."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__(line)
+        self.line = line
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses to compose nodes nested deeper than `MAX_DEPTH`."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _TooDeep(self.peek_event().start_mark.line + 1)
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        finally:
+            self._depth -= 1
+
+
 def compose(text: str, file: str) -> tuple[Any, Node | None]:
     """The YAML's data and its root node, or `DocumentInvalid` saying where the syntax breaks."""
     if len(text.encode("utf-8", errors="replace")) > MAX_DOCUMENT_BYTES:
@@ -164,7 +190,7 @@ def compose(text: str, file: str) -> tuple[Any, Node | None]:
             [Problem(file, None, "", f"the document is larger than {MAX_DOCUMENT_BYTES} bytes")]
         )
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _BoundedLoader(text)
     except yaml.reader.ReaderError as exc:
         where = text[: exc.position].count("\n") + 1
         problem = f"not valid YAML: character U+{exc.character:04X} is not allowed"
@@ -187,6 +213,9 @@ def compose(text: str, file: str) -> tuple[Any, Node | None]:
         line = mark.line + 1 if mark is not None else None
         what = " ".join(part for part in (exc.context, exc.problem) if part)
         raise DocumentInvalid([Problem(file, line, "", f"not valid YAML: {what}")]) from None
+    except _TooDeep as exc:
+        problem = f"the document nests deeper than {MAX_DEPTH} levels"
+        raise DocumentInvalid([Problem(file, exc.line, "", problem)]) from None
     except yaml.YAMLError:  # a ReaderError past the first buffer, or any other
         raise DocumentInvalid([Problem(file, None, "", "not valid YAML")]) from None
     finally:

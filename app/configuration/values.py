@@ -14,6 +14,7 @@ from typing import Any
 
 from app.configuration.document import ValueFrom
 from app.schemas import all_finite
+from app.secrets.schemas import value_size_problem
 
 MAX_FILE_BYTES = 1024 * 1024
 
@@ -68,6 +69,14 @@ class ValueSource:
 
 def _parse(text: str, value_format: str, what: str) -> Any:
     """The text itself, or for `format: json` the JSON it holds (never quoted in an error)."""
+    value = _parsed(text, value_format, what)
+    problem = value_size_problem(value)
+    if problem is not None:
+        raise ValueUnavailable(f"{what}: {problem}")
+    return value
+
+
+def _parsed(text: str, value_format: str, what: str) -> Any:
     if value_format == "text":
         return text
     try:

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.pipeline.schemas import SECRET_NAME_PATTERN
-from app.schemas import StrictModel
+from app.schemas import StrictModel, left_out
 from app.text import Description
 
 WEBHOOK_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
@@ -94,12 +94,12 @@ class WebhookUpdate(StrictModel):
     """Fields to change (absent ones stay); `rotate_secret` makes a new signing secret."""
 
     description: Description | None = None
-    url: WebhookUrl | None = None
+    url: WebhookUrl | None = left_out()
     secret_name: SecretName = Field(
         None, description="A secret's name, or null to deliver every secret's events."
     )
-    events: Events | None = None
-    enabled: bool | None = None
+    events: Events | None = left_out()
+    enabled: bool | None = left_out()
     rotate_secret: bool = Field(
         False,
         description="Replace the signing secret at once (no grace period: see `rotate-secret`); "

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.auth.schemas import ACCOUNT_NAME_PATTERN
 from app.config import Environment
 from app.schedules.cron import MAX_CRON_LENGTH
-from app.schemas import StrictModel
+from app.schemas import StrictModel, left_out
 from app.services.schemas import READABLE_ID_PATTERN, SLUG_PATTERN
 from app.text import Description
 
@@ -75,12 +75,12 @@ class ScheduleUpdate(StrictModel):
     """Fields to change; absent ones stay as they are."""
 
     description: Description | None = None
-    service: str | None = Field(None, pattern=SLUG_PATTERN)
-    endpoint: str | None = Field(None, pattern=READABLE_ID_PATTERN)
-    cron: Cron | None = None
-    timezone: TimeZone | None = None
-    run_as: str | None = Field(None, pattern=ACCOUNT_NAME_PATTERN)
-    enabled: bool | None = None
+    service: str | None = left_out(pattern=SLUG_PATTERN)
+    endpoint: str | None = left_out(pattern=READABLE_ID_PATTERN)
+    cron: Cron | None = left_out()
+    timezone: TimeZone | None = left_out()
+    run_as: str | None = left_out(pattern=ACCOUNT_NAME_PATTERN)
+    enabled: bool | None = left_out()
     environments: Environments = None
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -18,10 +18,10 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from app.auth.schemas import ACCOUNT_NAME_PATTERN
-from app.config import Environment
+from app.config import Environment, get_settings
 from app.pipeline.schemas import SECRET_NAME_PATTERN
 from app.pipeline.wire import parse_origin
-from app.schemas import StrictModel, all_finite
+from app.schemas import StrictModel, UtcDatetime, all_finite, left_out
 from app.text import Description
 
 REFRESH_ENDPOINT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}/[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -99,12 +99,31 @@ AllowedDestinations = Annotated[
 
 
 def _storable(value: Any) -> Any:
-    """Refuse what would read back as null: null itself, NaN and Infinity anywhere inside."""
+    """Refuse what would read back as null (null itself, NaN and Infinity anywhere inside) and
+    what is larger than `TOKENFARM_MAX_SECRET_VALUE_BYTES` as JSON text."""
     if value is None:
         raise ValueError("a secret value can't be null (any other JSON value is fine)")
     if not all_finite(value):
         raise ValueError("a secret value can't hold NaN or Infinity (JSON has no such numbers)")
+    problem = value_size_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
+
+
+def value_size_problem(value: Any) -> str | None:
+    """Why a value a person sets is too large (`TOKENFARM_MAX_SECRET_VALUE_BYTES` of JSON
+    text), or None; config as code asks this too, before it writes anything."""
+    # The process's settings: a request model has no app to ask (`create_app` uses the same).
+    limit = get_settings().max_secret_value_bytes
+    # A cheap bound first: a string's JSON text is at least as long as the string.
+    too_large = isinstance(value, str) and len(value) > limit
+    if not too_large:
+        text = json.dumps(value, ensure_ascii=False)
+        too_large = len(text.encode("utf-8", errors="surrogatepass")) > limit
+    if too_large:
+        return f"a secret value is at most {limit} bytes as JSON (TOKENFARM_MAX_SECRET_VALUE_BYTES)"
+    return None
 
 
 class SecretCreate(StrictModel):
@@ -128,7 +147,7 @@ class SecretCreate(StrictModel):
         None, description="The first value (never shown again here)."
     )
     environment: Environment | None = Field(None, description="Where the first value goes.")
-    expires_at: AwareDatetime | None = None
+    expires_at: UtcDatetime | None = None
 
     # An explicit null is refused; leaving `value` out creates a secret without one.
     _value_storable = field_validator("value", mode="before")(_storable)
@@ -142,9 +161,9 @@ class SecretCreate(StrictModel):
 class SecretUpdate(StrictModel):
     """Metadata changes; absent fields stay as they are."""
 
-    description: Description | None = None
-    environment_specific: bool | None = None
-    locked: bool | None = None
+    description: Description | None = left_out()
+    environment_specific: bool | None = left_out()
+    locked: bool | None = left_out()
     refresh_endpoint: RefreshEndpoint | None = Field(None, description="null unbinds it.")
     refresh_as: RefreshAs | None = Field(
         None,
@@ -214,7 +233,7 @@ class SecretValueWrite(StrictModel):
         None,
         description="Default: the service's environment (only for environment-specific secrets).",
     )
-    expires_at: AwareDatetime | None = None
+    expires_at: UtcDatetime | None = None
 
 
 class SecretValueRead(BaseModel):

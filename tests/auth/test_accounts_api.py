@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -231,6 +233,34 @@ class TestUsers:
             await store.update_user(erin, UserUpdate(disabled=True), SYSTEM)
             await store.delete_user(erin, SYSTEM)
 
+    async def test_concurrent_change_and_delete_never_answer_500(
+        self,
+        client: httpx.AsyncClient,
+        app: FastAPI,
+        owner_password_hash: str,
+    ) -> None:
+        # A change that loaded the user before a concurrent delete removed it used to fail its
+        # flush (StaleDataError, a foreign key): 500s in 9 of 25 pairs.
+        emails = [f"pair-{index}@example.com" for index in range(25)]
+        for email in emails:
+            await add_user(app, email, owner_password_hash)
+        calls = []
+        for email in emails:
+            calls += [
+                client.patch(f"/v1/users/{email}", json={"roles": [], "disabled": True}),
+                client.delete(f"/v1/users/{email}"),
+            ]
+        answers = await asyncio.gather(*calls)
+
+        statuses = Counter(answer.status_code for answer in answers)
+        assert set(statuses) <= {200, 204, 404, 409}, statuses
+        for answer in answers:
+            if answer.status_code >= 400:
+                assert answer.json()["error"]["type"] in ("not_found", "conflict"), answer.text
+        assert statuses[204] == len(emails)  # every delete went through, whatever ran first
+        for email in emails:
+            error_of(await client.get(f"/v1/users/{email}"), 404)
+
 
 class TestServiceAccounts:
     async def test_create_read_list_change_and_delete(
@@ -321,6 +351,13 @@ class TestApiKeys:
             "/v1/service-accounts/bot/api-keys", json={"name": "old", "expires_at": past}
         )
         assert "future" in error_of(response, 422)["message"]
+
+        # A far moment whose offset pushes it past year 9999 in UTC overflowed (a 500).
+        response = await client.post(
+            "/v1/service-accounts/bot/api-keys",
+            json={"name": "far", "expires_at": "9999-12-31T23:59:59-23:59"},
+        )
+        assert error_of(response, 422)["errors"][0]["path"] == "expires_at"
 
     async def test_duplicate_key_name_is_409(
         self, client: httpx.AsyncClient, callers: Callers

@@ -11,7 +11,7 @@ import yaml
 
 from tests.auth.conftest import assert_refused, error_of
 from tests.configuration.conftest import Callers, Setup, snapshot
-from tests.conftest import create_secret
+from tests.conftest import create_secret, secret_value
 
 YAML = {"content-type": "application/yaml"}
 ROLES_AND_SERVICE = """\
@@ -169,6 +169,40 @@ class TestApplyRoute:
     async def test_a_too_large_body_is_413(self, client: httpx.AsyncClient) -> None:
         body = b"version: 1\n" + b"#" * (2 * 1024 * 1024)
         error_of(await client.post("/v1/apply", content=body, headers=YAML), 413)
+
+    async def test_a_body_over_the_general_cap_but_within_its_own_is_read(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        # The general body cap (1 MiB) does not apply here: the JSON form may be twice a document.
+        body = b"version: 1\n" + b"#" * (1024 * 1024 + 1)
+        error = error_of(await client.post("/v1/apply", content=body, headers=YAML), 422)
+        assert "larger than 1048576 bytes" in error["message"]
+
+    async def test_a_value_over_the_limit_is_422_and_nothing_is_written(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        # The secret schema's limit (64 KiB) holds here too, for a new secret and an existing one.
+        await create_secret(client, "KEPT", "small")
+        document = (
+            "version: 1\nsecrets:\n  - name: BIG\n    value_from: {env: BIG}\n"
+            "  - name: KEPT\n    value_from: {env: BIG}\n"
+        )
+        form = {"document": document, "env": {"BIG": "x" * (64 * 1024)}}
+        error = error_of(await client.post("/v1/apply", json=form), 422)
+        assert error["type"] == "invalid_document"
+        assert [(p["path"], p["line"]) for p in error["errors"]] == [
+            ("secrets[0].value_from.env", 4),
+            ("secrets[1].value_from.env", 6),
+        ]
+        assert "at most 65536 bytes" in error["errors"][0]["message"]
+        error_of(await client.get("/v1/secrets/BIG"), 404)
+        assert (await secret_value(client, "KEPT")) == "small"
+
+    async def test_a_document_nested_2000_deep_is_422(self, client: httpx.AsyncClient) -> None:
+        body = b"version: 1\nsecrets: " + b"[" * 2000 + b"]" * 2000
+        error = error_of(await client.post("/v1/apply", content=body, headers=YAML), 422)
+        assert error["type"] == "invalid_document"
+        assert "nests deeper than" in error["message"]
 
     async def test_a_change_a_store_refuses_is_409_and_nothing_is_applied(
         self, client: httpx.AsyncClient

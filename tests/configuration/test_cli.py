@@ -109,6 +109,15 @@ class TestExitCodes:
         assert f"{path}:{line}: schedules[0].run_as: service account 'nobody'" in result.stderr
         assert await snapshot(client) == before
 
+    async def test_a_document_nested_too_deep_exits_1_without_a_traceback(
+        self, cli_env: dict[str, str], setup: Setup
+    ) -> None:
+        path = write(setup, "version: 1\nsecrets: " + "[" * 2000 + "]" * 2000, "deep.yaml")
+        result = invoke("apply", "-f", path, env=cli_env)
+        assert result.returncode == 1
+        assert f"{path}:2: the document nests deeper than" in result.stderr
+        assert "Traceback" not in result.stderr + result.stdout
+
     async def test_a_missing_file_or_variable_exits_1(
         self, cli_env: dict[str, str], setup: Setup
     ) -> None:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.configuration.loader import DocumentInvalid, Problem, load
+from app.configuration.loader import MAX_DEPTH, DocumentInvalid, Problem, load
 from tests.configuration.conftest import EMPTY, apply_text, snapshot
 from tests.conftest import create_secret
 
@@ -98,6 +98,26 @@ class TestSyntax:
         with pytest.raises(DocumentInvalid) as caught:
             load("\n".join(lines), "bomb.yaml")
         assert "too large once its aliases expand" in caught.value.message
+
+    @pytest.mark.parametrize(
+        "nested",
+        ["[" * 2000 + "]" * 2000, "{a: " * 2000 + "1" + "}" * 2000, "[" * (MAX_DEPTH + 1)],
+        ids=["lists", "mappings", "unclosed"],
+    )
+    def test_a_document_nested_too_deep_is_refused_with_its_line(self, nested: str) -> None:
+        # 2,000 levels exhausted Python's stack while composing (a RecursionError, a 500).
+        with pytest.raises(DocumentInvalid) as caught:
+            load(f"version: 1\nroles: []\nsecrets: {nested}\n", "deep.yaml")
+        assert [str(p) for p in caught.value.problems] == [
+            f"deep.yaml:3: the document nests deeper than {MAX_DEPTH} levels"
+        ]
+
+    def test_nesting_up_to_the_limit_is_read(self) -> None:
+        depth = MAX_DEPTH - 1  # the document's own mapping is the first level
+        with pytest.raises(DocumentInvalid) as caught:
+            load("version: 1\nsecrets: " + "[" * depth + "]" * depth, "deep.yaml")
+        assert "nests deeper" not in caught.value.message
+        assert "secrets[0]" in caught.value.message
 
 
 class TestSchema:

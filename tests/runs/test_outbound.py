@@ -10,10 +10,12 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
 
+from app.demo.loopback import LoopbackServer
 from app.errors import BadUpstreamResponse, BindingError, UpstreamTimeout, UpstreamUnreachable
 from app.outbound import Outbound
 
@@ -92,6 +94,38 @@ class TestFailuresBecomeDomainErrors:
             await outbound.aclose()
 
         assert raised.value.message.startswith("POST 127.0.0.1/token: connection failed")
+        assert CANARY not in raised.value.message
+
+    @pytest.mark.parametrize("follow_redirects", [True, False], ids=["followed", "answered"])
+    @pytest.mark.parametrize(
+        "location",
+        [f"http:127.0.0.2/echo?k={CANARY}", f"https:127.0.0.2/{CANARY}", f"http://xn--/{CANARY}"],
+        ids=["http-no-slashes", "https-no-slashes", "bad-idna"],
+    )
+    async def test_redirect_to_an_invalid_url_is_a_bad_response(
+        self, location: str, follow_redirects: bool
+    ) -> None:
+        # httpx parses every redirect's Location, followed or not; these raised InvalidURL or
+        # IDNAError through the run (a 500) before.
+        async def redirecting(scope: dict, receive: object, send: Any) -> None:
+            if scope["type"] != "http":
+                return
+            headers = [(b"location", location.encode()), (b"content-length", b"0")]
+            await send({"type": "http.response.start", "status": 302, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+
+        outbound = Outbound(egress_allow="127.0.0.0/8")
+        try:
+            with LoopbackServer(redirecting, lifespan="off") as server:
+                with pytest.raises(BadUpstreamResponse) as raised:
+                    await outbound.send(
+                        "GET", f"{server.url}/start", follow_redirects=follow_redirects
+                    )
+        finally:
+            await outbound.aclose()
+
+        assert raised.value.status_code == 502
+        assert "redirects to an invalid URL" in raised.value.message
         assert CANARY not in raised.value.message
 
 

@@ -103,6 +103,23 @@ class TestSetValue:
         )
         assert (await read_value(client, "ACCESS_TOKEN"))["value"] == value
 
+    async def test_a_value_larger_than_the_limit_is_refused_naming_it(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        # A 50 MB value was accepted; the default limit is 64 KiB of JSON text.
+        await create_secret(client, "ACCESS_TOKEN")
+        largest = "x" * (64 * 1024 - 2)  # its JSON text has two quotes more
+        assert (await put_value(client, "ACCESS_TOKEN", largest))["version"] == 1
+        for value in (largest + "x", {"k": ["x" * 1000] * 66}):
+            response = await client.put("/v1/secrets/ACCESS_TOKEN/value", json={"value": value})
+            error = error_of(response, 422)
+            assert error["errors"][0]["path"] == "value"
+            assert "at most 65536 bytes" in error["message"]
+        response = await client.post("/v1/secrets", json={"name": "BIG", "value": largest + "x"})
+        assert error_of(response, 422)["errors"][0]["path"] == "value"
+        error_of(await client.get("/v1/secrets/BIG"), 404)
+        assert (await read_value(client, "ACCESS_TOKEN"))["version"] == 1
+
     async def test_missing_value_is_refused(self, client: httpx.AsyncClient) -> None:
         await create_secret(client, "ACCESS_TOKEN")
         error = error_of(await client.put("/v1/secrets/ACCESS_TOKEN/value", json={}), 422)
@@ -161,6 +178,38 @@ class TestExpiry:
         )
         assert error_of(response, 422)["message"].startswith("expires_at: ")
         error_of(await client.get("/v1/secrets/TOKEN"), 404)
+
+    @pytest.mark.parametrize(
+        "moment", ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+14:00"], ids=["late", "early"]
+    )
+    async def test_expiry_that_does_not_fit_in_utc_is_refused(
+        self, client: httpx.AsyncClient, canaries: Canaries, moment: str
+    ) -> None:
+        # Converting these to UTC overflowed (OverflowError: a 500) on both routes.
+        await create_secret(client, "ACCESS_TOKEN")
+        response = await client.put(
+            "/v1/secrets/ACCESS_TOKEN/value",
+            json={"value": canaries.new("v"), "expires_at": moment},
+        )
+        error = error_of(response, 422)
+        assert error["errors"][0]["path"] == "expires_at"
+        assert "outside years 1-9999 once converted to UTC" in error["message"]
+        error_of(await client.get("/v1/secrets/ACCESS_TOKEN/value"), 404)
+
+        response = await client.post(
+            "/v1/secrets", json={"name": "TOKEN", "value": canaries.new("v"), "expires_at": moment}
+        )
+        assert error_of(response, 422)["errors"][0]["path"] == "expires_at"
+        error_of(await client.get("/v1/secrets/TOKEN"), 404)
+
+    async def test_the_farthest_expiry_that_fits_is_kept(
+        self, client: httpx.AsyncClient, canaries: Canaries
+    ) -> None:
+        await create_secret(client, "ACCESS_TOKEN")
+        written = await put_value(
+            client, "ACCESS_TOKEN", canaries.new("v"), expires_at="9999-12-31T23:59:59+00:00"
+        )
+        assert written["expires_at"] == "9999-12-31T23:59:59Z"
 
     async def test_a_write_without_expiry_clears_it(
         self, client: httpx.AsyncClient, canaries: Canaries
