@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from app.errors import InternalError, InvalidInput, MethodNotAllowed, TokenfarmError
+from app.errors import InternalError, InvalidInput, MethodNotAllowed, TokenfarmError, TryLater
 from app.logs import request_id_var
 from app.middleware import REQUEST_ID_HEADER
 from app.schemas import ErrorResponse, describe_error, format_location
@@ -55,6 +55,8 @@ async def tokenfarm_error(request: Request, exc: Exception) -> JSONResponse:
         headers["Allow"] = ", ".join(exc.extra["allowed"])
     if exc.status_code == 401:
         headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, TryLater):
+        headers["Retry-After"] = str(exc.retry_after_seconds)
     body = exc.to_body()
     if isinstance(exc, InvalidInput) and "errors" not in body:
         # Every 422 lists its problems the same way, whether pydantic or a store found them.
