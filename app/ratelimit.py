@@ -8,16 +8,18 @@ for it, and counted in `tokenfarm_rate_limited` (by route kind and rule kind, ne
 `RateLimiter.check` is the one place that counts: the routes call it, and so do their fast paths
 (app/fastpath.py), which answer before routing. A request counts once even when a fast path
 hands it on to its route, which calls `check` again. The counting is the `limits` library's
-fixed window (one counter per rule and caller, the cheapest of its strategies) in memory, each
-process on its own, or in Redis (`TOKENFARM_RATE_LIMIT_STORAGE=redis://…`) so that replicas
-share one budget. If Redis fails, requests are let through (and a warning logged): the limits
-protect the service, they must not take it down.
+fixed window (one counter per rule and caller, the cheapest of its strategies), kept in its
+async storage: in memory, each process on its own, or in Redis
+(`TOKENFARM_RATE_LIMIT_STORAGE=redis://…`) so that replicas share one budget. If Redis fails,
+requests are let through (and a warning logged): the limits protect the service, they must not
+take it down.
 
 Rules are data (`Rule`), so a later per-endpoint `rate_limit` can pass its own to `check`.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -29,7 +31,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-from limits.aio.strategies import FixedWindowRateLimiter
 from limits.errors import StorageError
 from starlette.types import Scope
 
@@ -97,7 +98,6 @@ class RateLimiter:
     ) -> None:
         self.rules = {kind: tuple(rules.get(kind, ())) for kind in RouteKind}
         self.storage, self._pool = _storage(storage_uri)
-        self.strategy = FixedWindowRateLimiter(self.storage)
         self.refused = refused
         # The storage's time, for Retry-After (tests that move it move this too).
         self.clock = clock
@@ -132,44 +132,38 @@ class RateLimiter:
     async def check(
         self, scope: Scope, kind: RouteKind, actor: Actor, extra: Sequence[Rule] = ()
     ) -> None:
-        """Count the request against the rules of `kind` (and `extra`), or raise `RateLimited`
-        with the seconds until the exhausted window ends. A request is counted once."""
+        """Count the request against the rules of `kind` (and `extra`), in order, or raise
+        `RateLimited` with the seconds until the exhausted window ends. A request is counted
+        once, and only up to the first rule that refuses it: over its caller's limit, it spends
+        nothing of its address's budget."""
         if scope.get(_COUNTED):
             return
         scope[_COUNTED] = True
-        counted = [
-            (
-                rule.by,
-                item,
-                _caller_key(actor) if rule.by is CountedBy.CREDENTIAL else _address(scope),
-            )
-            for rule in (*self.rules[kind], *extra)
-            for item in rule.items
-        ]
+        storage = self.storage
         try:
-            # A request refused by one rule uses up no other (a caller over its own limit
-            # doesn't spend its address's budget, nor the other way round).
-            for by, item, who in counted:
-                if not await self.strategy.test(item, kind, by, who):
-                    await self._refuse(kind, by, item, who)
-            for by, item, who in counted:
-                if not await self.strategy.hit(item, kind, by, who):
-                    await self._refuse(kind, by, item, who)  # spent meanwhile
+            for rule in (*self.rules[kind], *extra):
+                who = _caller_key(actor) if rule.by is CountedBy.CREDENTIAL else _address(scope)
+                for item in rule.items:
+                    # The fixed window of `limits`' FixedWindowRateLimiter.hit, on its storage
+                    # directly: the strategy would build the same key anew on every call.
+                    key = f"{kind}/{rule.by}/{who}/{_window_key(item)}"
+                    if await storage.incr(key, item.get_expiry()) > item.amount:
+                        await self._refuse(kind, rule.by, item, key)
         except StorageError as exc:
             self._storage_failed(exc)
 
     async def _refuse(
-        self, kind: RouteKind, by: CountedBy, item: RateLimitItem, who: str
+        self, kind: RouteKind, by: CountedBy, item: RateLimitItem, key: str
     ) -> NoReturn:
         """Count the refusal and raise `RateLimited` with the seconds until the window ends."""
-        stats = await self.strategy.get_window_stats(item, kind, by, who)
+        reset_at = await self.storage.get_expiry(key)
         if self.refused is not None:
             self.refused(kind, by)
         per = "caller" if by is CountedBy.CREDENTIAL else "client address"
         raise RateLimited(
             f"too many {_WHAT[kind]} from this {per}: at most {item.amount} per "
             f"{_window(item)}; try again after the Retry-After seconds",
-            retry_after_seconds=stats.reset_time - self.clock(),
+            retry_after_seconds=reset_at - self.clock(),
         )
 
     def _storage_failed(self, exc: StorageError) -> None:
@@ -193,6 +187,12 @@ _WHAT = {
     RouteKind.ENDPOINT: "endpoint runs",
     RouteKind.VALUE_READ: "value reads",
 }
+
+
+@functools.cache
+def _window_key(item: RateLimitItem) -> str:
+    """The part of a counter's key that names the limit (`60/1/minute`)."""
+    return f"{item.amount}/{item.multiples}/{item.GRANULARITY.name}"
 
 
 def _window(item: RateLimitItem) -> str:
@@ -229,10 +229,15 @@ def _storage(uri: str) -> tuple[Storage, Any]:
 
 def _caller_key(actor: Actor) -> str:
     """Whom a credential belongs to, hashed (a Redis key names no one)."""
-    return hashlib.blake2b(actor.label.encode(), digest_size=12).hexdigest()
+    return _hashed(actor.label)
+
+
+@functools.lru_cache(maxsize=4096)
+def _hashed(label: str) -> str:
+    return hashlib.blake2b(label.encode(), digest_size=12).hexdigest()
 
 
 def _address(scope: Scope) -> str:
-    """The client's address (behind a proxy: as uvicorn's `--forwarded-allow-ips` set it)."""
+    """The client's address: the connection's (`tokenfarm serve` ignores X-Forwarded-For)."""
     client = scope.get("client")
     return str(client[0]) if client else "unknown"

@@ -99,23 +99,26 @@ class TestLimits:
         monkeypatch: pytest.MonkeyPatch,
         kind: RouteKind,
     ) -> None:
-        key = await callers.key(
-            await callers.account("secrets.read:TOKEN", "services.run:svc"), "limited"
-        )
+        permissions = ("secrets.read:TOKEN", "services.run:svc")
+        key = await callers.key(await callers.account(*permissions), "limited")
+        third = await callers.key(await callers.account(*permissions), "elsewhere")
         limit_app(app, monkeypatch, kind, per_credential="2/minute", per_address="3/minute")
         path = ROUTES[kind]
         other = callers.client(key)
         assert [(await client.get(path)).status_code for _ in range(2)] == [200, 200]
-        assert_limited(await client.get(path), "caller")  # the owner's own budget is spent
+        # Over the owner's own limit: the address's budget is not spent by it.
+        assert_limited(await client.get(path), "caller")
 
         # Another credential has a budget of its own, but the address has one request left.
         assert (await other.get(path)).status_code == 200
         assert_limited(await other.get(path), "client address")
 
-        # From another address, the same credential goes on until its own budget is spent.
+        # Another address has a budget of its own; a caller's is the same everywhere (the
+        # request its address refused counted for it).
         async with other_address(app, key, "192.0.2.7") as elsewhere:
-            assert (await elsewhere.get(path)).status_code == 200
             assert_limited(await elsewhere.get(path), "caller")
+        async with other_address(app, third, "192.0.2.7") as elsewhere:
+            assert (await elsewhere.get(path)).status_code == 200
         assert refusals(app, kind, "credential") == 2
         assert refusals(app, kind, "address") == 1
 
