@@ -70,16 +70,34 @@ REFRESH_BACKOFF = "refresh_backoff"
 
 
 @dataclass(frozen=True)
+class Window:
+    """One `limits` item (`60 per 1 minute`) with what counting by it needs, computed once."""
+
+    item: RateLimitItem
+    key: str  # the part of a counter's key that names the limit: `60/1/minute`
+    seconds: int
+    amount: int
+
+    @classmethod
+    def of(cls, item: RateLimitItem) -> Window:
+        """The window of an item."""
+        key = f"{item.amount}/{item.multiples}/{item.GRANULARITY.name}"
+        return cls(item, key, item.get_expiry(), item.amount)
+
+
+@dataclass(frozen=True)
 class Rule:
     """One limit: whom it counts, and the hits allowed per window (all must hold)."""
 
     by: CountedBy
-    items: tuple[RateLimitItem, ...]
+    windows: tuple[Window, ...]
 
     @classmethod
     def parse(cls, by: CountedBy, text: str) -> Rule | None:
         """A rule from a setting's text (`60/minute`, `10/second;600/hour`); None when empty."""
-        return cls(by, tuple(parse_many(text))) if text.strip() else None
+        if not text.strip():
+            return None
+        return cls(by, tuple(Window.of(item) for item in parse_many(text)))
 
 
 Refused = Callable[[RouteKind, str], None]
@@ -97,6 +115,8 @@ class RateLimiter:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.rules = {kind: tuple(rules.get(kind, ())) for kind in RouteKind}
+        # Each rule of a route with the start of its counters' keys, built once.
+        self._plans = {kind: _plan(kind, self.rules[kind]) for kind in RouteKind}
         self.storage, self._pool = _storage(storage_uri)
         self.refused = refused
         # The storage's time, for Retry-After (tests that move it move this too).
@@ -140,15 +160,16 @@ class RateLimiter:
             return
         scope[_COUNTED] = True
         storage = self.storage
+        plan = self._plans[kind] + _plan(kind, extra) if extra else self._plans[kind]
         try:
-            for rule in (*self.rules[kind], *extra):
-                who = _caller_key(actor) if rule.by is CountedBy.CREDENTIAL else _address(scope)
-                for item in rule.items:
+            for by, prefix, windows in plan:
+                who = _caller_key(actor) if by is CountedBy.CREDENTIAL else _address(scope)
+                for window in windows:
                     # The fixed window of `limits`' FixedWindowRateLimiter.hit, on its storage
                     # directly: the strategy would build the same key anew on every call.
-                    key = f"{kind}/{rule.by}/{who}/{_window_key(item)}"
-                    if await storage.incr(key, item.get_expiry()) > item.amount:
-                        await self._refuse(kind, rule.by, item, key)
+                    key = f"{prefix}{who}/{window.key}"
+                    if await storage.incr(key, window.seconds) > window.amount:
+                        await self._refuse(kind, by, window.item, key)
         except StorageError as exc:
             self._storage_failed(exc)
 
@@ -189,10 +210,11 @@ _WHAT = {
 }
 
 
-@functools.cache
-def _window_key(item: RateLimitItem) -> str:
-    """The part of a counter's key that names the limit (`60/1/minute`)."""
-    return f"{item.amount}/{item.multiples}/{item.GRANULARITY.name}"
+def _plan(
+    kind: RouteKind, rules: Sequence[Rule]
+) -> tuple[tuple[CountedBy, str, tuple[Window, ...]], ...]:
+    """Each rule with the start of its counters' keys (`value_read/credential/`)."""
+    return tuple((rule.by, f"{kind.value}/{rule.by.value}/", rule.windows) for rule in rules)
 
 
 def _window(item: RateLimitItem) -> str:

@@ -185,7 +185,9 @@ class TestSettings:
         assert settings.rate_limit_value_read_per_credential == "1200/minute"
         assert settings.rate_limit_value_read_per_address == "1200/minute"
         limiter = RateLimiter.from_settings(settings)
-        assert [(rule.by, str(rule.items[0])) for rule in limiter.rules[RouteKind.REFRESH]] == [
+        assert [
+            (rule.by, str(rule.windows[0].item)) for rule in limiter.rules[RouteKind.REFRESH]
+        ] == [
             (CountedBy.CREDENTIAL, "60 per 1 minute"),
             (CountedBy.ADDRESS, "60 per 1 minute"),
         ]
@@ -197,7 +199,7 @@ class TestSettings:
             rate_limit_value_read_per_credential="10/second; 600/hour",
         )
         rules = RateLimiter.from_settings(settings).rules[RouteKind.VALUE_READ]
-        assert [(rule.by, [str(item) for item in rule.items]) for rule in rules] == [
+        assert [(rule.by, [str(window.item) for window in rule.windows]) for rule in rules] == [
             (CountedBy.CREDENTIAL, ["10 per 1 second", "600 per 1 hour"])
         ]
 
