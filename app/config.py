@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -13,6 +14,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from app.outbound import EgressAllowList
 
 Environment = Literal["development", "test", "staging", "production"]
+# `N/minute`, `N/10 seconds`... joined by `;`: a subset of what the `limits` library parses,
+# checked here without importing it (it costs every command line start 60 ms).
+RATE_LIMIT = re.compile(r"\s*\d+\s*/\s*([1-9]\d*\s+)?(second|minute|hour|day)s?\s*")
 
 
 class Settings(BaseSettings):
@@ -130,6 +134,47 @@ class Settings(BaseSettings):
         "it over (default: the run deadline plus 60 s; must exceed the run deadline).",
     )
 
+    rate_limit_storage: str = Field(
+        "memory://",
+        description="Where rate limits count: `memory://` (each process on its own) or "
+        "`redis://HOST:PORT[/DB]` (`rediss://` for TLS) so that replicas share them.",
+    )
+    rate_limit_refresh_per_credential: str = Field(
+        "60/minute",
+        description="`GET /refresh/{secret}` calls allowed per caller (the user or service "
+        "account a credential belongs to); empty: no limit.",
+    )
+    rate_limit_refresh_per_address: str = Field(
+        "60/minute",
+        description="`GET /refresh/{secret}` calls allowed per client address; empty: no limit.",
+    )
+    rate_limit_endpoint_per_credential: str = Field(
+        "60/minute",
+        description="Service endpoint runs (`/api/services/{slug}/{readable_id}`) allowed per "
+        "caller; empty: no limit.",
+    )
+    rate_limit_endpoint_per_address: str = Field(
+        "60/minute",
+        description="Service endpoint runs allowed per client address; empty: no limit.",
+    )
+    rate_limit_value_read_per_credential: str = Field(
+        "1200/minute",
+        description="Value reads (`GET /v1/secrets/{name}/value`) allowed per caller; empty: "
+        "no limit.",
+    )
+    rate_limit_value_read_per_address: str = Field(
+        "1200/minute",
+        description="Value reads allowed per client address; empty: no limit.",
+    )
+    refresh_backoff_after_failures: int = Field(
+        3,
+        ge=1,
+        le=1000,
+        description="After this many failed refreshes of a secret in a row, on-demand "
+        "refreshes (`/refresh`, refresh on read) wait out the same backoff as expiry-driven "
+        "ones (30 s, doubling, at most an hour) and answer 503 with `Retry-After` meanwhile.",
+    )
+
     @field_validator("egress_allow")
     @classmethod
     def _egress_allow_is_valid(cls, value: str) -> str:
@@ -155,6 +200,33 @@ class Settings(BaseSettings):
         """`trusted_proxies` parsed."""
         entries = filter(None, (part.strip() for part in self.trusted_proxies.split(",")))
         return [ipaddress.ip_network(entry, strict=False) for entry in entries]
+
+    @field_validator("rate_limit_storage")
+    @classmethod
+    def _rate_limit_storage_is_known(cls, value: str) -> str:
+        """Only the stores tokenfarm is tested with: memory, and Redis for replicas."""
+        if value != "memory://" and not value.startswith(("redis://", "rediss://")):
+            raise ValueError("must be memory:// or redis://HOST:PORT[/DB] (rediss:// for TLS)")
+        return value
+
+    @field_validator(
+        "rate_limit_refresh_per_credential",
+        "rate_limit_refresh_per_address",
+        "rate_limit_endpoint_per_credential",
+        "rate_limit_endpoint_per_address",
+        "rate_limit_value_read_per_credential",
+        "rate_limit_value_read_per_address",
+    )
+    @classmethod
+    def _rate_limit_is_valid(cls, value: str) -> str:
+        """`N/second|minute|hour|day` (several joined by `;`), or empty for none."""
+        value = value.strip()
+        if value and not all(RATE_LIMIT.fullmatch(part) for part in value.split(";")):
+            raise ValueError(
+                f"{value!r} is not a rate limit: write N/second, N/minute, N/hour or N/day "
+                "(several joined by ';'), or leave it empty for no limit"
+            )
+        return value
 
     @model_validator(mode="after")
     def _lease_outlasts_a_run(self) -> Settings:

@@ -6,6 +6,7 @@ they are written for an operator and may end up in logs, run traces and response
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -81,17 +82,6 @@ class NotAuthenticated(TokenfarmError):
 
     status_code = 401
     error_type = "not_authenticated"
-
-
-class TooManyAttempts(TokenfarmError):
-    """Too many failed attempts: wait `retry_after_seconds` (also sent as `Retry-After`)."""
-
-    status_code = 429
-    error_type = "too_many_attempts"
-
-    def __init__(self, message: str, *, retry_after_seconds: int) -> None:
-        super().__init__(message, retry_after_seconds=retry_after_seconds)
-        self.retry_after_seconds = retry_after_seconds
 
 
 class SecretLocked(Conflict):
@@ -271,6 +261,36 @@ class InternalError(TokenfarmError):
 
     status_code = 500
     error_type = "internal_error"
+
+
+class TryLater(TokenfarmError):
+    """Refused for now: the answer carries `Retry-After` (whole seconds, at least 1)."""
+
+    def __init__(self, message: str, *, retry_after_seconds: float, **extra: Any) -> None:
+        seconds = max(1, math.ceil(retry_after_seconds))
+        super().__init__(message, retry_after_seconds=seconds, **extra)
+        self.retry_after_seconds = seconds
+
+
+class TooManyAttempts(TryLater):
+    """Too many failed logins (from an address, or against an account): wait, then try again."""
+
+    status_code = 429
+    error_type = "too_many_attempts"
+
+
+class RateLimited(TryLater):
+    """A caller (credential or client address) used up a route's rate limit."""
+
+    status_code = 429
+    error_type = "rate_limited"
+
+
+class RefreshBackingOff(TryLater):
+    """A secret's refreshes keep failing: on-demand refreshes wait out its backoff window."""
+
+    status_code = 503
+    error_type = "refresh_backoff"
 
 
 class StorageFailed(TokenfarmError):

@@ -72,7 +72,16 @@ class SchedulerLag:
     seconds: float
 
 
-Event = RunFinished | SecretStatusChanged | UpstreamCall | SchedulerLag
+@dataclass(frozen=True)
+class RefreshRefused:
+    """An on-demand refresh was refused without a run: the secret's refreshes keep failing
+    (`route`: refresh or value_read, the route that asked)."""
+
+    route: str
+    secret: str
+
+
+Event = RunFinished | SecretStatusChanged | UpstreamCall | SchedulerLag | RefreshRefused
 Listener = Callable[[Event], Awaitable[None] | None]
 
 

@@ -29,6 +29,7 @@ from app.metrics import router as metrics_router
 from app.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from app.notifications.router import router as webhooks_router
 from app.presets.router import router as presets_router
+from app.ratelimit import RateLimiter
 from app.runs.router import FAST_PATHS as RUN_FAST_PATHS
 from app.runs.router import router as runs_router
 from app.runtime import runtime, scheduling
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             finally:
                 app.state.value_cache.close()
                 app.state.value_cache = ValueCache(None)
+                await app.state.rate_limiter.close()
 
     app = FastAPI(
         title="tokenfarm",
@@ -96,6 +98,9 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.state.value_cache = ValueCache(None)  # until the database is open
     app.state.database_url = settings.resolved_database_url
     app.state.metrics = Metrics()
+    app.state.rate_limiter = RateLimiter.from_settings(
+        settings, refused=app.state.metrics.count_refusal
+    )
     install_error_handlers(app)
     # Routes are matched in order: the hot paths (value reads, refreshes and runs) come early.
     for router in (

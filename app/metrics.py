@@ -35,7 +35,15 @@ from app import __version__
 from app.auth.dependencies import require
 from app.auth.permissions import Permission
 from app.db import utcnow
-from app.events import Event, RunFinished, SchedulerLag, SecretStatusChanged, UpstreamCall
+from app.events import (
+    Event,
+    RefreshRefused,
+    RunFinished,
+    SchedulerLag,
+    SecretStatusChanged,
+    UpstreamCall,
+)
+from app.ratelimit import REFRESH_BACKOFF, CountedBy, RouteKind
 from app.schedules.models import Schedule
 from app.secrets.models import Secret, SecretValue
 
@@ -108,12 +116,27 @@ class Metrics:
             buckets=LAG_BUCKETS,
             registry=registry,
         )
+        self.rate_limited = Counter(
+            "tokenfarm_rate_limited",
+            "Requests refused for now, by route (refresh, endpoint, value_read) and limit "
+            "(credential, address, or refresh_backoff: the secret's refreshes keep failing).",
+            ["route", "limit"],
+            registry=registry,
+        )
+        # Every series from the start, at 0: the labels are bounded.
+        for route in RouteKind:
+            for limit in (*CountedBy, REFRESH_BACKOFF):
+                self.rate_limited.labels(route, limit)
         self.status_changes = Counter(
             "tokenfarm_secret_status_changes",
             "Changes of a secret's health, by the status it changed to.",
             ["secret", "status"],
             registry=registry,
         )
+
+    def count_refusal(self, route: str, limit: str) -> None:
+        """Count a request refused by a rate limit or a refresh backoff."""
+        self.rate_limited.labels(route, limit).inc()
 
     def observe(self, event: Event) -> None:
         """Count an event (the listener subscribed to the runtime's event bus)."""
@@ -135,6 +158,8 @@ class Metrics:
             self.scheduler_lag.labels(event.kind).observe(event.seconds)
         elif isinstance(event, SecretStatusChanged):
             self.status_changes.labels(event.secret, event.new_status).inc()
+        elif isinstance(event, RefreshRefused):
+            self.count_refusal(event.route, REFRESH_BACKOFF)
 
     def _host_label(self, host: str) -> str:
         """The host itself while fewer than `max_hosts` were seen, then `other` for new ones."""

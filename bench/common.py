@@ -42,6 +42,11 @@ import httpx
 Backend = Literal["sqlite", "postgresql"]
 
 ROOT = Path(__file__).resolve().parent.parent
+RATE_LIMITS = [
+    f"{route}_PER_{by}"
+    for route in ("REFRESH", "ENDPOINT", "VALUE_READ")
+    for by in ("CREDENTIAL", "ADDRESS")
+]
 PG_SERVER = os.environ.get("TOKENFARM_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 ENVIRONMENT = "test"
 OWNER_EMAIL = "bench-owner@example.com"
@@ -294,6 +299,8 @@ async def tokenfarm_stack(backend: Backend, *, latency_ms: float = 0.0) -> Async
                     "TOKENFARM_EGRESS_ALLOW": "127.0.0.0/8",
                     "TOKENFARM_SCHEDULER_ENABLED": "false",
                     "TOKENFARM_LOG_LEVEL": "WARNING",
+                    # Counted as in production (their cost is in the figures), never reached.
+                    **{f"TOKENFARM_RATE_LIMIT_{name}": "1000000000/minute" for name in RATE_LIMITS},
                 }
             )
             run_cli(

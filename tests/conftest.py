@@ -40,6 +40,11 @@ OWNER_EMAIL = "owner@example.com"
 OWNER_PASSWORD = "owner-password-canary-51e0"
 CLIENT_ID = "client-canary-7f3a9b"
 CLIENT_SECRET = "client-secret-canary-d41c8e"
+RATE_LIMITS = [
+    f"{route}_per_{by}"
+    for route in ("refresh", "endpoint", "value_read")
+    for by in ("credential", "address")
+]
 
 
 def postgres_unavailable(reason: str) -> NoReturn:
@@ -179,6 +184,9 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         egress_allow="127.0.0.0/8,::1",
         # Tests drive the scheduler themselves (tests/schedules), with a clock they move.
         scheduler_enabled=False,
+        # Counted as in production, but out of reach of the bursts of tests about other things
+        # (tests/test_ratelimit.py sets its own).
+        **{f"rate_limit_{kind}": "100000/minute" for kind in RATE_LIMITS},
     )
 
 

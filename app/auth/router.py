@@ -26,7 +26,8 @@ from app.auth.schemas import (
     UserRead,
     UserUpdate,
 )
-from app.auth.throttle import LoginThrottle, client_host
+from app.auth.throttle import LoginThrottle
+from app.clients import client_address
 from app.db import utcnow
 from app.dependencies import SessionDep
 
@@ -64,9 +65,7 @@ async def login(
     """Log in with email (`username`) and password; answers a bearer token. Repeated failures
     are answered 429 with `Retry-After` for a while (per account and per client address)."""
     throttle: LoginThrottle = request.app.state.login_throttle
-    peer = request.client.host if request.client else None
-    forwarded_for = request.headers.getlist("x-forwarded-for")
-    with throttle.attempt(form.username, client_host(peer, forwarded_for, throttle.trusted)):
+    with throttle.attempt(form.username, client_address(request.scope, throttle.trusted)):
         user = await store.login(form.username, form.password)
     tokens = request.app.state.tokens
     token = tokens.issue(user.email, user.token_generation, utcnow())

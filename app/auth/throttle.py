@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from app.backoff import backoff_seconds
+from app.clients import Network
 from app.clock import Clock
 from app.errors import NotAuthenticated, TooManyAttempts
 
@@ -133,30 +134,6 @@ def address_key(host: str | None) -> str:
             return str(address.ipv4_mapped)
         return str(ipaddress.IPv6Network((address, 64), strict=False))
     return str(address)
-
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def client_host(
-    peer: str | None, forwarded_for: list[str], trusted: Sequence[Network]
-) -> str | None:
-    """The client's address: the connection's, unless it is a trusted proxy; then, walking
-    `X-Forwarded-For` from the right, the first hop that is not a trusted proxy. Without trusted
-    proxies the header is ignored: any client could write it."""
-    hops = [hop.strip() for value in forwarded_for for hop in value.split(",") if hop.strip()]
-    host = peer
-    while host is not None and hops and _is_trusted(host, trusted):
-        host = hops.pop()
-    return host
-
-
-def _is_trusted(host: str, trusted: Sequence[Network]) -> bool:
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return any(address in network for network in trusted)
 
 
 class LoginThrottle:

@@ -8,18 +8,40 @@ errors are raised as domain errors, and a finished refresh is answered as data (
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.accounts import AccountStore
 from app.auth.actor import Actor, refuse
-from app.auth.permissions import Scoped, service_run, service_run_wanted
-from app.errors import Conflict, DatabaseUnavailable, NotFound, PermissionDenied
+from app.auth.permissions import Permission, Scoped, service_run, service_run_wanted
+from app.db import utcnow
+from app.errors import Conflict, DatabaseUnavailable, NotFound, PermissionDenied, RefreshBackingOff
+from app.events import RefreshRefused
+from app.ratelimit import RouteKind
+from app.runs.record import RUN_SECRET_TABLE, RUN_TABLE
 from app.runs.runner import RefreshTarget, Runner, RunOutcome
 from app.runs.schemas import RefreshResult
 from app.secrets.cache import CachedValue, ValueCache
+from app.secrets.expiry import backoff_after_failure
 from app.secrets.models import Secret
 from app.secrets.store import SecretStore, expires_within
+
+# When the runs that marked a secret failed ended: failed runs that ran (an error class; a
+# refusal before any call has none) and targeted it.
+_LAST_FAILURE = (
+    select(func.max(RUN_TABLE.c.finished_at))
+    .join_from(RUN_TABLE, RUN_SECRET_TABLE, RUN_SECRET_TABLE.c.run_id == RUN_TABLE.c.id)
+    .where(
+        RUN_SECRET_TABLE.c.secret_name == bindparam("name"),
+        RUN_TABLE.c.status == "failed",
+        RUN_TABLE.c.error_class.is_not(None),
+    )
+)
 
 
 def ensure_can_run(actor: Actor, slug: str, readable_id: str) -> None:
@@ -49,6 +71,47 @@ class RefreshAnswer:
     http_status: int
 
 
+def backing_off_until(secret: Secret, last_failed_at: datetime, after_failures: int) -> datetime:
+    """When on-demand refreshes of a secret that failed `failure_count` times in a row (the last
+    at `last_failed_at`) may run again: the expiry-driven backoff (30 s, doubling, at most an
+    hour, up to 10 % more), counted from the `after_failures`-th failure. The jitter is drawn
+    from the secret's name and failure count, so every replica and every call agree."""
+    attempt = secret.failure_count - after_failures + 1
+    # Not a secret: the jitter only spreads load, and must be the same on every replica.
+    rng = random.Random(f"{secret.name}/{secret.failure_count}")  # noqa: S311
+    return backoff_after_failure(attempt, last_failed_at, rng=rng)
+
+
+async def ensure_not_backing_off(
+    session: AsyncSession, secret: Secret, runner: Runner, route: RouteKind
+) -> None:
+    """Refuse (503 `refresh_backoff`, with Retry-After) an on-demand refresh of a secret whose
+    refreshes keep failing (`TOKENFARM_REFRESH_BACKOFF_AFTER_FAILURES` in a row) until its
+    backoff has passed; nothing is called. The one check of `/refresh`, its fast path and
+    refresh on read."""
+    after_failures = runner.settings.refresh_backoff_after_failures
+    if secret.status != "failing" or secret.failure_count < after_failures:
+        return
+    last_failed_at = (await session.execute(_LAST_FAILURE, {"name": secret.name})).scalar()
+    if last_failed_at is None:
+        return  # no run failed it (e.g. the scheduler could not start one): nothing to wait for
+    wait_seconds = (
+        backing_off_until(secret, last_failed_at, after_failures) - utcnow()
+    ).total_seconds()
+    if wait_seconds <= 0:
+        return
+    if runner.events is not None:
+        runner.events.emit(RefreshRefused(route, secret.name))
+    raise RefreshBackingOff(
+        f"secret {secret.name!r} failed its last {secret.failure_count} refreshes; on-demand "
+        "refreshes wait until its backoff has passed (see its last_error with GET "
+        f"/v1/secrets/{secret.name}); nothing was called. Someone holding secrets.manage may "
+        f"force one with GET /refresh/{secret.name}?force=true",
+        retry_after_seconds=wait_seconds,
+        secret=secret.name,
+    )
+
+
 async def start_refresh(
     runner: Runner, actor: Actor, secret: str, *, force: bool, received_at: float | None
 ) -> RefreshTarget:
@@ -60,6 +123,22 @@ async def start_refresh(
     # request's own: none may stay open across the outbound call).
     target = await runner.prepare_refresh(secret, force=force, received_at=received_at)
     ensure_can_run(actor, target.slug, target.readable_id)
+    prepared = target.prepared
+    # A run to share calls nothing more; an operator's force skips the backoff.
+    if prepared is not None and not (force and actor.can(Permission.SECRETS_MANAGE)):
+        failing = sorted(
+            name
+            for name in prepared.target_names
+            if (loaded := prepared.secrets.get(name)) is not None
+            and loaded.secret.status == "failing"
+        )
+        if failing:
+            async with runner.session_factory() as session:
+                store = SecretStore(session, runner.keyring, runner.settings)
+                for name in failing:
+                    await ensure_not_backing_off(
+                        session, await store.get(name), runner, RouteKind.REFRESH
+                    )
     return target
 
 
@@ -163,6 +242,7 @@ async def _refresh_for_read(
         )
     slug, readable_id = secret.refresh_endpoint.split("/", 1)
     run_as = await _refresh_actor(store, secret, caller, slug, readable_id)
+    await ensure_not_backing_off(store.session, secret, runner, RouteKind.VALUE_READ)
     # The read's session must not hold a transaction open across the outbound call.
     await store.session.commit()
     outcome = await runner.run_endpoint(

@@ -13,12 +13,13 @@ from app.auth.actor import Actor
 from app.auth.dependencies import CurrentActor, require
 from app.auth.permissions import Permission
 from app.dependencies import KeyringDep, RunnerDep, SessionDep, SettingsDep
-from app.errors import InvalidInput, TokenfarmError
+from app.errors import InvalidInput, RefreshBackingOff, TokenfarmError
 from app.fastpath import FastPath
 from app.handlers import retry_after
 from app.middleware import received_at
 from app.pipeline.context import RequestData
 from app.pipeline.schemas import SECRET_NAME_PATTERN
+from app.ratelimit import RouteKind
 from app.runs.log import RunLog
 from app.runs.recovery import Recovery
 from app.runs.refresh import ensure_can_run, finish_refresh, run_fields, start_refresh
@@ -48,8 +49,18 @@ RUN_RESPONSES: dict[int | str, dict[str, Any]] = {
         409: "A target secret is locked, missing, not environment-specific or `needs_reauth`, "
         "or changed during the run (a failed run also carries `run_id` and `status`)",
         502: "The upstream failed or answered something unusable (with `run_id` and `status`)",
+        429: "A rate limit was reached, per caller or per client address (`rate_limited`; "
+        "`Retry-After` says when to try again; nothing was called)",
         504: "The upstream timed out (with `run_id` and `status`)",
     }.items()
+}
+REFRESH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **RUN_RESPONSES,
+    503: {
+        "model": ErrorResponse,
+        "description": "The secret's refreshes keep failing: on-demand refreshes wait out its "
+        "backoff (`refresh_backoff`; `Retry-After` says when; nothing was called)",
+    },
 }
 
 
@@ -91,6 +102,7 @@ async def run_endpoint(
     runner: RunnerDep,
 ) -> JSONResponse:
     """Run an endpoint's action; needs `services.run:SLUG` (or `SLUG/ID`)."""
+    await request.app.state.rate_limiter.check(request.scope, RouteKind.ENDPOINT, actor)
     ensure_can_run(actor, slug, readable_id)
     data = await _request_data(request)
     outcome = await runner.run_endpoint(
@@ -111,7 +123,7 @@ for _method in ("GET", "POST", "PUT"):
     )
 
 
-@router.get("/refresh/{secret}", response_model=RefreshResult, responses=RUN_RESPONSES)
+@router.get("/refresh/{secret}", response_model=RefreshResult, responses=REFRESH_RESPONSES)
 async def refresh_secret(
     secret: SecretPath,
     request: Request,
@@ -120,14 +132,19 @@ async def refresh_secret(
     force: bool = Query(
         False,
         description="Run even though a target is `needs_reauth` (after fixing the grant some "
-        "other way than setting a value).",
+        "other way than setting a value); with `secrets.manage`, also while the secret's "
+        "refreshes back off after failing.",
     ),
 ) -> JSONResponse:
     """Run the secret's `refresh_endpoint`; answers the run and the secret's new version.
 
     Concurrent calls share one run. A secret whose grant was refused (`needs_reauth`) answers
-    409 without calling anything until a value is set by hand or `force=true` is passed.
+    409 without calling anything until a value is set by hand or `force=true` is passed. A
+    secret whose refreshes keep failing answers 503 with `Retry-After` until its backoff has
+    passed (as expiry-driven refreshes wait), unless someone holding `secrets.manage` passes
+    `force=true`.
     """
+    await request.app.state.rate_limiter.check(request.scope, RouteKind.REFRESH, actor)
     arrived = received_at(request.scope)
     target = await start_refresh(runner, actor, secret, force=force, received_at=arrived)
     answer = await finish_refresh(runner, actor, secret, target, force=force, received_at=arrived)
@@ -139,12 +156,17 @@ async def refresh_secret_fast(
 ) -> JSONResponse | None:
     """`refresh_secret`'s fast path: a plain refresh (no `force`), as the route runs it. An error
     before the run (unknown secret, a missing permission) hands the request to the route, which
-    checks again and answers it; nothing was called."""
-    runner: Runner = scope["app"].state.runner
+    checks again and answers it; nothing was called. A rate limit or a backoff is answered here
+    (the route would not count the request again)."""
+    state = scope["app"].state
+    await state.rate_limiter.check(scope, RouteKind.REFRESH, actor)
+    runner: Runner = state.runner
     secret = params["secret"]
     arrived = received_at(scope)
     try:
         target = await start_refresh(runner, actor, secret, force=False, received_at=arrived)
+    except RefreshBackingOff:
+        raise  # answered here, as the route answers it (once asked, once counted)
     except TokenfarmError:
         return None
     answer = await finish_refresh(runner, actor, secret, target, force=False, received_at=arrived)

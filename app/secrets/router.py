@@ -16,6 +16,7 @@ from app.dependencies import KeyringDep, SessionDep, SettingsDep
 from app.fastpath import FastPath
 from app.handlers import retry_after
 from app.middleware import received_at
+from app.ratelimit import RouteKind
 from app.runs.refresh import read_value
 from app.runs.runner import RunOutcome
 from app.schemas import ErrorResponse
@@ -61,6 +62,10 @@ READ_RESPONSES: dict[int | str, dict[str, Any]] = {
         409: "The value would expire within `min_valid_seconds` and can't be refreshed here, or "
         "the refresh was refused (`needs_reauth`, locked; then with `run_id` and `status`)",
         502: "The refresh failed upstream (with `run_id` and `status`; the value is unchanged)",
+        429: "A rate limit was reached, per caller or per client address (`rate_limited`; "
+        "`Retry-After` says when to try again)",
+        503: "A refresh was needed, but the secret's refreshes keep failing and back off "
+        "(`refresh_backoff`; `Retry-After` says when; nothing was called)",
         504: "The refresh timed out (with `run_id` and `status`; the value is unchanged)",
     }.items()
 }
@@ -135,8 +140,9 @@ async def read_secret_value(
     `services.run:SLUG`); concurrent readers share one refresh. A failed refresh answers the
     run's error and `run_id`, and leaves the value as it was.
     """
-    ensure(actor, secret_read(name))
     state = request.app.state
+    await state.rate_limiter.check(request.scope, RouteKind.VALUE_READ, actor)
+    ensure(actor, secret_read(name))
     read = await read_value(
         state.runner,
         state.value_cache,
@@ -156,10 +162,12 @@ async def read_secret_value_fast(
 ) -> bytes | None:
     """`read_secret_value`'s fast path: a plain read the value cache can answer, as the route
     answers it; anything else (a missing permission, no cached value) is the route's."""
+    state = scope["app"].state
+    await state.rate_limiter.check(scope, RouteKind.VALUE_READ, actor)
     name = params["name"]
     if not actor.can(secret_read(name)):
         return None
-    cache: ValueCache = scope["app"].state.value_cache
+    cache: ValueCache = state.value_cache
     # The route's answer is `Response(body, media_type="application/json")`: the mechanism
     # sends these bytes as exactly that.
     return cache.answer(name, None, None)

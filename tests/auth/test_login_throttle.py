@@ -15,7 +15,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.auth.throttle import ACCOUNT_LIMIT, ADDRESS_LIMIT, address_key, client_host
+from app.auth.throttle import ACCOUNT_LIMIT, ADDRESS_LIMIT, address_key
+from app.clients import client_host
 from app.clock import ManualClock
 from app.config import Settings
 from app.db import utcnow

@@ -134,7 +134,11 @@ class TestFailing:
             assert "invalid_client" in found["last_error"]
         token_server.state.fault = None
 
-        assert (await client.get("/refresh/ACCESS_TOKEN")).status_code == 200
+        # Three failures in a row: on-demand refreshes back off (tests/runs/
+        # test_refresh_backoff.py), and the owner forces one.
+        assert (await client.get("/refresh/ACCESS_TOKEN")).status_code == 503
+        forced = await client.get("/refresh/ACCESS_TOKEN", params={"force": "true"})
+        assert forced.status_code == 200, forced.text
 
         found = await metadata(client, "ACCESS_TOKEN")
         assert (found["status"], found["failure_count"], found["last_error"]) == ("ok", 0, None)

@@ -7,10 +7,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from app.ratelimit import RouteKind
 from tests.auth.conftest import Callers
 from tests.auth.conftest import callers as callers  # the fixture, for this module
 from tests.conftest import TokenServer, create_secret, setup_oauth
 from tests.fastpaths import answer_of, fast_and_routed
+from tests.ratelimits import limit_app, refusals
 
 # Two runs differ in their run id; two successful ones also in the expiry they stored and in the
 # version they made (the fast one makes version n, the routed one n + 1).
@@ -110,3 +112,23 @@ class TestRefreshFastPath:
         assert refused.json()["error"]["type"] == "permission_denied"
         assert answer_of(refused) == answer_of(routed)
         assert token_server.state.token_requests == 0
+
+    async def test_a_rate_limit_is_the_routes_429(
+        self,
+        app: FastAPI,
+        client: httpx.AsyncClient,
+        token_server: TokenServer,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        clock = limit_app(app, monkeypatch, RouteKind.REFRESH, per_credential="1/minute")
+        assert (await client.get("/refresh/ACCESS_TOKEN")).status_code == 200
+        clock.advance(15)
+
+        fast, routed = await fast_and_routed(app, client, "/refresh/ACCESS_TOKEN", fast=True)
+
+        assert fast.status_code == 429, fast.text
+        assert fast.json()["error"]["type"] == "rate_limited"
+        assert fast.headers["retry-after"] == "45"
+        assert answer_of(fast) == answer_of(routed)
+        assert token_server.state.token_requests == 1
+        assert refusals(app, "refresh", "credential") == 2

@@ -7,10 +7,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from app.ratelimit import RouteKind
 from tests.auth.conftest import Callers
 from tests.auth.conftest import callers as callers  # the fixture, for this module
 from tests.conftest import create_secret
 from tests.fastpaths import answer_of, fast_and_routed
+from tests.ratelimits import limit_app, refusals
 
 # The value cache, which the fast path answers from, holds values on SQLite files only.
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -68,3 +70,24 @@ class TestValueReadFastPath:
         assert refused.status_code == 403, refused.text
         assert refused.json()["error"]["permission"] == "secrets.read:TOKEN"
         assert answer_of(refused) == answer_of(routed)
+
+    @pytest.mark.parametrize("per", ["per_credential", "per_address"])
+    async def test_a_rate_limit_is_the_routes_429(
+        self, app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, per: str
+    ) -> None:
+        await create_secret(client, "TOKEN", "v1")
+        clock = limit_app(app, monkeypatch, RouteKind.VALUE_READ, **{per: "2/minute"})
+        assert [(await client.get("/v1/secrets/TOKEN/value")).status_code for _ in "ab"] == [
+            200,
+            200,
+        ]
+        clock.advance(30.5)
+
+        fast, routed = await fast_and_routed(app, client, "/v1/secrets/TOKEN/value", fast=True)
+
+        assert fast.status_code == 429, fast.text
+        assert fast.json()["error"]["type"] == "rate_limited"
+        assert fast.headers["retry-after"] == "30"
+        assert answer_of(fast) == answer_of(routed)
+        limit = per.removeprefix("per_")
+        assert refusals(app, "value_read", limit) == 2
