@@ -3,11 +3,8 @@ from the database at scrape time, in a text exposition that Prometheus' own pars
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import prometheus_client
-import pytest
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -18,6 +15,7 @@ from app.db import utcnow
 from app.events import UpstreamCall
 from app.metrics import Metrics
 from app.schedules.scheduler import Scheduler
+from tests.auth import conftest as auth_fixtures
 from tests.auth.conftest import Callers, assert_refused
 from tests.conftest import (
     CLIENT_ID,
@@ -32,6 +30,8 @@ from tests.schedules.conftest import create_schedule, make_account
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 OAUTH = {"service": "oauth", "endpoint": "refresh-token"}
+
+callers = auth_fixtures.callers  # the fixture of tests/auth, shared
 
 
 def parse(text: str) -> Samples:
@@ -60,15 +60,6 @@ async def scrape(http: httpx.AsyncClient) -> tuple[str, Samples]:
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     return response.text, parse(response.text)
-
-
-@pytest.fixture
-async def callers(app: FastAPI, client: httpx.AsyncClient) -> AsyncIterator[Callers]:
-    """Callers holding chosen permissions (as in tests/auth)."""
-    maker = Callers(app=app, owner=client)
-    yield maker
-    for http in maker.opened:
-        await http.aclose()
 
 
 class TestScrape:

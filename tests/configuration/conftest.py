@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,14 @@ from app.configuration.apply import apply_document
 from app.configuration.loader import load
 from app.configuration.plan import Change, Plan
 from app.configuration.values import ValueSource
-from tests.auth.conftest import Callers
+from tests.auth import conftest as auth_fixtures
 from tests.conftest import CLIENT_ID, TokenServer, canonical_action
 
 # Every section declared and empty: with prune, it deletes everything but the built-in roles.
 EMPTY = "version: 1\nroles: []\nservice_accounts: []\nsecrets: []\nservices: []\nschedules: []\n"
 SYSTEM = Actor(kind="system", name="test", permissions=frozenset({"*"}))
+
+callers = auth_fixtures.callers  # the fixture of tests/auth, shared
 
 
 @dataclass
@@ -251,12 +252,3 @@ async def snapshot(client: httpx.AsyncClient) -> dict[str, Any]:
         {k: v for k, v in s.items() if k not in ("next_run_at",)} for s in response.json()
     ]
     return state
-
-
-@pytest.fixture
-async def callers(app: FastAPI, client: httpx.AsyncClient) -> AsyncIterator[Callers]:
-    """A maker of callers with chosen permissions (as in tests/auth)."""
-    maker = Callers(app=app, owner=client)
-    yield maker
-    for http in maker.opened:
-        await http.aclose()

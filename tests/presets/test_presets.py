@@ -4,16 +4,15 @@ runs the generated action against the loopback token server, which verifies what
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
 from app.pipeline.analysis import author_needs, validate_action
 from app.presets.binder import parse_params, refresher_id
 from app.presets.catalog import PRESETS
+from tests.auth import conftest as auth_fixtures
 from tests.auth.conftest import Callers, assert_refused
 from tests.conftest import (
     CLIENT_ID,
@@ -35,6 +34,8 @@ PRESET_NAMES = [
     "oauth2_jwt_bearer",
     "entra_id_client_credentials",
 ]
+
+callers = auth_fixtures.callers  # the fixture of tests/auth, shared
 
 
 async def bind(
@@ -665,15 +666,6 @@ class TestValidation:
         body = {"preset": "oauth2_refresh_token", "params": self.PARAMS}
         response = await client.post("/v1/secrets/MISSING/refresher", json=body)
         assert response.status_code == 404, response.text
-
-
-@pytest.fixture
-async def callers(app: FastAPI, client: httpx.AsyncClient) -> AsyncIterator[Callers]:
-    """Service accounts holding exactly the permissions a test names."""
-    maker = Callers(app=app, owner=client)
-    yield maker
-    for http in maker.opened:
-        await http.aclose()
 
 
 class TestAuthorization:

@@ -1,20 +1,6 @@
-"""Fixtures of the services tests: callers holding exactly the permissions a test names."""
+"""Fixtures of the services tests: callers holding exactly the permissions a test names (the
+`callers` fixture of tests/auth, shared rather than written again)."""
 
-from __future__ import annotations
+from tests.auth.conftest import callers
 
-from collections.abc import AsyncIterator
-
-import httpx
-import pytest
-from fastapi import FastAPI
-
-from tests.auth.conftest import Callers
-
-
-@pytest.fixture
-async def callers(app: FastAPI, client: httpx.AsyncClient) -> AsyncIterator[Callers]:
-    """A maker of callers with chosen permissions (as in tests/auth)."""
-    maker = Callers(app=app, owner=client)
-    yield maker
-    for http in maker.opened:
-        await http.aclose()
+__all__ = ["callers"]
