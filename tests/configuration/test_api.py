@@ -9,8 +9,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.auth.conftest import assert_refused, error_of
-from tests.configuration.conftest import Callers, Setup, snapshot
+from tests.auth.conftest import Callers, assert_refused, error_of
+from tests.configuration.conftest import Setup, snapshot
 from tests.conftest import create_secret, secret_value
 
 YAML = {"content-type": "application/yaml"}
