@@ -160,8 +160,13 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        declared, chunked = _body_framing(scope)
+        if not chunked and not declared and scope.get("http_version") in ("1.0", "1.1"):
+            # No body comes (HTTP/1.x frames a body only by these two headers, RFC 9112 6.3):
+            # nothing to bound, and the hot GETs pay nothing for the check.
+            await self.app(scope, receive, send)
+            return
         limit = self.larger.get(scope.get("path", ""), self.max_bytes)
-        declared = _content_length(scope)
         if declared is not None and declared > limit:
             await _answer(scope, send, too_large(limit))
             return
@@ -203,12 +208,20 @@ class BodyLimitMiddleware:
             await _answer(scope, send, exc)
 
 
-def _content_length(scope: Scope) -> int | None:
-    """The declared body length; None when absent (chunked) or not a number."""
+def _body_framing(scope: Scope) -> tuple[int | None, bool]:
+    """The declared body length (None when absent or not a number) and whether the body is
+    sent with a transfer coding (chunked): how the server knows whether a body follows."""
+    declared: int | None = None
+    chunked = False
     for name, value in scope.get("headers", ()):
-        if name.lower() == b"content-length":
-            return int(value) if value.isdigit() else None
-    return None
+        name = name.lower()
+        if name == b"content-length":
+            declared = int(value) if value.isdigit() else None
+            if declared is None:
+                chunked = True  # not a number: bound it as a stream
+        elif name == b"transfer-encoding":
+            chunked = True
+    return declared, chunked
 
 
 async def _answer(scope: Scope, send: Send, exc: BodyRefused) -> None:

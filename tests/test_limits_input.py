@@ -53,6 +53,9 @@ async def drive(
     sent: list[dict[str, Any]] = []
     if not any(name == b"content-type" for name, _ in headers):
         headers = [(b"content-type", b"application/json"), *headers]
+    if not any(name == b"content-length" for name, _ in headers):
+        # Without a length, HTTP/1.1 sends a body chunked, and says so.
+        headers = [(b"transfer-encoding", b"chunked"), *headers]
 
     async def receive() -> dict[str, Any]:
         nonlocal pulled
