@@ -19,7 +19,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from app.errors import (
-    AnswerPending,
     DatabaseUnavailable,
     InternalError,
     InvalidInput,
@@ -44,8 +43,6 @@ HTTP_ERROR_TYPES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
 }
-# Errors that pass once the database is back: answered with Retry-After.
-RETRY_LATER = (DatabaseUnavailable, AnswerPending)
 PROBED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 # FastAPI's detail for a body it can't decode at all (JSON that isn't UTF-8, a broken form).
 UNPARSABLE_BODY = "There was an error parsing the body"
@@ -69,11 +66,7 @@ async def tokenfarm_error(request: Request, exc: Exception) -> JSONResponse:
         headers["Allow"] = ", ".join(exc.extra["allowed"])
     if exc.status_code == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    # Come back later (429, 503): how much later, when the error knows (not an upstream's own
-    # Retry-After, which a 502 only reports).
-    wait = getattr(exc, "retry_after_seconds", None)
-    if exc.status_code in (429, 503) and isinstance(wait, int | float):
-        headers["Retry-After"] = str(math.ceil(wait))
+    headers.update(retry_after(exc))
     body = exc.to_body()
     if isinstance(exc, InvalidInput) and "errors" not in body:
         # Every 422 lists its problems the same way, whether pydantic or a store found them.
@@ -212,10 +205,11 @@ def install_error_handlers(app: FastAPI) -> None:
     document_errors(app)
 
 
-def retry_after(error_body: dict[str, Any] | None) -> dict[str, str] | None:
-    """The Retry-After header of a run's failure answered as a result (not raised): a run that
-    met a database outage answers as every route does then."""
-    for kind in RETRY_LATER:
-        if error_body is not None and error_body.get("type") == kind.error_type:
-            return {"Retry-After": str(kind.retry_after_seconds)}
-    return None
+def retry_after(error: TokenfarmError | None) -> dict[str, str]:
+    """The `Retry-After` header of an error that asks to come back later (a 429 or 503 that
+    knows how much later; not an upstream's own Retry-After, which a 502 only reports), whether
+    it is raised or a run's failure answered as a result."""
+    wait = getattr(error, "retry_after_seconds", None)
+    if error is None or error.status_code not in (429, 503) or not isinstance(wait, int | float):
+        return {}
+    return {"Retry-After": str(math.ceil(wait))}

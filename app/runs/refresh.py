@@ -65,10 +65,10 @@ def run_fields(outcome: RunOutcome) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class RefreshAnswer:
-    """A finished refresh: the result and the status the run ended with."""
+    """A finished refresh: the result, and the run's outcome (its status and error)."""
 
     result: RefreshResult
-    http_status: int
+    outcome: RunOutcome
 
 
 def backing_off_until(secret: Secret, last_failed_at: datetime, after_failures: int) -> datetime:
@@ -177,7 +177,7 @@ async def finish_refresh(
     result = RefreshResult.model_validate(
         {**run_fields(outcome), "secret": secret, "version": version, "expires_at": expires_at}
     )
-    return RefreshAnswer(result, outcome.http_status)
+    return RefreshAnswer(result, outcome)
 
 
 async def read_value(

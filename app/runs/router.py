@@ -23,7 +23,7 @@ from app.ratelimit import RouteKind
 from app.runs.log import RunLog
 from app.runs.recovery import Recovery
 from app.runs.refresh import ensure_can_run, finish_refresh, run_fields, start_refresh
-from app.runs.runner import Runner
+from app.runs.runner import Runner, RunOutcome
 from app.runs.schemas import (
     RUN_ID_PATTERN,
     RecoveryResult,
@@ -80,12 +80,12 @@ async def _request_data(request: Request) -> RequestData:
     return RequestData(query=dict(request.query_params), body=body, headers=headers)
 
 
-def _answer(result: RunResult, http_status: int) -> JSONResponse:
+def _answer(result: RunResult, outcome: RunOutcome) -> JSONResponse:
     """The result as its documented schema renders it, with the run's status code."""
     return JSONResponse(
         result.model_dump(mode="json"),
-        status_code=http_status,
-        headers=retry_after(result.error.model_dump() if result.error else None),
+        status_code=outcome.http_status,
+        headers=retry_after(outcome.error),
     )
 
 
@@ -108,7 +108,7 @@ async def run_endpoint(
     outcome = await runner.run_endpoint(
         slug, readable_id, actor=actor, trigger="api", method=request.method, request=data
     )
-    return _answer(RunResult.model_validate(run_fields(outcome)), outcome.http_status)
+    return _answer(RunResult.model_validate(run_fields(outcome)), outcome)
 
 
 for _method in ("GET", "POST", "PUT"):
@@ -148,7 +148,7 @@ async def refresh_secret(
     arrived = received_at(request.scope)
     target = await start_refresh(runner, actor, secret, force=force, received_at=arrived)
     answer = await finish_refresh(runner, actor, secret, target, force=force, received_at=arrived)
-    return _answer(answer.result, answer.http_status)
+    return _answer(answer.result, answer.outcome)
 
 
 async def refresh_secret_fast(
@@ -170,7 +170,7 @@ async def refresh_secret_fast(
     except TokenfarmError:
         return None
     answer = await finish_refresh(runner, actor, secret, target, force=False, received_at=arrived)
-    return _answer(answer.result, answer.http_status)
+    return _answer(answer.result, answer.outcome)
 
 
 FAST_PATHS = (FastPath(refresh_secret, refresh_secret_fast),)

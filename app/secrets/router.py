@@ -179,9 +179,7 @@ FAST_PATHS = (FastPath(read_secret_value, read_secret_value_fast),)
 def _failed_refresh(outcome: RunOutcome) -> JSONResponse:
     """A failed refresh as the run routes answer it: the run's status, error and `run_id`."""
     body = {"error": outcome.error_body, "run_id": outcome.run_id, "status": outcome.status}
-    return JSONResponse(
-        body, status_code=outcome.http_status, headers=retry_after(outcome.error_body)
-    )
+    return JSONResponse(body, status_code=outcome.http_status, headers=retry_after(outcome.error))
 
 
 @router.get("/{name}/versions", dependencies=MANAGE)
