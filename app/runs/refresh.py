@@ -167,7 +167,7 @@ async def finish_refresh(
     version: int | None
     if stored is not None:
         version, expires_at = stored.version, stored.expires_at
-    elif (outcome.error_body or {}).get("type") == DatabaseUnavailable.error_type:
+    elif isinstance(outcome.error, DatabaseUnavailable):
         version, expires_at = None, None  # the database can't say; the run's error says why
     else:
         async with runner.session_factory() as session:
