@@ -329,6 +329,14 @@ _ASYNCPG_OUTAGES = frozenset(
 )
 
 
+def is_database_failure(exc: BaseException) -> bool:
+    """Whether an exception came from the database: an outage, or any SQLAlchemy error (what
+    the storing paths catch, and leave every other exception to propagate)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return isinstance(exc, SQLAlchemyError) or is_database_outage(exc)
+
+
 def is_database_outage(exc: BaseException) -> bool:
     """Whether an exception (or one it was raised from) means the database is unreachable,
     rather than that a statement was wrong: the one test behind every `database_unavailable`."""

@@ -22,7 +22,6 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.auth.actor import Actor
@@ -37,6 +36,7 @@ from app.errors import (
     MethodNotAllowed,
     StorageFailed,
     TokenfarmError,
+    is_database_failure,
     is_database_outage,
 )
 from app.events import Events, RunFinished
@@ -219,9 +219,9 @@ class Runner:
                         return adopted
                 return await self._run(prepared, job)
         except Exception as exc:
-            outage = is_database_outage(exc)
-            if not outage and not isinstance(exc, SQLAlchemyError):
+            if not is_database_failure(exc):
                 raise
+            outage = is_database_outage(exc)
             logger.error(
                 "run of %s/%s: the database failed: %s", slug, readable_id, type(exc).__name__
             )
@@ -390,7 +390,7 @@ class Runner:
         try:
             await replay_pending(self.storage, actor="system:replay", only=waiting)
         except Exception as exc:
-            if not (isinstance(exc, SQLAlchemyError) or is_database_outage(exc)):
+            if not is_database_failure(exc):
                 raise
         still = self.storage.pending(targets)
         if not still:

@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
@@ -35,6 +35,7 @@ from app.errors import (
     TokenfarmError,
     UpstreamFailed,
     VersionConflict,
+    is_database_failure,
     is_database_outage,
 )
 from app.runs.flights import adopt, changed_versions
@@ -109,7 +110,7 @@ class RunStorage:
                 )
                 return
             except Exception as exc:
-                if not (isinstance(exc, SQLAlchemyError) or is_database_outage(exc)):
+                if not is_database_failure(exc):
                     raise
                 logger.warning(
                     "run %s: the database can't keep the answer (%s); spooling it",
@@ -154,9 +155,7 @@ class RunStorage:
                     self._unspool(record)
                     return outcome
                 except Exception as exc:
-                    if not isinstance(exc, TokenfarmError | SQLAlchemyError) and not (
-                        is_database_outage(exc)
-                    ):
+                    if not (isinstance(exc, TokenfarmError) or is_database_failure(exc)):
                         raise
                     # The transaction rolled back: none of this run's writes stayed.
                     outcome.stored = {}
@@ -182,7 +181,7 @@ class RunStorage:
                     await self._mark_targets_failed(session, record, error)
                 await record.save(session, outcome, kept, drop_kept=failed_before_storing)
         except Exception as exc:
-            if not isinstance(exc, SQLAlchemyError) and not is_database_outage(exc):
+            if not is_database_failure(exc):
                 raise
             logger.error("run %s: storing the outcome failed: %s", ctx.run_id, type(exc).__name__)
             if not failed_before_storing and is_database_outage(exc):
