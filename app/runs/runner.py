@@ -381,12 +381,12 @@ class Runner:
         or left by a process that died) that rotated a target (True: some were), or refuse: this
         run would present the refresh token such an answer replaced, and the upstream may revoke
         the grant."""
-        if not targets or not self.storage.pending(targets):
+        waiting = self.storage.pending(targets) if targets else []
+        if not waiting:
             return False
         # Imported here: recovering is rare, and app/runs/recovery.py imports the engine.
         from app.runs.recovery import replay_pending
 
-        waiting = self.storage.pending(targets)
         try:
             await replay_pending(self.storage, actor="system:replay", only=waiting)
         except Exception as exc:
