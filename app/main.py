@@ -127,7 +127,8 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
         timeout_seconds=settings.body_timeout_seconds,
-        larger={"/v1/apply": max(MAX_APPLY_BODY_BYTES, settings.max_body_bytes)},
+        # The configuration document has a bound of its own, whatever the general one says.
+        larger={"/v1/apply": MAX_APPLY_BODY_BYTES},
     )
     app.add_middleware(RequestIdMiddleware)
     return app

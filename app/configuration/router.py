@@ -84,13 +84,9 @@ def ensure_may_apply(actor: Actor) -> None:
 
 
 async def _read_body(request: Request) -> tuple[str, dict[str, str]]:
-    """The document and the request's env: YAML as it is, or the JSON form."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise StarletteHTTPException(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    """The document and the request's env: YAML as it is, or the JSON form (its size is
+    bounded before it is read, by app/middleware.py's `BodyLimitMiddleware`)."""
     body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise StarletteHTTPException(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media in YAML_TYPES:
         try:
