@@ -117,6 +117,9 @@ class RunFailed(TokenfarmError):
     error_type = "run_failed"
     kind = "run_failed"
     error_class: ErrorClass = "permanent"
+    # Whether the request may have reached the upstream (its bytes were at least partly
+    # written): a rotation-sensitive request is retried only when it provably did not.
+    reached_upstream = False
 
     def to_body(self) -> dict[str, Any]:
         """The `error` object, with the error class."""
@@ -129,6 +132,7 @@ class UpstreamFailed(RunFailed):
     status_code = 502
     error_type = "upstream_error"
     kind = "upstream_error"
+    reached_upstream = True
 
     def __init__(
         self,
@@ -155,6 +159,8 @@ class UpstreamTimeout(RunFailed):
     error_type = "upstream_timeout"
     kind = "timeout"
     error_class = "transient"
+    # Unless the outbound door knows better (app/outbound.py), a timeout may come after sending.
+    reached_upstream = True
 
 
 class UpstreamUnreachable(RunFailed):
@@ -164,6 +170,9 @@ class UpstreamUnreachable(RunFailed):
     error_type = "upstream_unreachable"
     kind = "network"
     error_class = "transient"
+    # A connection reset after the request was written is one too; app/outbound.py says when
+    # the request provably never left (refused connection, failed name or TLS handshake).
+    reached_upstream = True
 
 
 class EgressRefused(RunFailed):
@@ -189,6 +198,29 @@ class BadUpstreamResponse(RunFailed):
     status_code = 502
     error_type = "bad_upstream_response"
     kind = "bad_response"
+    reached_upstream = True
+
+
+class UpstreamAmbiguous(RunFailed):
+    """A rotation-sensitive request (a `refresh_token` grant) failed after it may have reached
+    the upstream (5xx, timeout, connection lost after sending), and was not retried: the server
+    may have rotated the refresh token in the answer that was lost, and presenting the old one
+    again makes a server with reuse detection revoke the grant (RFC 9700 §4.14.2).
+
+    It keeps the status, kind and error class of the failure it stands for (a `try` node
+    catches it as that kind); only its type and message say more.
+    """
+
+    error_type = "upstream_ambiguous"
+    reached_upstream = True
+
+    def __init__(self, cause: RunFailed, message: str) -> None:
+        super().__init__(message, **cause.extra)
+        self.status_code = cause.status_code
+        self.kind = cause.kind
+        self.error_class = cause.error_class
+        self.upstream_status: int | None = getattr(cause, "upstream_status", None)
+        self.__cause__ = cause
 
 
 class BindingError(RunFailed):

@@ -261,6 +261,40 @@ def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
     return url.scheme, url.host, url.port
 
 
+# httpx's failures that are raised before any byte of the request is written: no connection
+# (refused, no route, a failed TLS handshake), none in time, or none free in the pool.
+NEVER_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+@dataclass
+class SendProgress:
+    """How far one request got, for telling a failure that provably never reached the upstream
+    from one that may have (a rotation-sensitive request may be retried only after the first).
+
+    httpcore reports its steps through the request's `trace` extension: `connect_tcp` and
+    `start_tls` before anything is sent, then `send_request_headers`. Without those reports (a
+    transport that doesn't trace) a failure after the request was handed over counts as maybe
+    sent: the conservative answer.
+    """
+
+    handed: bool = False  # given to httpx to send
+    traced: bool = False  # httpcore reported a connection step
+    sent: bool = False  # the request's first bytes were being written (on some hop)
+
+    async def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's trace callback."""
+        if "send_request_headers" in event:
+            self.sent = True
+        elif "connect_tcp" in event or "start_tls" in event:
+            self.traced = True
+
+    def never_sent(self, exc: BaseException) -> bool:
+        """Whether the request provably never left when `exc` ended it."""
+        if self.sent:
+            return False
+        return isinstance(exc, NEVER_SENT_ERRORS) or not self.handed or self.traced
+
+
 class Outbound:
     """Sends the requests of runs with one shared client, behind the egress guard."""
 
@@ -350,6 +384,7 @@ class Outbound:
         self._check_literal_host(method, urlsplit(url).hostname or "")
         target = describe_target(method, url)
         timeout = timeout_seconds or self.default_timeout_seconds
+        progress = SendProgress()
         try:
             request = self._client.build_request(
                 method,
@@ -360,6 +395,7 @@ class Outbound:
                 json=json,
                 content=content,
                 timeout=httpx.Timeout(timeout),
+                extensions={"trace": progress.trace},
             )
             if auth is not None:
                 request = next(httpx.BasicAuth(*auth).auth_flow(request))
@@ -375,9 +411,18 @@ class Outbound:
             # by byte must not hold the run (and its lock) longer than the node allows. The
             # deadline covers name resolution and every redirect hop too.
             async with asyncio.timeout(timeout):
-                return await self._exchange(request, target, follow_redirects, destination_check)
-        except (TimeoutError, httpx.TimeoutException):
-            raise UpstreamTimeout(f"{target}: no answer within {timeout:g} s") from None
+                return await self._exchange(
+                    request, target, follow_redirects, destination_check, progress
+                )
+        except RunFailed as exc:
+            if not progress.handed:
+                # Nothing was handed to httpx yet: a name that did not resolve, a refusal.
+                exc.reached_upstream = False
+            raise
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            timed_out = UpstreamTimeout(f"{target}: no answer within {timeout:g} s")
+            timed_out.reached_upstream = not progress.never_sent(exc)
+            raise timed_out from None
         except httpx.DecodingError:
             raise BadUpstreamResponse(
                 f"{target}: the response body could not be decoded (its content-encoding is broken)"
@@ -389,9 +434,9 @@ class Outbound:
             raise BadUpstreamResponse(f"{target}: the answer redirects to an invalid URL") from None
         except httpx.RequestError as exc:
             # The class name only: httpx messages can repeat the full URL.
-            raise UpstreamUnreachable(
-                f"{target}: connection failed ({type(exc).__name__})"
-            ) from None
+            unreachable = UpstreamUnreachable(f"{target}: connection failed ({type(exc).__name__})")
+            unreachable.reached_upstream = not progress.never_sent(exc)
+            raise unreachable from None
 
     async def _exchange(
         self,
@@ -399,6 +444,7 @@ class Outbound:
         target: str,
         follow_redirects: bool,
         destination_check: DestinationCheck | None,
+        progress: SendProgress,
     ) -> OutboundResponse:
         """Send the request (and its redirect hops, when asked to) and read the final answer."""
         hops = 0
@@ -406,7 +452,7 @@ class Outbound:
             if destination_check is not None:
                 url = request.url
                 destination_check(origin(url.scheme, url.host, url.port), wire_texts(request))
-            response = await self._send_checked(request, target)
+            response = await self._send_checked(request, target, progress)
             location = response.headers.get("location")
             if not (follow_redirects and response.status_code in REDIRECT_STATUSES and location):
                 return await self._read(response, target)
@@ -422,10 +468,13 @@ class Outbound:
                 )
             request = self._redirect(request, response.status_code, location)
 
-    async def _send_checked(self, request: httpx.Request, target: str) -> httpx.Response:
+    async def _send_checked(
+        self, request: httpx.Request, target: str, progress: SendProgress
+    ) -> httpx.Response:
         """Check where the request would go, then send it to an address that passed the check."""
         host = request.url.raw_host.decode("ascii")
         if self.allow.allows_host(host):
+            progress.handed = True
             return await self._client.send(request, stream=True)
         addresses = await self._checked_addresses(request, target)
         literal = literal_address(host) is not None
@@ -433,6 +482,7 @@ class Outbound:
         for address in addresses:
             # Try every checked address in order, as a resolver-driven connect would.
             try:
+                progress.handed = True
                 return await self._client.send(self._pinned(request, address, literal), stream=True)
             except httpx.ConnectError as exc:
                 last_error = exc

@@ -45,6 +45,7 @@ Fault = Literal[
     "invalid_client",
     "invalid_grant",
     "hang",
+    "http_500_after_commit",
 ]
 FAULTS: Final[frozenset[str]] = frozenset(get_args(Fault))
 
@@ -163,6 +164,7 @@ class TokenServerState:
         self._fault: str | None = None
         self._queued_faults: list[str] = []
         self._token_requests = 0
+        self._reused_refresh_tokens = 0
         self._requests: list[dict[str, Any]] = []
         self._families: dict[str, _Family] = {}
         self._refresh_tokens: dict[str, _RefreshToken] = {}
@@ -268,10 +270,18 @@ class TokenServerState:
         with self._lock:
             return [dict(entry) for entry in self._requests]
 
+    @property
+    def reused_refresh_tokens(self) -> int:
+        """How many times a refresh token that was already used was presented again (each
+        revoked its family), since the last `reset_counters`."""
+        with self._lock:
+            return self._reused_refresh_tokens
+
     def reset_counters(self) -> None:
         """Zero `token_requests` and clear `requests`; issued tokens are kept."""
         with self._lock:
             self._token_requests = 0
+            self._reused_refresh_tokens = 0
             self._requests.clear()
 
     def introspect(self, token: str) -> dict[str, Any]:
@@ -434,6 +444,7 @@ class TokenServerState:
             # Reuse detection comes before scope checks: a replayed token must always burn the
             # family, whatever else is wrong with the request.
             if record.used:
+                self._reused_refresh_tokens += 1
                 self._revoke_family_locked(family)
                 raise OAuthError(
                     "invalid_grant", "refresh token was already used; its token family is revoked"
@@ -862,6 +873,11 @@ def create_token_server(state: TokenServerState) -> ASGIApp:
         except OAuthError as exc:
             state._finish_request(entry, exc.status, exc.error)
             return _error_response(exc)
+        if fault == "http_500_after_commit":
+            # The grant was processed (a refresh token rotated) and then the server failed:
+            # the answer that carried the new tokens is lost.
+            state._finish_request(entry, 500, f"fault:{fault}")
+            return _json({"error": "server_error"}, status=500)
         state._finish_request(entry, 200, None)
         return _json(body)
 

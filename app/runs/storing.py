@@ -39,6 +39,7 @@ from app.errors import (
     is_database_outage,
 )
 from app.runs.flights import adopt, changed_versions
+from app.runs.lost_answers import explain_spent_grant, lost_answer_run
 from app.runs.record import RunOutcome, RunRecord
 from app.runs.spool import Spool
 from app.secrets import health, sql
@@ -166,6 +167,8 @@ class RunStorage:
                 adopted_or_error = await self._lost_race(record)
                 if isinstance(adopted_or_error, RunOutcome):
                     return adopted_or_error
+                if adopted_or_error is None:
+                    await self._explain_if_spent_by_lost_answer(record, error)
                 error = adopted_or_error or error
             outcome.status, outcome.http_status, outcome.error = "failed", error.status_code, error
             outcome.error_body = ctx.redactor.value(error.to_body())
@@ -268,6 +271,17 @@ class RunStorage:
             "endpoint refused the grant the run began with (invalid_grant); try again",
             secrets=sorted(changed),
         )
+
+    async def _explain_if_spent_by_lost_answer(
+        self, record: RunRecord, error: UpstreamFailed
+    ) -> None:
+        """A refused grant after an earlier refresh of the same targets failed ambiguously:
+        say that its lost answer probably spent the refresh token (app/runs/lost_answers.py)."""
+        async with self.session_factory() as session:
+            store = SecretStore(session, self.keyring, self.settings)
+            lost_run_id = await lost_answer_run(store, session, record.prepared.target_names)
+        if lost_run_id is not None:
+            explain_spent_grant(error, lost_run_id)
 
     async def _store_writes(
         self, session: AsyncSession, record: RunRecord, outcome: RunOutcome, kept: bool

@@ -25,6 +25,13 @@ from app.errors import (
 )
 from app.pipeline.bindings import BINDING, as_text
 from app.pipeline.nodes.base import VARIABLE_NAME_PATTERN, Flow, NodeBase, Strict
+from app.pipeline.rotation import (
+    SPENT_BY_LOST_ANSWER,
+    WHAT_TO_DO,
+    ambiguous_refresh,
+    is_ambiguous,
+    is_refresh_grant,
+)
 
 if TYPE_CHECKING:
     from jsonpath_ng import JSONPath
@@ -76,7 +83,11 @@ class RequestBody(Strict):
 class RetryPolicy(Strict):
     """How a `web_request` retries transient (5xx, 408, network, timeout) and rate-limited (429)
     failures: exponential backoff with jitter, honouring `Retry-After` up to `max_delay_seconds`.
-    Permanent failures (other 4xx, OAuth errors such as `invalid_grant`) are never retried."""
+    Permanent failures (other 4xx, OAuth errors such as `invalid_grant`) are never retried.
+
+    A transient failure after the request may have reached the server is *ambiguous*: the
+    server may have acted on it. A refresh_token grant is then not retried (app/pipeline/
+    rotation.py) unless `ambiguous_failures` is `retry`."""
 
     attempts: int = Field(3, ge=1, le=10, description="Attempts in all; 1 turns retrying off.")
     base_delay_seconds: float = Field(
@@ -84,6 +95,17 @@ class RetryPolicy(Strict):
     )
     max_delay_seconds: float = Field(
         30, ge=0, le=300, description="Cap on any one delay, Retry-After included."
+    )
+    ambiguous_failures: Literal["auto", "retry", "stop"] = Field(
+        "auto",
+        description=(
+            "Transient failures after the request may have reached the server (5xx, a timeout "
+            "or a lost connection after sending). `auto`: not retried for a refresh_token grant "
+            "(the server may have rotated the refresh token; presenting it again could revoke "
+            "the grant), retried for other requests. `retry`: always retried (the server has a "
+            "reuse grace period). `stop`: never retried. Failures that provably never reached "
+            "the server (a refused connection) are retried in every case."
+        ),
     )
 
 
@@ -170,6 +192,9 @@ class WebRequestNode(NodeBase):
         _check_headers(headers)
         target = describe_target(self.method, url)
         full_url = _with_query(url, query)
+        spends_refresh_token = is_refresh_grant(
+            form=data, json_body=json_body, raw=content, query=query
+        )
         retries: list[dict[str, Any]] = []
         attempt = 0
         while True:
@@ -207,20 +232,27 @@ class WebRequestNode(NodeBase):
                         response.headers.get("retry-after"), ctx.clock()
                     ),
                 )
-            delay = self._retry_delay(ctx, failure, attempt)
+            if is_ambiguous(failure) and not self._retries_ambiguous(spends_refresh_token):
+                if spends_refresh_token:
+                    failure = ambiguous_refresh(failure)
+                elif attempt < self.retry.attempts:
+                    failure.message += (
+                        " (not retried: it may have reached the server, and the retry "
+                        "policy's ambiguous_failures is 'stop')"
+                    )
+                delay = None
+            else:
+                delay = self._retry_delay(ctx, failure, attempt)
             if delay is None:
                 if retries:
                     entry["retries"] = retries
                     failure.extra["attempts"] = attempt
-                    if any(r["error"] == "upstream_timeout" for r in retries) and (
+                    if any(r["reached_upstream"] for r in retries) and (
                         getattr(failure, "oauth_error", None) == "invalid_grant"
                     ):
-                        # The timed-out attempt may have reached the server and rotated the
+                        # An earlier attempt may have reached the server and rotated the
                         # token; its answer was lost, so the retry presented a spent one.
-                        failure.message += (
-                            " (after an attempt that timed out: the server may have rotated "
-                            "the token in the answer that was lost)"
-                        )
+                        failure.message += f" ({SPENT_BY_LOST_ANSWER}: {WHAT_TO_DO})"
                 raise failure
             retries.append(
                 {
@@ -228,6 +260,7 @@ class WebRequestNode(NodeBase):
                     "error": failure.error_type,
                     "error_class": failure.error_class,
                     "status": getattr(failure, "upstream_status", None),
+                    "reached_upstream": failure.reached_upstream,
                     "delay_seconds": round(delay, 3),
                 }
             )
@@ -253,6 +286,11 @@ class WebRequestNode(NodeBase):
             raise UpstreamTimeout("the run's deadline passed before the request could be sent")
         timeout = self.timeout_seconds or ctx.outbound.default_timeout_seconds
         return min(timeout, remaining)
+
+    def _retries_ambiguous(self, spends_refresh_token: bool) -> bool:
+        """Whether the policy retries a failure after which the server may have acted."""
+        policy = self.retry.ambiguous_failures
+        return policy == "retry" or (policy == "auto" and not spends_refresh_token)
 
     def _retry_delay(self, ctx: RunContext, failure: RunFailed, attempt: int) -> float | None:
         """Seconds to wait before the next attempt, or None when the failure is final."""
