@@ -20,6 +20,7 @@ from app.pipeline.rotation import SPENT_BY_LOST_ANSWER, WHAT_TO_DO
 from app.runs.record import RUN_SECRET_TABLE, RUN_TABLE
 from app.secrets.store import SecretStore
 
+AMBIGUOUS = UpstreamAmbiguous.error_type
 # The error types of a secret's latest failed runs that called something (they have an error
 # class; a refusal before any call has none), newest first.
 _RECENT_FAILURES = (
@@ -38,21 +39,24 @@ _RECENT_FAILURES = (
 async def lost_answer_run(
     store: SecretStore, session: AsyncSession, names: Iterable[str]
 ) -> str | None:
-    """The run, among the current failure streak of any of `names` (the failures since the
-    secret last had a value that worked or was set by hand), that failed ambiguously."""
+    """The run that failed ambiguously within the current failure streak of every one of
+    `names` (the secrets a failure marks): a streak starts when a secret last had a value that
+    worked or was set by hand, so a new refresh token set by hand ends the suspicion."""
     connection = await session.connection()
-    for name in sorted(names):
+    found: str | None = None
+    for name in names:
         try:
             streak = (await store.get(name)).failure_count
         except NotFound:
             continue
         if streak <= 0:
-            continue
+            return None
         rows = await connection.execute(_RECENT_FAILURES, {"name": name, "streak": streak})
-        for run_id, error_type in rows:
-            if error_type == UpstreamAmbiguous.error_type:
-                return str(run_id)
-    return None
+        ambiguous = [str(run_id) for run_id, error_type in rows if error_type == AMBIGUOUS]
+        if not ambiguous:
+            return None
+        found = found or ambiguous[0]
+    return found
 
 
 def explain_spent_grant(error: UpstreamFailed, lost_run_id: str) -> None:

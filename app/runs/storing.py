@@ -279,7 +279,7 @@ class RunStorage:
         say that its lost answer probably spent the refresh token (app/runs/lost_answers.py)."""
         async with self.session_factory() as session:
             store = SecretStore(session, self.keyring, self.settings)
-            lost_run_id = await lost_answer_run(store, session, record.prepared.target_names)
+            lost_run_id = await lost_answer_run(store, session, self._markable_targets(record))
         if lost_run_id is not None:
             explain_spent_grant(error, lost_run_id)
 
@@ -336,23 +336,30 @@ class RunStorage:
             for loaded, write in zip(loaded_writes, writes, strict=True)
         }
 
+    @staticmethod
+    def _markable_targets(record: RunRecord) -> list[str]:
+        """The secrets a failure of the run marks: those it meant to write that runs may."""
+        prepared = record.prepared
+        names = []
+        for name in sorted(prepared.target_names):
+            loaded = prepared.secrets.get(name)
+            if loaded is not None and not why_runs_cannot_write(
+                environment_specific=loaded.secret.environment_specific,
+                locked=loaded.secret.locked,
+            ):
+                names.append(name)
+        return names
+
     async def _mark_targets_failed(
         self, session: AsyncSession, record: RunRecord, error: RunFailed
     ) -> None:
         """Note the failure on every secret the run meant to write (its value stays as it was)."""
-        prepared = record.prepared
         store = SecretStore(session, self.keyring, self.settings)
         revoked = isinstance(error, UpstreamFailed) and error.oauth_error == "invalid_grant"
         # Stored redacted: the column is plain text, and an upstream may echo what it was sent.
         message = record.ctx.redactor.text(error.message)
         summary = health.failure_summary(error.error_type, error.error_class, message)
-        for name in sorted(prepared.target_names):
-            loaded = prepared.secrets.get(name)
-            if loaded is None or why_runs_cannot_write(
-                environment_specific=loaded.secret.environment_specific,
-                locked=loaded.secret.locked,
-            ):
-                continue
+        for name in self._markable_targets(record):
             health.mark_failed(
                 session, await store.get(name), summary, revoked=revoked, run_id=record.ctx.run_id
             )
