@@ -1,7 +1,9 @@
 """Error classes and retries: transient and rate-limited failures are retried, permanent never.
 
 Each case runs `GET /refresh/ACCESS_TOKEN` against the loopback token server, whose fault queue
-answers the next requests with chosen faults (`queue_faults`) and then normally.
+answers the next requests with chosen faults (`queue_faults`) and then normally. A refresh is
+retried after a 5xx or a timeout only when its policy says the server has a reuse grace period
+(`REUSE_GRACE_RETRY`); what happens without it is tests/runs/test_rotation_safety.py.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pytest
 
 from app.backoff import parse_retry_after
 from app.errors import classify_status
+from app.pipeline.rotation import REUSE_GRACE_RETRY
 from tests.conftest import TokenServer, secret_value, setup_oauth
 
 
@@ -39,6 +42,15 @@ async def last_run(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
     return detail
 
 
+# The retry policy of `canonical_action`, for a server that tolerates a retried refresh.
+GRACE_POLICY = {
+    "attempts": 3,
+    "base_delay_seconds": 0.05,
+    "max_delay_seconds": 5,
+    **REUSE_GRACE_RETRY,
+}
+
+
 def web_request(run: dict[str, Any]) -> dict[str, Any]:
     """The trace entry of the run's token request."""
     entry: dict[str, Any] = next(e for e in run["trace"] if e["type"] == "web_request")
@@ -50,7 +62,7 @@ class TestTransientFailures:
     async def test_server_error_then_success_is_retried(
         self, client: httpx.AsyncClient, token_server: TokenServer, fault: str
     ) -> None:
-        await setup_oauth(client, token_server)
+        await refresh_with_policy(client, token_server, GRACE_POLICY)
         token_server.state.retry_after_seconds = None
         token_server.state.queue_faults(fault)
 
@@ -67,7 +79,7 @@ class TestTransientFailures:
     async def test_timeout_then_success_is_retried(
         self, client: httpx.AsyncClient, token_server: TokenServer
     ) -> None:
-        await setup_oauth(client, token_server)
+        await refresh_with_policy(client, token_server, GRACE_POLICY)
         token_server.state.hang_seconds = 1.5  # the node's timeout is 1 s
         token_server.state.queue_faults("hang")
 
@@ -80,7 +92,9 @@ class TestTransientFailures:
     async def test_attempts_are_bounded_by_the_policy(
         self, client: httpx.AsyncClient, token_server: TokenServer
     ) -> None:
-        await refresh_with_policy(client, token_server, {"attempts": 4, "base_delay_seconds": 0.01})
+        await refresh_with_policy(
+            client, token_server, {"attempts": 4, "base_delay_seconds": 0.01, **REUSE_GRACE_RETRY}
+        )
         token_server.state.retry_after_seconds = None
         token_server.state.fault = "http_503"
 
@@ -112,7 +126,12 @@ class TestTransientFailures:
         await refresh_with_policy(
             client,
             token_server,
-            {"attempts": 4, "base_delay_seconds": 0.1, "max_delay_seconds": 0.3},
+            {
+                "attempts": 4,
+                "base_delay_seconds": 0.1,
+                "max_delay_seconds": 0.3,
+                **REUSE_GRACE_RETRY,
+            },
         )
         token_server.state.retry_after_seconds = None
         token_server.state.queue_faults("http_503", "http_503", "http_503")
@@ -132,7 +151,9 @@ class TestTransientFailures:
         self, client: httpx.AsyncClient, token_server: TokenServer, app: Any
     ) -> None:
         await refresh_with_policy(
-            client, token_server, {"attempts": 5, "base_delay_seconds": 2, "max_delay_seconds": 2}
+            client,
+            token_server,
+            {"attempts": 5, "base_delay_seconds": 2, "max_delay_seconds": 2, **REUSE_GRACE_RETRY},
         )
         app.state.runner.settings = app.state.settings.model_copy(
             update={"run_deadline_seconds": 1.0}
@@ -170,6 +191,7 @@ class TestRateLimiting:
                 "error": "upstream_error",
                 "error_class": "rate_limited",
                 "status": 429,
+                "reached_upstream": True,
                 "delay_seconds": 1.0,
             }
         ]
