@@ -111,10 +111,10 @@ class TestRun:
         result = json.loads(failed.stdout)
         assert result["status"] == "failed"
         assert (result["error"]["type"], result["error"]["error_class"]) == (
-            "upstream_error",
+            "upstream_ambiguous",
             "transient",
         )
-        assert "error: upstream_error (transient): " in failed.stderr
+        assert "error: upstream_ambiguous (transient): " in failed.stderr
         assert "503" in failed.stderr
         assert await secret_value(client, "REFRESH_TOKEN") == oauth.refresh_token
         assert await secret_value(client, "ACCESS_TOKEN") is None

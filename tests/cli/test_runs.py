@@ -143,7 +143,7 @@ class TestFollow:
             failed_line = follower.wait_for(str(failed["run_id"]), "failed")
 
         assert "refresh" in line and "oauth/refresh-token" in line
-        assert "upstream_error (transient)" in failed_line
+        assert "upstream_ambiguous (transient)" in failed_line
         assert follower.process.returncode == 0, follower.stderr
         assert follower.seen.count(follower.wait_for(str(before["run_id"]))) == 1
 

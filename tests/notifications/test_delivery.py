@@ -89,7 +89,7 @@ class TestTokenServerSwitchedOff:
             assert body["type"] == "secret.failing" == delivery.event
             assert body["status"] == "failing" and body["previous_status"] == "ok"
             assert body["failure_count"] == 1
-            assert body["last_error"].startswith("upstream_error (transient)")
+            assert body["last_error"].startswith("upstream_ambiguous (transient)")
             assert body["run_id"] == run_id
             assert body["occurred_at"].endswith("Z")
             assert delivery.headers["content-type"] == "application/json"
