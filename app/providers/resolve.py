@@ -10,6 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from app.db import one_or_not_found
 from app.providers.models import Provider
 
 
@@ -63,3 +68,15 @@ class ResolvedProvider:
             refresh_token_reuse_grace_seconds=row.refresh_token_reuse_grace_seconds,
             catalog=row.catalog,
         )
+
+
+async def resolve_provider(session: AsyncSession, name: str) -> ResolvedProvider:
+    """The provider `name` with every endpoint known, or NotFound.
+
+    Explicit URLs only for now; the issuer's discovery document (fetched through the egress
+    guard, cached) fills the missing ones once discovery lands here.
+    """
+    row = await one_or_not_found(
+        session, select(Provider).where(col(Provider.name) == name), f"provider {name!r}"
+    )
+    return ResolvedProvider.from_row(row)
