@@ -109,6 +109,7 @@ class OAuthServer:
         self.discovery_url = f"{base_url}/.well-known/openid-configuration"
         self.jwks_url = f"{base_url}/.well-known/jwks.json"
         self.userinfo_url = f"{base_url}/userinfo/"
+        self.stderr_path: Path | None = None  # the provider's stderr, once launched
         self._introspection_auth = introspection_auth
         self._http = httpx.Client(base_url=base_url, timeout=10)
 
@@ -138,6 +139,7 @@ class OAuthServer:
                 f"http://127.0.0.1:{announced['port']}",
                 (announced["introspection_client_id"], announced["introspection_client_secret"]),
             )
+            server.stderr_path = data_dir / "provider.stderr"
             server.discovery()  # answers: it is up
             try:
                 yield server
@@ -243,7 +245,7 @@ class OAuthServer:
         self.reset_faults()
 
     def revoke_all_for(self, user: str = ALICE) -> dict[str, int]:
-        """Revoke every token and grant the user holds, as if they revoked access at the provider."""
+        """Revoke every token and grant `user` holds, as if they revoked access at the provider."""
         response = self._http.post("/_control/revoke-user", json={"user": user})
         _expect(response, 200)
         return dict(response.json())

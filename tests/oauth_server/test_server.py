@@ -34,7 +34,9 @@ def _callback_params(location: str) -> dict[str, str]:
     return {key: values[0] for key, values in parse_qs(urlsplit(location).query).items()}
 
 
-def _connect(server: OAuthServer, scope: str = "openid email read") -> tuple[str, str, dict[str, Any]]:
+def _connect(
+    server: OAuthServer, scope: str = "openid email read"
+) -> tuple[str, str, dict[str, Any]]:
     """Authorization code + PKCE by hand -> (client_id, client_secret, token response)."""
     client_id, client_secret = server.create_client(redirect_uris=[CALLBACK])
     assert client_secret is not None
@@ -134,6 +136,8 @@ class TestRefreshRotation:
         assert [entry["status"] for entry in log] == [200, 200]
         assert oauth_server.refresh_tokens_presented() == [sha256_hex(tokens["refresh_token"])]
         assert tokens["refresh_token"] not in str(log)
+        assert oauth_server.stderr_path is not None
+        assert tokens["refresh_token"] not in oauth_server.stderr_path.read_text()
         oauth_server.reset_log()
         assert oauth_server.request_log() == []
 
