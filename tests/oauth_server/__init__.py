@@ -107,6 +107,9 @@ class OAuthServer:
         self.device_authorization_url = f"{base_url}/device-authorization/"
         self.device_verification_url = f"{base_url}/device/"
         self.discovery_url = f"{base_url}/.well-known/openid-configuration"
+        # RFC 8414 metadata: unlike the OIDC document it names the revocation and
+        # introspection endpoints (neither names the device authorization endpoint).
+        self.metadata_url = f"{base_url}/.well-known/oauth-authorization-server"
         self.jwks_url = f"{base_url}/.well-known/jwks.json"
         self.userinfo_url = f"{base_url}/userinfo/"
         self.stderr_path: Path | None = None  # the provider's stderr, once launched
@@ -232,7 +235,8 @@ class OAuthServer:
         self._faults({"slow_down_next": n})
 
     def wrong_issuer_in_discovery(self, on: bool = True) -> None:
-        """The discovery document names https://wrong-issuer.example.com as its issuer."""
+        """The discovery document (and the RFC 8414 metadata) name
+        https://wrong-issuer.example.com as the issuer."""
         self._faults({"wrong_issuer_in_discovery": on})
 
     def reset_faults(self) -> None:

@@ -31,7 +31,8 @@ from urllib.parse import parse_qs
 from tests.oauth_server import USERS
 
 TOKEN_PATH = "/token/"
-DISCOVERY_PATH = "/.well-known/openid-configuration"
+# OIDC discovery and RFC 8414 metadata: the wrong-issuer fault rewrites both.
+METADATA_PATHS = ("/.well-known/openid-configuration", "/.well-known/oauth-authorization-server")
 SCOPES = {
     "openid": "OpenID Connect",
     "email": "Your email address",
@@ -98,7 +99,7 @@ class FaultMiddleware:
             with STATE.token_lock:
                 return self._token(request)
         response = self.get_response(request)
-        if request.path.rstrip("/") == DISCOVERY_PATH and STATE.wrong_issuer:
+        if request.path.rstrip("/") in METADATA_PATHS and STATE.wrong_issuer:
             from django.http import JsonResponse
 
             document = json.loads(response.content)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import secrets
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -75,22 +77,31 @@ class TestDiscovery:
         assert document["token_endpoint"] == oauth_server.token_url
         assert document["authorization_endpoint"] == oauth_server.authorization_url
         assert document["jwks_uri"] == oauth_server.jwks_url
+        metadata = httpx.get(oauth_server.metadata_url).json()
+        assert metadata["issuer"] == oauth_server.issuer
+        assert metadata["revocation_endpoint"] == oauth_server.revocation_url
+        assert metadata["introspection_endpoint"] == oauth_server.introspection_url
         keys = httpx.get(oauth_server.jwks_url).json()["keys"]
         assert [key["kty"] for key in keys] == ["RSA"]
 
     def test_wrong_issuer_fault(self, oauth_server: OAuthServer) -> None:
         oauth_server.wrong_issuer_in_discovery(True)
         assert oauth_server.discovery()["issuer"] == "https://wrong-issuer.example.com"
+        metadata = httpx.get(oauth_server.metadata_url).json()
+        assert metadata["issuer"] == "https://wrong-issuer.example.com"
         oauth_server.reset_faults()
         assert oauth_server.discovery()["issuer"] == oauth_server.issuer
 
 
 class TestAuthorizationCode:
     def test_code_with_pkce_ends_with_tokens(self, oauth_server: OAuthServer) -> None:
-        _, _, tokens = _connect(oauth_server)
+        client_id, _, tokens = _connect(oauth_server)
         assert tokens["token_type"] == "Bearer"
         assert tokens["refresh_token"] and tokens["id_token"]
         assert tokens["expires_in"] == 60
+        claims = json.loads(base64.urlsafe_b64decode(tokens["id_token"].split(".")[1] + "=="))
+        assert claims["iss"] == oauth_server.issuer
+        assert claims["aud"] == client_id
         introspected = oauth_server.introspect(tokens["access_token"])
         assert introspected["active"] is True
         assert introspected["username"] == "alice@example.com"
