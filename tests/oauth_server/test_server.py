@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -138,6 +139,22 @@ class TestRefreshRotation:
         after = _refresh(oauth_server, (client_id, client_secret), second)
         assert after.status_code == 400
         assert oauth_server.introspect(rotated.json()["access_token"])["active"] is False
+
+    def test_concurrent_refreshes_are_serialised(self, oauth_server: OAuthServer) -> None:
+        client_id, client_secret, tokens = _connect(oauth_server, scope="read")
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(
+                pool.map(
+                    lambda _: _refresh(
+                        oauth_server, (client_id, client_secret), tokens["refresh_token"]
+                    ),
+                    range(2),
+                )
+            )
+        assert sorted(answer.status_code for answer in answers) == [200, 400]
+        # The loser presented a used token: reuse protection revoked the winner's tokens too.
+        winner = next(answer for answer in answers if answer.status_code == 200).json()
+        assert oauth_server.refresh_token_state(winner["refresh_token"])["revoked"] is True
 
     def test_request_log_counts_and_hashes(self, oauth_server: OAuthServer) -> None:
         client_id, client_secret, tokens = _connect(oauth_server, scope="read")
