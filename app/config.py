@@ -7,11 +7,13 @@ import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.outbound import EgressAllowList
+from app.pipeline.wire import parse_origin
 
 Environment = Literal["development", "test", "staging", "production"]
 # `N/minute`, `N/10 seconds`... joined by `;`: a subset of what the `limits` library parses,
@@ -117,6 +119,21 @@ class Settings(BaseSettings):
         "client (for the login throttle); empty: the connection's address is the client's.",
     )
 
+    public_url: str | None = Field(
+        None,
+        description="The address people's browsers reach tokenfarm at (e.g. "
+        "`https://tokenfarm.example.com`): the connect flow's redirect URI is "
+        "`{TOKENFARM_PUBLIC_URL}/connect/callback`, and console cookies are `Secure` when it is "
+        "https. Unset: everything but the connect flow works. Must be https in staging and "
+        "production.",
+    )
+    connect_return_origins: str = Field(
+        "",
+        description="Comma-separated origins (`https://app.example.com`) a connect link's "
+        "`return_to` may send the browser back to after a connect; empty: none (the connected "
+        "page is shown).",
+    )
+
     scheduler_enabled: bool = Field(
         True, description="Run the scheduler inside `tokenfarm serve` (off: run it on its own)."
     )
@@ -182,6 +199,49 @@ class Settings(BaseSettings):
         EgressAllowList.parse(value)
         return value
 
+    @field_validator("public_url")
+    @classmethod
+    def _public_url_is_a_base_url(cls, value: str | None) -> str | None:
+        """An absolute http(s) URL without query or fragment; a trailing slash is dropped."""
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"TOKENFARM_PUBLIC_URL: {value!r} is not an absolute http(s) URL "
+                "(e.g. https://tokenfarm.example.com)"
+            )
+        if parts.query or parts.fragment:
+            raise ValueError("TOKENFARM_PUBLIC_URL: must not carry a ?query or #fragment")
+        return value.strip().rstrip("/")
+
+    @field_validator("connect_return_origins")
+    @classmethod
+    def _return_origins_are_origins(cls, value: str) -> str:
+        """Each entry is an origin; a bad one stops start-up naming it."""
+        for entry in filter(None, (part.strip() for part in value.split(","))):
+            try:
+                parse_origin(entry)
+            except ValueError as exc:
+                raise ValueError(f"TOKENFARM_CONNECT_RETURN_ORIGINS: {exc}") from None
+        return value
+
+    @property
+    def return_origins(self) -> set[str]:
+        """`connect_return_origins` parsed (normalized origins)."""
+        entries = (part.strip() for part in self.connect_return_origins.split(","))
+        return {parse_origin(entry) for entry in entries if entry}
+
+    @property
+    def connect_callback_url(self) -> str | None:
+        """The connect flow's redirect URI, or None without a public URL."""
+        return f"{self.public_url}/connect/callback" if self.public_url else None
+
+    @property
+    def public_url_is_https(self) -> bool:
+        """Whether browsers reach tokenfarm over https (console cookies are then `Secure`)."""
+        return bool(self.public_url and self.public_url.startswith("https://"))
+
     @field_validator("trusted_proxies")
     @classmethod
     def _trusted_proxies_are_networks(cls, value: str) -> str:
@@ -236,6 +296,20 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"TOKENFARM_SCHEDULER_LEASE_SECONDS ({lease:g}) must exceed "
                 f"TOKENFARM_RUN_DEADLINE_SECONDS ({self.run_deadline_seconds:g})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _public_url_is_https_in_production(self) -> Settings:
+        """Codes and cookies must not cross the network in the clear outside development."""
+        if (
+            self.public_url
+            and self.environment in ("staging", "production")
+            and not self.public_url.startswith("https://")
+        ):
+            raise ValueError(
+                f"TOKENFARM_PUBLIC_URL must be https:// in {self.environment} "
+                f"(got {self.public_url!r}); http is only for development and test"
             )
         return self
 

@@ -4,6 +4,7 @@ from sqlmodel import SQLModel
 
 from app.auth.models import ApiKey, Role, ServiceAccount, ServiceAccountRole, User, UserRole
 from app.notifications.models import Webhook
+from app.providers.models import Provider
 from app.runs.models import Run, RunSecret
 from app.schedules.models import Schedule
 from app.secrets.models import Secret, SecretValue, SecretVersion
@@ -14,6 +15,7 @@ metadata = SQLModel.metadata
 __all__ = [
     "ApiKey",
     "Endpoint",
+    "Provider",
     "Role",
     "Run",
     "RunSecret",

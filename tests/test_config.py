@@ -157,3 +157,31 @@ class TestSettingsRepr:
         for text in (repr(settings), str(settings)):
             assert "key-canary-91c2" not in text
             assert "jwt-canary-" not in text
+
+
+def test_public_url_gives_the_connect_callback() -> None:
+    settings = Settings(public_url="https://tokens.example.com/")
+    assert settings.public_url == "https://tokens.example.com"
+    assert settings.connect_callback_url == "https://tokens.example.com/connect/callback"
+    assert settings.public_url_is_https
+    assert Settings().connect_callback_url is None
+
+
+@pytest.mark.parametrize("environment", ["staging", "production"])
+def test_http_public_url_is_refused_outside_development(environment: str) -> None:
+    with pytest.raises(ValidationError, match="must be https:// in " + environment):
+        Settings(public_url="http://tokens.example.com", environment=environment)
+    assert Settings(public_url="http://127.0.0.1:8000", environment="test").public_url
+
+
+@pytest.mark.parametrize("bad", ["ftp://x.example.com", "tokens.example.com", "https://x/?a=1"])
+def test_public_url_must_be_a_base_url(bad: str) -> None:
+    with pytest.raises(ValidationError, match="TOKENFARM_PUBLIC_URL"):
+        Settings(public_url=bad)
+
+
+def test_return_origins_are_checked_and_normalized() -> None:
+    settings = Settings(connect_return_origins="https://App.example.com, http://localhost:3000")
+    assert settings.return_origins == {"https://app.example.com", "http://localhost:3000"}
+    with pytest.raises(ValidationError, match="TOKENFARM_CONNECT_RETURN_ORIGINS"):
+        Settings(connect_return_origins="https://app.example.com/path")
