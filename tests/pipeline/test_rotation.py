@@ -135,6 +135,22 @@ class TestRefreshGrantAfterAmbiguousFailure:
         retries = web_request_entry(await run_trace(client, response.json()["run_id"]))["retries"]
         assert [r["reached_upstream"] for r in retries] == [False, False]
 
+    async def test_failed_tls_handshake_is_retried(
+        self, client: httpx.AsyncClient, dropping_server: DroppingServer
+    ) -> None:
+        # Connected, but the handshake failed before any byte of the request was written.
+        url = dropping_server.url.replace("http://", "https://")
+        action = [token_request(url, {"form": REFRESH_FORM})]
+
+        response = await run_action(client, action)
+
+        assert response.status_code == 502, response.text
+        error = response.json()["error"]
+        assert error["type"] == "upstream_unreachable"
+        assert error["attempts"] == 3
+        assert dropping_server.connections == 3
+        assert dropping_server.requests_read == 0
+
     async def test_rate_limited_answer_is_retried(
         self, client: httpx.AsyncClient, echo: Echo
     ) -> None:
@@ -230,6 +246,7 @@ class DroppingServer:
     the connection is lost after the request was written."""
 
     def __init__(self) -> None:
+        self.connections = 0
         self.requests_read = 0
         self.url = ""
         self._server: asyncio.Server | None = None
@@ -241,18 +258,26 @@ class DroppingServer:
         self.url = f"http://127.0.0.1:{port}/token"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = next(
-            (
-                int(line.split(b":", 1)[1])
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length:")
-            ),
-            0,
-        )
-        await reader.readexactly(length)
-        self.requests_read += 1
-        writer.close()
+        self.connections += 1
+        try:
+            first = await reader.read(1)
+            if first == b"\x16":  # a TLS handshake record: hang up on it
+                return
+            head = first + await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                (
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
+                0,
+            )
+            await reader.readexactly(length)
+            self.requests_read += 1
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass
+        finally:
+            writer.close()
 
     async def stop(self) -> None:
         """Stop listening."""
