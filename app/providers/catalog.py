@@ -158,7 +158,7 @@ ENTRIES: tuple[CatalogEntry, ...] = (
             refresh_answer_omits_refresh_token=False,
             reuse_grace="none",
             notes=(
-                "Slack answers errors with HTTP 200 and {\"ok\": false, \"error\": ...}.",
+                'Slack answers errors with HTTP 200 and {"ok": false, "error": ...}.',
                 "Bot scopes go in scopes; user scopes need authorize_params user_scope.",
                 "No RFC 7009 revocation endpoint (Slack's is auth.revoke).",
             ),

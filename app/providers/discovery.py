@@ -149,8 +149,7 @@ async def _fetch(issuer: str, url: str, outbound: Outbound) -> dict[str, Any]:
             _ENDPOINT.validate_python(value)
         except ValidationError:
             raise DiscoveryFailed(
-                f"the discovery document at {url} has a {key} that is not an absolute http(s) "
-                "URL",
+                f"the discovery document at {url} has a {key} that is not an absolute http(s) URL",
                 issuer=issuer,
             ) from None
     return document

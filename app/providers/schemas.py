@@ -92,7 +92,7 @@ class ProviderFields(StrictModel):
     )
     catalog_params: dict[Annotated[str, Field(max_length=64)], CatalogParam] = Field(
         default_factory=dict,
-        description="Values of the catalog entry's placeholders, e.g. {\"tenant\": \"…\"}.",
+        description='Values of the catalog entry\'s placeholders, e.g. {"tenant": "…"}.',
     )
     issuer: Issuer | None = None
     authorization_url: TokenUrl | None = None

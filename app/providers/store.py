@@ -152,7 +152,7 @@ def problems(values: dict[str, Any], known_secrets: Container[str]) -> Problems:
     for name in SECRET_FIELDS:
         secret = values[name]
         if secret is not None and secret not in known_secrets:
-            found.append((name, f"secret {secret!r} does not exist (create it first)"))
+            found.append((name, f"secret {secret!r} does not exist"))
     return found
 
 
