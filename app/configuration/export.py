@@ -9,7 +9,7 @@ as what they are stored as: the `refreshers` service and each secret's `refresh_
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from sqlalchemy import select
@@ -116,7 +116,7 @@ async def _providers(session: AsyncSession) -> list[dict[str, Any]]:
     anyway, so that applying the export changes nothing."""
     exported = []
     for provider in await ProviderStore(session).list_all():
-        filled, _ = definition(ProviderFields.model_construct(catalog=provider.catalog))
+        filled, _ = definition(ProviderFields.model_construct(catalog=cast(Any, provider.catalog)))
         entry: dict[str, Any] = {"name": provider.name}
         for name in DEFINITION_FIELDS:
             value = getattr(provider, name)
