@@ -92,16 +92,27 @@ async def resolve_provider(
     *,
     cache: DiscoveryCache | None = None,
 ) -> ResolvedProvider:
-    """The provider `name` with every endpoint known, or NotFound.
+    """The provider `name` with every endpoint known, or NotFound (see `resolve_row`).
+
+    A fetch happens inside the session's transaction, which the read began; a caller that
+    wants none open across the fetch loads the row, ends its transaction, then `resolve_row`s.
+    """
+    row = await one_or_not_found(
+        session, select(Provider).where(col(Provider.name) == name), f"provider {name!r}"
+    )
+    return await resolve_row(row, outbound, cache=cache)
+
+
+async def resolve_row(
+    row: Provider, outbound: Outbound | None = None, *, cache: DiscoveryCache | None = None
+) -> ResolvedProvider:
+    """A provider row with every endpoint known.
 
     A provider with an issuer and a missing endpoint takes it from the issuer's discovery
     document (cached per process; fetched through `outbound`, the egress-guarded client).
     Discovery failing, or naming another issuer, is `DiscoveryFailed` (502). Without
     `outbound` only a cached document can help: endpoints nobody gave stay None.
     """
-    row = await one_or_not_found(
-        session, select(Provider).where(col(Provider.name) == name), f"provider {name!r}"
-    )
     if not needs_discovery(row):
         return ResolvedProvider.from_row(row)
     assert row.issuer is not None

@@ -15,7 +15,7 @@ from app.auth.permissions import Permission
 from app.dependencies import RunnerDep, SessionDep
 from app.outbound import Outbound
 from app.providers.catalog import ENTRIES, describe_entry
-from app.providers.resolve import ENDPOINT_FIELDS, resolve_provider
+from app.providers.resolve import ENDPOINT_FIELDS, resolve_row
 from app.providers.schemas import (
     PROVIDER_NAME_PATTERN,
     CatalogEntryRead,
@@ -69,10 +69,12 @@ async def get_provider(name: NamePath, store: StoreDep) -> ProviderRead:
 
 @router.get("/{name}/endpoints", dependencies=MANAGE)
 async def get_provider_endpoints(
-    name: NamePath, session: SessionDep, outbound: OutboundDep
+    name: NamePath, session: SessionDep, store: StoreDep, outbound: OutboundDep
 ) -> ResolvedEndpoints:
     """The endpoints the connect flow will use, running discovery now (502 when it fails)."""
-    resolved = await resolve_provider(session, name, outbound)
+    row = await store.get(name)
+    await session.commit()  # no transaction stays open across the fetch
+    resolved = await resolve_row(row, outbound)
     return ResolvedEndpoints(
         name=resolved.name,
         issuer=resolved.issuer,
