@@ -19,12 +19,13 @@ from urllib.parse import urlsplit
 
 from pydantic import TypeAdapter, ValidationError
 
-from app.errors import RunFailed, TokenfarmError
+from app.errors import DiscoveryFailed, RunFailed
 from app.outbound import Outbound
 from app.presets.catalog import TokenUrl
 
 DISCOVERY_TTL_SECONDS = 3600.0
 DISCOVERY_TIMEOUT_SECONDS = 10.0
+__all__ = ["DiscoveryCache", "DiscoveryFailed", "discovery_cache", "discovery_urls"]
 ENDPOINT_KEYS = (
     "authorization_endpoint",
     "token_endpoint",
@@ -33,13 +34,6 @@ ENDPOINT_KEYS = (
     "jwks_uri",
 )
 _ENDPOINT = TypeAdapter(TokenUrl)
-
-
-class DiscoveryFailed(TokenfarmError):
-    """The issuer's metadata could not be fetched, or names another issuer."""
-
-    status_code = 502
-    error_type = "discovery_failed"
 
 
 def discovery_urls(issuer: str) -> tuple[str, str]:
