@@ -97,6 +97,8 @@ ENTRIES: tuple[CatalogEntry, ...] = (
                 "No OpenID Connect: no issuer, no ID token; give explicit URLs (filled in here).",
                 "No RFC 7009 revocation endpoint (GitHub revokes through its REST API).",
                 "A GitHub App's permissions are set on the app; scopes apply to OAuth apps.",
+                "The token endpoint answers JSON only when asked (Accept: application/json), "
+                "and answers its errors with HTTP 200 and an error field.",
             ),
         ),
     ),
