@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.secrets.models import Secret
 from tests.auth.conftest import Callers, assert_refused, callers, error_of
 from tests.conftest import create_secret
 from tests.providers.conftest import EXPLICIT, client_secrets, create_provider
@@ -299,6 +300,25 @@ class TestReplaceAndDelete:
 
         assert error_of(await client.get("/v1/providers/acme"), 404)["type"] == "not_found"
         assert error_of(await client.delete("/v1/providers/acme"), 404)["type"] == "not_found"
+
+    @pytest.mark.skipif(
+        not hasattr(Secret, "provider"),
+        reason="connected secrets (secret.provider) land with the connect branch",
+    )
+    async def test_deleting_a_provider_connected_secrets_use_is_409_naming_them(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        await client_secrets(client)
+        await create_provider(client, **EXPLICIT)
+        for name in ("ACME_B", "ACME_A"):
+            response = await client.post("/v1/secrets", json={"name": name, "provider": "acme"})
+            assert response.status_code == 201, response.text
+
+        error = error_of(await client.delete("/v1/providers/acme"), 409)
+
+        assert error["type"] == "conflict" and error["secrets"] == ["ACME_A", "ACME_B"]
+        assert "ACME_A, ACME_B" in error["message"]
+        assert (await client.get("/v1/providers/acme")).status_code == 200
 
 
 class TestCatalog:

@@ -98,9 +98,7 @@ class TestApply:
 
         plan = await apply_text(app, yaml.safe_dump(document), env=ENV, prune=True)
 
-        assert {("provider", "entra", "delete"), ("provider", "acme", "delete")} == described(
-            plan
-        )
+        assert {("provider", "entra", "delete"), ("provider", "acme", "delete")} == described(plan)
         assert [p["name"] for p in (await client.get("/v1/providers")).json()] == ["google"]
 
 
