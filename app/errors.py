@@ -409,3 +409,11 @@ class AnswerPending(TokenfarmError):
     status_code = 503
     error_type = "answer_pending"
     retry_after_seconds = 5
+
+
+class DiscoveryFailed(TokenfarmError):
+    """A provider's issuer metadata could not be fetched, or names another issuer
+    (app/providers/discovery.py)."""
+
+    status_code = 502
+    error_type = "discovery_failed"

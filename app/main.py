@@ -29,6 +29,7 @@ from app.metrics import router as metrics_router
 from app.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from app.notifications.router import router as webhooks_router
 from app.presets.router import router as presets_router
+from app.providers.router import router as providers_router
 from app.ratelimit import RateLimiter
 from app.runs.router import FAST_PATHS as RUN_FAST_PATHS
 from app.runs.router import router as runs_router
@@ -114,6 +115,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         schedules_router,
         configuration_router,
         webhooks_router,
+        providers_router,
         metrics_router,
     ):
         app.include_router(router)

@@ -50,6 +50,7 @@ LABELS = {
     "secret": "secret",
     "service": "service",
     "schedule": "schedule",
+    "provider": "provider",
 }
 
 

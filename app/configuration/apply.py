@@ -6,8 +6,9 @@ flush, and the caller commits once — or rolls back, for a dry run or after any
 is ever half-applied.
 
 Order: roles → service accounts → secrets (metadata and values; a secret whose binding changes
-is unbound first) → services → secret bindings (refresh endpoints, preset refreshers) →
-schedules; deletions (prune) run afterwards from schedules back to roles.
+is unbound first) → providers (they name secrets) → services → secret bindings (refresh
+endpoints, preset refreshers) → schedules; deletions (prune) run afterwards from schedules back
+to roles (providers after secrets: a connected secret names its provider).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from app.crypto import Keyring
 from app.errors import TokenfarmError
 from app.presets.binder import PresetBinder
 from app.presets.schemas import RefresherRequest
+from app.providers.schemas import ProviderUpdate
+from app.providers.store import ProviderStore
 from app.schedules.schemas import ScheduleCreate, ScheduleUpdate
 from app.schedules.store import ScheduleStore
 from app.secrets.schemas import SecretCreate, SecretUpdate
@@ -47,13 +50,21 @@ SECRET_METADATA = (
     "refresh_before_expiry_seconds",
     "allowed_destinations",
 )
-DELETE_ORDER: tuple[Kind, ...] = ("schedule", "secret", "service", "service_account", "role")
+DELETE_ORDER: tuple[Kind, ...] = (
+    "schedule",
+    "secret",
+    "provider",
+    "service",
+    "service_account",
+    "role",
+)
 LABELS: dict[Kind, str] = {
     "role": "role",
     "service_account": "service account",
     "secret": "secret",
     "service": "service",
     "schedule": "schedule",
+    "provider": "provider",
 }
 
 
@@ -69,6 +80,7 @@ class Applier:
         self.services = ServiceStore(session)
         self.schedules = ScheduleStore(session)
         self.binder = PresetBinder(session, keyring, settings)
+        self.providers = ProviderStore(session)
 
     async def apply(self, plan: Plan) -> None:
         """Make every change of the plan; the first store error stops it (the caller rolls
@@ -78,6 +90,7 @@ class Applier:
         steps += [(c, self._role) for c in pending if c.kind == "role"]
         steps += [(c, self._account) for c in pending if c.kind == "service_account"]
         steps += [(c, self._secret) for c in pending if c.kind == "secret"]
+        steps += [(c, self._provider) for c in pending if c.kind == "provider"]
         steps += [(c, self._service) for c in pending if c.kind == "service"]
         steps += [(c, self._bind) for c in pending if c.kind == "secret" and c.rebinds]
         steps += [(c, self._schedule) for c in pending if c.kind == "schedule"]
@@ -158,6 +171,13 @@ class Applier:
             secret, SecretUpdate(refresh_endpoint=binding.refresh_endpoint), caller=self.actor
         )
 
+    async def _provider(self, change: Change) -> None:
+        if change.action == "create":
+            await self.providers.create(change.spec)
+            return
+        data = ProviderUpdate.model_validate(change.spec.model_dump(exclude={"name"}))
+        await self.providers.replace(change.current, data)
+
     async def _service(self, change: Change) -> None:
         if change.action == "create":
             await self.services.create(change.spec, self.actor)
@@ -193,6 +213,8 @@ class Applier:
             await self.secrets.delete(row)
         elif change.kind == "service":
             await self.services.delete(row)
+        elif change.kind == "provider":
+            await self.providers.delete(row)
         elif change.kind == "service_account":
             await self.accounts.delete_service_account(row, self.actor)
         else:

@@ -18,6 +18,7 @@ from app.auth.permissions import problem as permission_problem
 from app.auth.schemas import ACCOUNT_NAME_PATTERN, AccountName, RoleName
 from app.errors import InvalidInput
 from app.presets.schemas import PresetName
+from app.providers.schemas import ProviderCreate
 from app.schedules.cron import check_cron, zone
 from app.schedules.schemas import Cron, Environments, ScheduleName, TimeZone
 from app.schemas import StrictModel as Strict
@@ -172,6 +173,8 @@ class Document(Strict):
     roles: list[RoleSpec] | None = None
     service_accounts: list[ServiceAccountSpec] | None = None
     schedules: list[ScheduleSpec] | None = None
+    # Exactly the body of `POST /v1/providers`.
+    providers: list[ProviderCreate] | None = None
 
     @field_validator("version")
     @classmethod
@@ -181,13 +184,14 @@ class Document(Strict):
         return version
 
 
-Kind = Literal["role", "service_account", "secret", "service", "schedule"]
+Kind = Literal["role", "service_account", "secret", "provider", "service", "schedule"]
 SECTIONS: dict[Kind, str] = {
     "role": "roles",
     "service_account": "service_accounts",
     "secret": "secrets",
     "service": "services",
     "schedule": "schedules",
+    "provider": "providers",
 }
 MANAGE_PERMISSIONS: dict[Kind, Permission] = {
     "role": Permission.ACCOUNTS_MANAGE,
@@ -195,4 +199,5 @@ MANAGE_PERMISSIONS: dict[Kind, Permission] = {
     "secret": Permission.SECRETS_MANAGE,
     "service": Permission.SERVICES_MANAGE,
     "schedule": Permission.SCHEDULES_MANAGE,
+    "provider": Permission.PROVIDERS_MANAGE,
 }

@@ -9,7 +9,7 @@ as what they are stored as: the `refreshers` service and each secret's `refresh_
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from sqlalchemy import select
@@ -20,6 +20,8 @@ from app.auth.accounts import AccountStore
 from app.config import Settings
 from app.configuration.document import DOCUMENT_VERSION
 from app.configuration.plan import ROTATED_SOURCES
+from app.providers.schemas import ProviderFields
+from app.providers.store import DEFINITION_FIELDS, ProviderStore, definition
 from app.schedules.store import ScheduleStore
 from app.secrets.models import ALL_ENVIRONMENTS, Secret, SecretValue, SecretVersion
 from app.services.store import ServiceStore
@@ -36,7 +38,8 @@ def env_name(secret: str, taken: set[str]) -> str:
 
 
 async def export_document(session: AsyncSession, settings: Settings) -> dict[str, Any]:
-    """Every role (but the built-in ones), service account, secret, service and schedule."""
+    """Every role (but the built-in ones), service account, secret, provider, service and
+    schedule."""
     accounts = AccountStore(session)
     roles = [
         _without_defaults(
@@ -58,6 +61,7 @@ async def export_document(session: AsyncSession, settings: Settings) -> dict[str
         "roles": roles,
         "service_accounts": service_accounts,
         "secrets": await _secrets(session, settings),
+        "providers": await _providers(session),
         "services": await _services(session),
         "schedules": await _schedules(session),
     }
@@ -104,6 +108,21 @@ async def _secrets(session: AsyncSession, settings: Settings) -> list[dict[str, 
             allowed_destinations=secret.allowed_destinations,
         )
         exported.append(_without_defaults(entry))
+    return exported
+
+
+async def _providers(session: AsyncSession) -> list[dict[str, Any]]:
+    """Each provider as stored, leaving out what its catalog entry (or the default) fills in
+    anyway, so that applying the export changes nothing."""
+    exported = []
+    for provider in await ProviderStore(session).list_all():
+        filled, _ = definition(ProviderFields.model_construct(catalog=cast(Any, provider.catalog)))
+        entry: dict[str, Any] = {"name": provider.name}
+        for name in DEFINITION_FIELDS:
+            value = getattr(provider, name)
+            if value != filled[name] or (name == "catalog" and value is not None):
+                entry[name] = value
+        exported.append(entry)
     return exported
 
 

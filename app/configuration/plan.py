@@ -42,6 +42,10 @@ from app.pipeline.analysis import referenced_secrets, validate_action
 from app.pipeline.schemas import dump_action, parse_action
 from app.presets.binder import REFRESHERS_SLUG, parse_params, refresher_id
 from app.presets.catalog import PRESETS, ClientAuthParams
+from app.providers.models import Provider
+from app.providers.store import DEFINITION_FIELDS, RESERVED_NAMES, SECRET_FIELDS
+from app.providers.store import definition as provider_definition
+from app.providers.store import problems as provider_problems
 from app.schedules.models import Schedule
 from app.schedules.store import unpack_environments
 from app.secrets.models import ALL_ENVIRONMENTS, Secret, SecretValue, SecretVersion
@@ -51,7 +55,14 @@ from app.services.schemas import ServiceCreate
 
 ChangeAction = Literal["create", "update", "delete", "unchanged"]
 # The order objects are created and changed in; deletions run in reverse.
-KIND_ORDER: tuple[Kind, ...] = ("role", "service_account", "secret", "service", "schedule")
+KIND_ORDER: tuple[Kind, ...] = (
+    "role",
+    "service_account",
+    "secret",
+    "provider",
+    "service",
+    "schedule",
+)
 # A value written by these was not put there by a person: overwriting it may lose a rotation.
 ROTATED_SOURCES = ("run", "recovery")
 
@@ -152,6 +163,7 @@ class State:
     services: dict[str, Service]
     endpoints: dict[str, list[Endpoint]]
     schedules: dict[str, Schedule]
+    providers: dict[str, Provider]
 
 
 @dataclass
@@ -166,6 +178,7 @@ class Final:
     kept_secrets: set[str]
     kept_services: set[str]
     kept_schedules: set[str]
+    kept_providers: set[str]
 
 
 def _declared(section: list[Any] | None, key: str) -> list[str] | None:
@@ -202,6 +215,7 @@ class Planner:
         bindings = self._check_secrets(loaded, state, final)
         actions = self._check_services(loaded, state, final)
         targets = self._check_schedules(loaded, state, final, bindings)
+        providers = self._check_providers(loaded, final)
         self._check_accounts(loaded, final)
         self._check_kept(loaded, state, final)
         values = self._read_values(loaded, state)
@@ -213,6 +227,7 @@ class Planner:
             *self._secret_changes(document, state, prune, bindings, values, warnings),
             *self._service_changes(document, state, prune, actions),
             *self._schedule_changes(document, state, prune, targets),
+            *self._provider_changes(document, state, prune, providers),
         ]
         return Plan(changes=changes, warnings=warnings, prune=prune)
 
@@ -255,6 +270,9 @@ class Planner:
         schedules = {
             row.name: row for row in (await self.session.execute(select(Schedule))).scalars()
         }
+        providers = {
+            row.name: row for row in (await self.session.execute(select(Provider))).scalars()
+        }
         role_users: dict[str, list[str]] = {}
         holders = (
             select(col(Role.name), col(User.email))
@@ -276,6 +294,7 @@ class Planner:
             services=services,
             endpoints=endpoints,
             schedules=schedules,
+            providers=providers,
         )
 
     # --- checks ------------------------------------------------------------------------------
@@ -289,6 +308,7 @@ class Planner:
             ("secrets", "name"),
             ("services", "slug"),
             ("schedules", "name"),
+            ("providers", "name"),
         ):
             first: dict[str, int] = {}
             for index, spec in enumerate(getattr(document, section) or []):
@@ -350,6 +370,7 @@ class Planner:
             kept_secrets=kept_secrets,
             kept_services=kept_services,
             kept_schedules=_kept(state.schedules, _declared(document.schedules, "name"), prune),
+            kept_providers=_kept(state.providers, _declared(document.providers, "name"), prune),
         )
 
     @staticmethod
@@ -573,8 +594,32 @@ class Planner:
             return None
         return spec.service, spec.endpoint
 
+    def _check_providers(self, loaded: LoadedDocument, final: Final) -> dict[str, dict[str, Any]]:
+        """Each provider as the provider store checks it; answers their filled-in fields."""
+        definitions: dict[str, dict[str, Any]] = {}
+        for index, spec in enumerate(loaded.document.providers or []):
+            at = f"providers[{index}]"
+            if spec.name in RESERVED_NAMES:
+                loaded.problem(f"{at}.name", f"{spec.name!r} can't name a provider")
+            values, found = provider_definition(spec)
+            found += provider_problems(values, final.secrets)
+            for path, message in found:
+                loaded.problem(f"{at}.{path}", message)
+            definitions[spec.name] = values
+        return definitions
+
     def _check_kept(self, loaded: LoadedDocument, state: State, final: Final) -> None:
         """Objects the document leaves alone must not lose what they refer to."""
+        for name in sorted(final.kept_providers):
+            provider = state.providers[name]
+            for field_name in SECRET_FIELDS:
+                secret_name = getattr(provider, field_name)
+                if secret_name in state.secrets and secret_name not in final.secrets:
+                    loaded.problem(
+                        "secrets",
+                        f"this deletes secret {secret_name!r}, but provider {name!r} (not in "
+                        f"this document) names it as its {field_name}",
+                    )
         for name in sorted(final.kept_secrets):
             secret = state.secrets[name]
             if secret.refresh_endpoint:
@@ -874,6 +919,30 @@ class Planner:
             )
         declared = [s.name for s in document.schedules]
         return changes + self._pruned("schedule", state.schedules, declared, prune)
+
+    def _provider_changes(
+        self,
+        document: Document,
+        state: State,
+        prune: bool,
+        definitions: dict[str, dict[str, Any]],
+    ) -> list[Change]:
+        if document.providers is None:
+            return []
+        changes = []
+        for spec in document.providers:
+            provider = state.providers.get(spec.name)
+            if provider is None:
+                changes.append(Change("provider", spec.name, "create", spec=spec))
+                continue
+            values = definitions[spec.name]
+            fields = [name for name in DEFINITION_FIELDS if getattr(provider, name) != values[name]]
+            action: ChangeAction = "update" if fields else "unchanged"
+            changes.append(
+                Change("provider", spec.name, action, fields, spec=spec, current=provider)
+            )
+        declared = [s.name for s in document.providers]
+        return changes + self._pruned("provider", state.providers, declared, prune)
 
 
 def _exists_now(state: State, slug: str, readable_id: str) -> bool:

@@ -35,6 +35,7 @@ MANAGE_ORDER = [
     Permission.SERVICES_MANAGE,
     Permission.ACCOUNTS_MANAGE,
     Permission.SCHEDULES_MANAGE,
+    Permission.PROVIDERS_MANAGE,
 ]
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain")
 # The JSON form carries the document and the values of its env references.
@@ -127,10 +128,10 @@ async def apply_configuration(
     """Apply a configuration document (YAML) in one transaction; answers the plan.
 
     Needs the manage permission of each section the document declares (`secrets.manage`,
-    `services.manage`, `accounts.manage` for roles and service accounts, `schedules.manage`) and
-    `act_as:ACCOUNT` for every `run_as`/`refresh_as`. `value_from: {env: NAME}` reads the JSON
-    form's `env`; files are refused here. With `dry_run` the plan is carried out and rolled back,
-    so an answer of 200 means the apply would succeed.
+    `services.manage`, `accounts.manage` for roles and service accounts, `schedules.manage`,
+    `providers.manage`) and `act_as:ACCOUNT` for every `run_as`/`refresh_as`. `value_from: {env:
+    NAME}` reads the JSON form's `env`; files are refused here. With `dry_run` the plan is
+    carried out and rolled back, so an answer of 200 means the apply would succeed.
     """
     ensure_may_apply(actor)
     text, env = await _read_body(request)

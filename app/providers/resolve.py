@@ -15,7 +15,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from app.db import one_or_not_found
+from app.outbound import Outbound
+from app.providers.discovery import DiscoveryCache, discovery_cache
 from app.providers.models import Provider
+
+ENDPOINT_FIELDS = (
+    "authorization_url",
+    "token_url",
+    "revocation_url",
+    "device_authorization_url",
+    "jwks_uri",
+)
 
 
 @dataclass(frozen=True)
@@ -70,13 +80,43 @@ class ResolvedProvider:
         )
 
 
-async def resolve_provider(session: AsyncSession, name: str) -> ResolvedProvider:
-    """The provider `name` with every endpoint known, or NotFound.
+def needs_discovery(row: Provider) -> bool:
+    """Whether the row relies on its issuer's discovery document for an endpoint."""
+    return row.issuer is not None and any(getattr(row, name) is None for name in ENDPOINT_FIELDS)
 
-    Explicit URLs only for now; the issuer's discovery document (fetched through the egress
-    guard, cached) fills the missing ones once discovery lands here.
+
+async def resolve_provider(
+    session: AsyncSession,
+    name: str,
+    outbound: Outbound | None = None,
+    *,
+    cache: DiscoveryCache | None = None,
+) -> ResolvedProvider:
+    """The provider `name` with every endpoint known, or NotFound (see `resolve_row`).
+
+    A fetch happens inside the session's transaction, which the read began; a caller that
+    wants none open across the fetch loads the row, ends its transaction, then `resolve_row`s.
     """
     row = await one_or_not_found(
         session, select(Provider).where(col(Provider.name) == name), f"provider {name!r}"
     )
-    return ResolvedProvider.from_row(row)
+    return await resolve_row(row, outbound, cache=cache)
+
+
+async def resolve_row(
+    row: Provider, outbound: Outbound | None = None, *, cache: DiscoveryCache | None = None
+) -> ResolvedProvider:
+    """A provider row with every endpoint known.
+
+    A provider with an issuer and a missing endpoint takes it from the issuer's discovery
+    document (cached per process; fetched through `outbound`, the egress-guarded client).
+    Discovery failing, or naming another issuer, is `DiscoveryFailed` (502). Without
+    `outbound` only a cached document can help: endpoints nobody gave stay None.
+    """
+    if not needs_discovery(row):
+        return ResolvedProvider.from_row(row)
+    assert row.issuer is not None
+    documents = cache or discovery_cache
+    if outbound is None:
+        return ResolvedProvider.from_row(row, documents.cached(row.issuer))
+    return ResolvedProvider.from_row(row, await documents.document(row.issuer, outbound))
