@@ -82,7 +82,7 @@ class TestSwaggerAuthorize:
         assert_offline(page)
 
 
-def test_the_login_page_is_accessible_in_dark_mode(browser: object, page: ConsolePage) -> None:
+def test_the_login_page_is_accessible_in_dark_mode(page: ConsolePage) -> None:
     page.page.emulate_media(color_scheme="dark")
     page.goto("/console/login")
     assert_accessible(page)
