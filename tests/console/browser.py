@@ -1,8 +1,8 @@
 """The real-browser harness of the console tests: the system's headless Chromium driven by
 Playwright, a real tokenfarm server on loopback, and the checks every page gets.
 
-- `browser` (one per pytest worker): `/usr/bin/chromium` with the flags below. Playwright makes
-  a fresh temporary profile for every launch (it refuses a `--user-data-dir` argument to
+- `browser` (one per test module and worker): `/usr/bin/chromium` with the flags below.
+  Playwright makes a fresh temporary profile for every launch (it refuses a `--user-data-dir` argument to
   `launch`), so no state survives a session. Missing Chromium or Playwright: skipped with a
   reason, or a failure under CI=true.
 - `console_server`: tokenfarm (SQLite, a fresh copy of the migrated template) served by uvicorn
@@ -71,11 +71,15 @@ def in_thread(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return pool.submit(lambda: asyncio.run(work())).result()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(sqlite_template: Path) -> Iterator[Any]:
-    """One headless Chromium per worker session. (It takes the migrated SQLite template so
-    that is made first: migrating runs `asyncio.run`, which can't start once Playwright's loop
-    runs in this thread.)"""
+    """One headless Chromium per test module and worker.
+
+    Not per session: Playwright's sync API keeps an event loop running in the test's thread
+    while it is started, and the async tests that a worker runs next would find it there
+    (pytest-asyncio can't start its own); stopping it with the module clears the way. It takes
+    the migrated SQLite template so that is made first, for the same reason (migrating runs
+    `asyncio.run`)."""
     if not CHROMIUM.exists():
         browser_unavailable(
             f"no Chromium at {CHROMIUM}: apt-get install -y chromium chromium-driver"
