@@ -2,9 +2,9 @@
 Playwright, a real tokenfarm server on loopback, and the checks every page gets.
 
 - `browser` (one per test module and worker): `/usr/bin/chromium` with the flags below.
-  Playwright makes a fresh temporary profile for every launch (it refuses a `--user-data-dir` argument to
-  `launch`), so no state survives a session. Missing Chromium or Playwright: skipped with a
-  reason, or a failure under CI=true.
+  Playwright makes a fresh temporary profile for every launch (it refuses a `--user-data-dir`
+  argument to `launch`), so no state survives. Missing Chromium or Playwright: skipped with
+  a reason, or a failure under CI=true.
 - `console_server`: tokenfarm (SQLite, a fresh copy of the migrated template) served by uvicorn
   in a thread, with the owner account and an API client holding the owner's login token.
 - `page`: a new browser context per test whose every request to another origin is aborted and
