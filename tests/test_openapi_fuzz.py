@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -122,12 +123,23 @@ def seeded(
         yield Seeded(server.url, pins)
 
 
+# The OAuth token endpoint answers RFC 6749 §5.2 errors (app/auth/oauth.py), not our shape.
+OAUTH_ROUTES = {"/auth/token"}
+
+
 def error_shape(response: Any) -> str | None:
-    """Why an error response is not `{"error": {"type", "message", ...}}`, or None if it is."""
+    """Why an error response is not `{"error": {"type", "message", ...}}` (at the token endpoint:
+    `{"error", "error_description"}`), or None if it is."""
     try:
         body = response.json()
     except ValueError:
         return "the body is not JSON"
+    if urlsplit(response.request.url).path in OAUTH_ROUTES and response.status_code < 500:
+        if not isinstance(body, dict) or not all(
+            isinstance(body.get(key), str) for key in ("error", "error_description")
+        ):
+            return "a token endpoint error without string `error` and `error_description`"
+        return None
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
         return "no `error` object"

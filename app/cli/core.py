@@ -208,10 +208,11 @@ def demo(
         except ValueError:
             document = DEMO_DOCUMENT
         typer.secho("\ntokenfarm demo", bold=True)
+        typer.echo(f"  console:        {base}/  (log in as the owner below)")
         typer.echo(f"  API explorer:   {base}/docs")
         typer.echo(f"  token server:   {token_server.url}/oauth/token (in this process)")
         typer.echo(f"  configuration:  {document} applied ({setup.plan.outcome()})")
-        typer.echo(f"  owner:          {DEMO_OWNER_EMAIL} / {DEMO_OWNER_PASSWORD}")
+        typer.echo(f"  owner login:    {DEMO_OWNER_EMAIL} / {DEMO_OWNER_PASSWORD}")
         typer.echo(f"  demo API key:   {key}  (service account 'demo', new at every start)")
         typer.echo("\nTry:")
         typer.echo(f"  export TF_KEY={key}")

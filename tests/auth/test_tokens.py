@@ -241,7 +241,8 @@ class TestTokensOfChangedUsers:
         old = await anonymous_client.post(
             "/auth/token", data={"username": USER_EMAIL, "password": USER_PASSWORD}
         )
-        assert_not_authenticated(old)
+        assert old.status_code == 400, old.text
+        assert old.json()["error"] == "invalid_grant"
         new = await anonymous_client.post(
             "/auth/token", data={"username": USER_EMAIL, "password": new_password}
         )

@@ -132,7 +132,8 @@ def test_tokenfarm_demo_starts_and_refreshes(tmp_path: Path) -> None:
             assert line or process.poll() is None, printed
             printed.append(line)
         output = "".join(printed)
-        assert "owner@example.com / tokenfarm-demo-password" in output
+        assert "owner login:    owner@example.com / tokenfarm-demo-password" in output
+        assert f"console:        http://127.0.0.1:{port}/  (log in as the owner below)" in output
         assert "examples/demo.yaml applied (10 created" in output
         key = next(line for line in printed if "export TF_KEY=" in line).split("=", 1)[1].strip()
         base = f"http://127.0.0.1:{port}"
@@ -147,6 +148,13 @@ def test_tokenfarm_demo_starts_and_refreshes(tmp_path: Path) -> None:
         assert response.status_code == 200, response.text
         metadata = httpx.get(f"{base}/v1/secrets/REFRESH_TOKEN", headers=headers, timeout=5)
         assert metadata.json()["version"] >= 2  # the schedule may have rotated it too
+        # The printed login opens the console.
+        with httpx.Client(base_url=base, timeout=10) as console:
+            login = {"email": "owner@example.com", "password": "tokenfarm-demo-password"}
+            assert console.post("/console/login", data=login).status_code == 303
+            page = console.get("/console/secrets")
+            assert page.status_code == 200
+            assert 'data-secret="ACCESS_TOKEN"' in page.text
     finally:
         process.terminate()
         process.wait(timeout=20)
