@@ -25,8 +25,8 @@ from app.console.flow import FlowStep, PlacedErrors, action_flow, place_errors
 from app.errors import InvalidInput, TokenfarmError
 from app.pipeline.context import RequestData
 from app.ratelimit import RouteKind
+from app.runs.record import RunOutcome
 from app.runs.refresh import ensure_can_run
-from app.runs.runner import RunOutcome
 from app.schemas import describe_error, format_location
 from app.services.schemas import ServiceBody, ServiceRead
 from app.services.store import ServiceStore
