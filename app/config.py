@@ -113,6 +113,18 @@ class Settings(BaseSettings):
         description="Password hashes and checks (argon2, 64 MiB each) run at once in worker "
         "threads; more logins wait their turn, and other requests are not slowed.",
     )
+    console_session_idle_seconds: int = Field(
+        1800,
+        ge=60,
+        le=7 * 86_400,
+        description="A console session ends after this long without a request (log in again).",
+    )
+    console_session_max_seconds: int = Field(
+        43_200,
+        ge=300,
+        le=30 * 86_400,
+        description="A console session ends this long after its login, however busy.",
+    )
     trusted_proxies: str = Field(
         "",
         description="Comma-separated CIDRs of reverse proxies whose `X-Forwarded-For` names the "

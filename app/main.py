@@ -19,6 +19,7 @@ from app.clock import Clock, SystemClock
 from app.config import Settings, get_settings
 from app.configuration.router import MAX_BODY_BYTES as MAX_APPLY_BODY_BYTES
 from app.configuration.router import router as configuration_router
+from app.console.install import install_console
 from app.crypto import load_keyring
 from app.fastpath import FastPaths, bind
 from app.handlers import install_error_handlers
@@ -85,6 +86,9 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # /docs and /redoc are the console's offline pages (app/console/apidocs.py).
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.keyring = keyring
@@ -117,6 +121,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         metrics_router,
     ):
         app.include_router(router)
+    install_console(app)
     document_security(app)
     # Added last is outermost: the request id and access log wrap the fast paths too. The
     # shortcuts are declared beside their routes and matched on those routes' own paths.

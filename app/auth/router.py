@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request, Response, status
-from fastapi.security import OAuth2PasswordRequestForm
+from fastapi import APIRouter, Depends, Form, Path, Request, Response, status
+from fastapi.responses import JSONResponse
 
 from app.auth.accounts import AccountStore
 from app.auth.dependencies import CurrentActor, require
+from app.auth.oauth import NO_STORE, oauth_error, oauth_error_responses
 from app.auth.permissions import Permission
 from app.auth.schemas import (
     ACCOUNT_NAME_PATTERN,
@@ -30,6 +31,7 @@ from app.auth.throttle import LoginThrottle
 from app.clients import client_address
 from app.db import utcnow
 from app.dependencies import SessionDep
+from app.errors import NotAuthenticated, TooManyAttempts
 
 auth_router = APIRouter(tags=["auth"])
 router = APIRouter(tags=["accounts"], dependencies=[Depends(require(Permission.ACCOUNTS_MANAGE))])
@@ -49,27 +51,41 @@ def _no_content() -> Response:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@auth_router.post(
-    "/auth/token",
-    responses={
-        429: {
-            "description": "Too many failed logins from this address or for this account: "
-            "try again after `Retry-After` seconds",
-            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
-        }
-    },
-)
+@auth_router.post("/auth/token", responses=oauth_error_responses())
 async def login(
-    request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()], store: StoreDep
-) -> LoginToken:
-    """Log in with email (`username`) and password; answers a bearer token. Repeated failures
-    are answered 429 with `Retry-After` for a while (per account and per client address)."""
+    request: Request,
+    store: StoreDep,
+    username: Annotated[str | None, Form(description="Your email.")] = None,
+    password: Annotated[str | None, Form(json_schema_extra={"format": "password"})] = None,
+    grant_type: Annotated[str | None, Form(description="`password` (may be left out).")] = None,
+    scope: Annotated[str, Form(description="Ignored: a token carries your roles.")] = "",
+) -> Response:
+    """Log in with email (`username`) and password; answers a bearer token. Refusals are OAuth
+    errors (RFC 6749 §5.2, `{"error", "error_description"}`); repeated failures are answered
+    429 with `Retry-After` for a while (per account and per client address)."""
+    if grant_type is not None and grant_type != "password":
+        return oauth_error(
+            400,
+            "unsupported_grant_type",
+            "this token endpoint supports only grant_type=password (email and password)",
+        )
+    if not username or not password:
+        return oauth_error(
+            400, "invalid_request", "send username (your email) and password as form fields"
+        )
     throttle: LoginThrottle = request.app.state.login_throttle
-    with throttle.attempt(form.username, client_address(request.scope, throttle.trusted)):
-        user = await store.login(form.username, form.password)
+    try:
+        with throttle.attempt(username, client_address(request.scope, throttle.trusted)):
+            user = await store.login(username, password)
+    except TooManyAttempts as exc:
+        wait = str(exc.retry_after_seconds)
+        return oauth_error(429, "temporarily_unavailable", exc.message, {"Retry-After": wait})
+    except NotAuthenticated:
+        return oauth_error(400, "invalid_grant", "invalid email or password")
     tokens = request.app.state.tokens
     token = tokens.issue(user.email, user.token_generation, utcnow())
-    return LoginToken(access_token=token, expires_in=tokens.ttl_seconds)
+    body = LoginToken(access_token=token, expires_in=tokens.ttl_seconds)
+    return JSONResponse(body.model_dump(), headers=NO_STORE)
 
 
 @auth_router.post("/auth/logout-all", status_code=status.HTTP_204_NO_CONTENT)

@@ -45,6 +45,17 @@ def assert_not_authenticated(response: httpx.Response) -> str:
     return message
 
 
+def assert_invalid_grant(response: httpx.Response) -> str:
+    """A refused login: RFC 6749 §5.2's 400 `invalid_grant`, never cached; answers the
+    description."""
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body == {"error": "invalid_grant", "error_description": "invalid email or password"}
+    assert response.headers["cache-control"] == "no-store"
+    description: str = body["error_description"]
+    return description
+
+
 class TestLogin:
     async def test_login_answers_a_bearer_token_that_works(
         self,
@@ -89,14 +100,14 @@ class TestLogin:
         response = await log_in(anonymous_client, " Alice@Example.COM ", USER_PASSWORD)
         assert response.status_code == 200, response.text
 
-    async def test_wrong_password_and_unknown_email_get_the_same_401(
+    async def test_wrong_password_and_unknown_email_get_the_same_invalid_grant(
         self, client: httpx.AsyncClient, anonymous_client: httpx.AsyncClient
     ) -> None:
         await create_user(client)
         wrong_password = await log_in(anonymous_client, USER_EMAIL, USER_PASSWORD + "x")
         unknown_email = await log_in(anonymous_client, "nobody@example.com", USER_PASSWORD)
-        message = assert_not_authenticated(wrong_password)
-        assert assert_not_authenticated(unknown_email) == message
+        message = assert_invalid_grant(wrong_password)
+        assert assert_invalid_grant(unknown_email) == message
         assert "access_token" not in wrong_password.text
 
     async def test_disabled_user_cannot_log_in(
@@ -107,7 +118,7 @@ class TestLogin:
         assert response.status_code == 200, response.text
         refused = await log_in(anonymous_client, USER_EMAIL, USER_PASSWORD)
         unknown = await log_in(anonymous_client, "nobody@example.com", USER_PASSWORD)
-        assert assert_not_authenticated(refused) == assert_not_authenticated(unknown)
+        assert assert_invalid_grant(refused) == assert_invalid_grant(unknown)
 
     async def test_owner_logs_in_with_the_init_password(
         self, client: httpx.AsyncClient, anonymous_client: httpx.AsyncClient
@@ -115,20 +126,54 @@ class TestLogin:
         response = await log_in(anonymous_client, OWNER_EMAIL, OWNER_PASSWORD)
         assert response.status_code == 200, response.text
 
-    async def test_missing_password_is_a_validation_error(
+    async def test_missing_password_is_an_invalid_request(
         self, anonymous_client: httpx.AsyncClient
     ) -> None:
         response = await anonymous_client.post("/auth/token", data={"username": USER_EMAIL})
-        assert response.status_code == 422, response.text
-        assert response.json()["error"]["type"] == "validation_error"
+        assert response.status_code == 400, response.text
+        assert response.json() == {
+            "error": "invalid_request",
+            "error_description": "send username (your email) and password as form fields",
+        }
+
+    async def test_a_json_body_is_an_invalid_request(
+        self, anonymous_client: httpx.AsyncClient
+    ) -> None:
+        response = await anonymous_client.post(
+            "/auth/token", json={"username": USER_EMAIL, "password": USER_PASSWORD}
+        )
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == "invalid_request"
+
+    @pytest.mark.parametrize("grant_type", ["client_credentials", "refresh_token", "PASSWORD"])
+    async def test_another_grant_type_is_unsupported(
+        self, client: httpx.AsyncClient, anonymous_client: httpx.AsyncClient, grant_type: str
+    ) -> None:
+        await create_user(client)
+        data = {"grant_type": grant_type, "username": USER_EMAIL, "password": USER_PASSWORD}
+        response = await anonymous_client.post("/auth/token", data=data)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == "unsupported_grant_type"
+        assert "access_token" not in response.text
+
+    async def test_grant_type_password_is_accepted(
+        self, client: httpx.AsyncClient, anonymous_client: httpx.AsyncClient
+    ) -> None:
+        await create_user(client)
+        data = {"grant_type": "password", "username": USER_EMAIL, "password": USER_PASSWORD}
+        response = await anonymous_client.post("/auth/token", data=data)
+        assert response.status_code == 200, response.text
+        assert response.headers["cache-control"] == "no-store"
 
     @pytest.mark.parametrize("username", ["nobody\x00@example.com", "", "x" * 5000])
     async def test_odd_usernames_are_refused_like_any_miss(
         self, anonymous_client: httpx.AsyncClient, username: str
     ) -> None:
         response = await log_in(anonymous_client, username, USER_PASSWORD)
-        if response.status_code != 422:
-            assert_not_authenticated(response)
+        if username:
+            assert_invalid_grant(response)
+        else:
+            assert response.json()["error"] == "invalid_request"
 
     async def test_password_never_appears_in_responses_or_logs(
         self,
@@ -145,7 +190,7 @@ class TestLogin:
                 await client.get(f"/v1/users/{USER_EMAIL}"),
                 await client.get("/v1/users"),
             ]
-        assert [r.status_code for r in responses] == [200, 401, 401, 200, 200]
+        assert [r.status_code for r in responses] == [200, 400, 400, 200, 200]
         for response in responses:
             assert USER_PASSWORD not in response.text
             assert "password_hash" not in response.text

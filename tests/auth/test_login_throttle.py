@@ -21,7 +21,7 @@ from app.clock import ManualClock
 from app.config import Settings
 from app.db import utcnow
 from app.main import create_app
-from tests.auth.conftest import add_user, error_of
+from tests.auth.conftest import add_user
 from tests.conftest import OWNER_EMAIL, OWNER_PASSWORD
 
 WRONG = "wrong-password-canary-5c2e"
@@ -71,12 +71,15 @@ async def log_in(
 
 
 def assert_throttled(response: httpx.Response) -> int:
-    """A 429 in the error shape with `Retry-After` (whole seconds); answers the seconds."""
-    error = error_of(response, 429)
-    assert error["type"] == "too_many_attempts", error
+    """A 429 with `Retry-After` (whole seconds) and an OAuth error body (RFC 6749 §5.2, the
+    token endpoint's shape) saying the same wait; answers the seconds."""
+    assert response.status_code == 429, response.text
     seconds = int(response.headers["retry-after"])
     assert seconds >= 1
-    assert error["retry_after_seconds"] == seconds
+    assert response.json() == {
+        "error": "temporarily_unavailable",
+        "error_description": f"too many failed logins: try again in {seconds} s",
+    }
     return seconds
 
 
@@ -101,7 +104,7 @@ class TestOneAddressGuessing:
             ]
         statuses = [r.status_code for r in responses]
         free = ADDRESS_LIMIT.free_failures
-        assert statuses[:free] == [401] * free
+        assert statuses[:free] == [400] * free
         assert statuses[free:] == [429] * (200 - free)
         for response in responses[free:]:
             assert assert_throttled(response) == 1
@@ -116,7 +119,7 @@ class TestOneAddressGuessing:
     ) -> None:
         attacker = from_address(ATTACKER)
         for _ in range(ADDRESS_LIMIT.free_failures):
-            assert await log_in(attacker, WRONG) == 401
+            assert await log_in(attacker, WRONG) == 400
         waits = []
         for _ in range(4):
             wait = await retry_after(attacker)
@@ -124,7 +127,7 @@ class TestOneAddressGuessing:
             await clock.advance(wait - 0.5)
             assert await log_in(attacker, WRONG) == 429  # not a moment early
             await clock.advance(0.5)
-            assert await log_in(attacker, WRONG) == 401
+            assert await log_in(attacker, WRONG) == 400
         assert waits == [1, 2, 4, 8]
 
     async def test_the_right_password_after_the_wait_logs_in_and_clears_the_address(
@@ -132,12 +135,12 @@ class TestOneAddressGuessing:
     ) -> None:
         owner = from_address(OWNER_HOME)
         for _ in range(ADDRESS_LIMIT.free_failures):
-            assert await log_in(owner, WRONG) == 401
+            assert await log_in(owner, WRONG) == 400
         await clock.advance(await retry_after(owner, OWNER_PASSWORD))
         assert await log_in(owner, OWNER_PASSWORD) == 200
         # The owner's typos are forgiven: a fresh budget of free attempts.
         for _ in range(ADDRESS_LIMIT.free_failures):
-            assert await log_in(owner, WRONG) == 401
+            assert await log_in(owner, WRONG) == 400
         assert await log_in(owner, WRONG) == 429
 
     async def test_the_owner_logs_in_from_another_address_while_an_attacker_is_throttled(
@@ -155,8 +158,8 @@ class TestOneAddressGuessing:
     ) -> None:
         attacker = from_address(ATTACKER)
         statuses = await asyncio.gather(*(log_in(attacker, WRONG) for _ in range(40)))
-        assert statuses.count(401) <= ADDRESS_LIMIT.free_failures
-        assert statuses.count(401) + statuses.count(429) == 40
+        assert statuses.count(400) <= ADDRESS_LIMIT.free_failures
+        assert statuses.count(400) + statuses.count(429) == 40
 
     async def test_logging_in_to_an_own_account_does_not_clear_guesses_at_others(
         self, app: FastAPI, from_address: Client, owner_password_hash: str
@@ -169,7 +172,7 @@ class TestOneAddressGuessing:
             statuses += [await log_in(attacker, WRONG), await log_in(attacker, WRONG)]
             statuses.append(await log_in(attacker, OWNER_PASSWORD, "mallory@example.com"))
         guesses = [s for i, s in enumerate(statuses) if i % 3 != 2]
-        assert guesses[: ADDRESS_LIMIT.free_failures] == [401] * ADDRESS_LIMIT.free_failures
+        assert guesses[: ADDRESS_LIMIT.free_failures] == [400] * ADDRESS_LIMIT.free_failures
         assert set(guesses[ADDRESS_LIMIT.free_failures :]) == {429}
 
     async def test_spraying_many_accounts_from_one_address_is_throttled(
@@ -178,7 +181,7 @@ class TestOneAddressGuessing:
         attacker = from_address(ATTACKER)
         statuses = [await log_in(attacker, WRONG, f"user{n}@example.com") for n in range(20)]
         free = ADDRESS_LIMIT.free_failures
-        assert statuses == [401] * free + [429] * (20 - free)
+        assert statuses == [400] * free + [429] * (20 - free)
 
 
 @pytest.mark.usefixtures("client")
@@ -188,14 +191,14 @@ class TestManyAddressesGuessing:
     ) -> None:
         addresses = (f"192.0.2.{n}" for n in range(1, 200))
         for _ in range(ACCOUNT_LIMIT.free_failures):
-            assert await log_in(from_address(next(addresses)), WRONG) == 401
+            assert await log_in(from_address(next(addresses)), WRONG) == 400
         # A botnet keeps guessing, one try per fresh address, as soon as it may.
         waits = []
         for _ in range(7):
             wait = await retry_after(from_address(next(addresses)))
             waits.append(wait)
             await clock.advance(wait)
-            assert await log_in(from_address(next(addresses)), WRONG) == 401
+            assert await log_in(from_address(next(addresses)), WRONG) == 400
         assert waits == [1, 2, 4, 8, 16, 32, 60]
         assert ACCOUNT_LIMIT.max_delay_seconds == 60
         # The owner, from home, is told to wait no more than that, and then gets in.
@@ -210,7 +213,7 @@ class TestManyAddressesGuessing:
         for email in (OWNER_EMAIL, "nobody@example.com"):
             for n in range(ACCOUNT_LIMIT.free_failures):
                 address = f"192.0.2.{n + 1}" if email == OWNER_EMAIL else f"192.0.2.{n + 101}"
-                assert await log_in(from_address(address), WRONG, email) == 401
+                assert await log_in(from_address(address), WRONG, email) == 400
             response = await from_address("192.0.2.250").post(
                 "/auth/token", data={"username": email, "password": WRONG}
             )
@@ -238,7 +241,7 @@ class TestBehindAProxy:
             await log_in(attacker, WRONG, forwarded_for=f"192.0.2.{n}") for n in range(1, 9)
         ]
         free = ADDRESS_LIMIT.free_failures
-        assert statuses == [401] * free + [429] * (8 - free)
+        assert statuses == [400] * free + [429] * (8 - free)
 
 
 @pytest.mark.usefixtures("client")
@@ -253,7 +256,7 @@ class TestBehindATrustedProxy:
     ) -> None:
         proxy = from_address("10.1.2.3")
         for _ in range(ADDRESS_LIMIT.free_failures):
-            assert await log_in(proxy, WRONG, forwarded_for=ATTACKER) == 401
+            assert await log_in(proxy, WRONG, forwarded_for=ATTACKER) == 400
         assert await log_in(proxy, WRONG, forwarded_for=ATTACKER) == 429
         # A forged hop on the left changes nothing: the proxy appended the real client.
         assert await log_in(proxy, WRONG, forwarded_for=f"192.0.2.99, {ATTACKER}") == 429

@@ -51,6 +51,23 @@ CHECKED_IN_BODY = {
     ("POST", "/v1/apply"),
 }
 
+# The console's pages (app/console) answer people with a session cookie, not API callers: they
+# are walked apart (TestConsoleRouteWalk). Each page that works without a session, and why.
+CONSOLE_PUBLIC = {
+    # Redirects to the secrets page, which sends strangers to the login page.
+    ("GET", "/"): "front door",
+    ("GET", "/console"): "front door",
+    # The login form, and logging in: the visitor has no session yet.
+    ("GET", "/console/login"): "login form",
+    ("POST", "/console/login"): "login",
+}
+
+
+def is_console(path: str) -> bool:
+    """Whether a route is a console page (guarded by its session, not by a credential)."""
+    return path == "/" or path == "/console" or path.startswith("/console/")
+
+
 # Routes that act only on the caller's own account: any logged-in user, no permission; the
 # anonymous caller gets 401 and a service account 409 (tests/auth/test_sessions.py).
 CALLERS_OWN = {("POST", "/auth/logout-all")}
@@ -110,8 +127,25 @@ def route_guards(app: FastAPI) -> dict[tuple[str, str], Guard | None]:
             )
         for method in sorted((route.methods or set()) - {"HEAD"}):
             assert route.path is not None
-            guards[(method, route.path)] = guard
+            if not is_console(route.path):
+                guards[(method, route.path)] = guard
     return guards
+
+
+def console_pages_without_session(app: FastAPI) -> list[tuple[str, str]]:
+    """Console routes that don't depend on `console_user`, and aren't listed as public."""
+    from app.console.sessions import console_user
+
+    found = []
+    for route in iter_route_contexts(app.routes):
+        dependant: Dependant | None = getattr(route, "dependant", None)
+        if route.path is None or not is_console(route.path):
+            continue
+        has_session = dependant is not None and console_user in set(_calls(dependant))
+        for method in sorted((route.methods or set()) - {"HEAD"}):
+            if not has_session and (method, route.path) not in CONSOLE_PUBLIC:
+                found.append((method, route.path))
+    return sorted(found)
 
 
 def unguarded(app: FastAPI) -> list[tuple[str, str]]:
@@ -185,6 +219,13 @@ class TestRouteWalk:
         }
         assert operations <= set(route_guards(bare_app))
         assert ("POST", "/v1/roles") in operations
+
+    def test_no_console_page_resolves_an_api_caller(self, bare_app: FastAPI) -> None:
+        # A session is never an API credential, and an API credential never opens a page.
+        for route in iter_route_contexts(bare_app.routes):
+            dependant = getattr(route, "dependant", None)
+            if route.path is not None and is_console(route.path) and dependant is not None:
+                assert current_actor not in set(_calls(dependant)), route.path
 
     def test_an_unguarded_route_fails_the_walk(self, tmp_path: Path) -> None:
         app = _fresh_app(tmp_path)
@@ -273,3 +314,28 @@ class TestPublicRoutes:
         refused = await anonymous_client.get("/v1/secrets")
         assert refused.status_code == 401
         assert refused.headers["WWW-Authenticate"] == "Bearer"
+
+
+class TestConsoleRouteWalk:
+    def test_every_console_page_needs_a_session_or_is_public(self, bare_app: FastAPI) -> None:
+        assert console_pages_without_session(bare_app) == []
+
+    def test_the_public_list_names_only_console_routes_that_exist(self, bare_app: FastAPI) -> None:
+        served = {
+            (method, route.path)
+            for route in iter_route_contexts(bare_app.routes)
+            if route.path is not None
+            for method in (route.methods or set())
+        }
+        assert set(CONSOLE_PUBLIC) - served == set()
+
+    def test_a_console_page_without_the_session_fails_the_walk(self, tmp_path: Path) -> None:
+        app = _fresh_app(tmp_path)
+        router = APIRouter()
+
+        @router.post("/console/forgotten")
+        async def forgotten() -> dict[str, str]:
+            return {}
+
+        app.include_router(router)
+        assert console_pages_without_session(app) == [("POST", "/console/forgotten")]

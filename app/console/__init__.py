@@ -1,0 +1,1 @@
+"""The web console at `/` (docs/console.md): HTML pages for the people who run tokenfarm."""
