@@ -15,7 +15,7 @@ import app.db
 
 # revision identifiers, used by Alembic.
 revision: str = "0011"
-down_revision: str | Sequence[str] | None = "0008"
+down_revision: str | Sequence[str] | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
