@@ -193,7 +193,7 @@ class TestRunsAndServices:
         rows = page.page.locator("tr[data-run]")
         assert rows.count() == 1
         check(page, "runs")
-        rows.first.get_by_role("link").click()
+        rows.first.locator("th a").click()
         page.page.wait_for_url(f"**/console/runs/{refreshed['run_id']}")
 
         paths = page.page.locator(".tl-row").evaluate_all(
