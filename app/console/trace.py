@@ -18,8 +18,17 @@ from typing import Any
 # Fields the engine writes on every entry (app/pipeline/engine.py); the rest is what the node
 # recorded, split into what it took in and what it produced.
 _FRAME_FIELDS = frozenset({"path", "type", "label", "outcome", "duration_ms", "error"})
-_INPUT_FIELDS = ("request", "variables", "claims", "header", "algorithm", "level", "message")
-_OUTPUT_FIELDS = ("status", "mapped", "branch", "caught", "secret", "expires_at", "into")
+_INPUT_FIELDS = ("request", "claims", "header", "algorithm", "level", "message")
+_OUTPUT_FIELDS = (
+    "variables",
+    "status",
+    "mapped",
+    "branch",
+    "caught",
+    "secret",
+    "expires_at",
+    "into",
+)
 _STEP = re.compile(r"\.?([A-Za-z_]+)\[(\d+)\]")
 
 

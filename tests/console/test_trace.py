@@ -89,6 +89,8 @@ class TestTimeline:
         assert (failed.error_type, failed.error_message) == ("secret_locked", "X is locked")
         assert ("future_field", '{"a": 1}') in failed.outputs  # unknown fields are shown
         assert rows["action[0]"].attempts is None
+        assert rows["action[0]"].inputs == ()
+        assert rows["action[0]"].outputs == (("variables", '["token"]'),)
 
     def test_the_whole_run_is_at_least_as_long_as_its_nodes(self) -> None:
         rows = timeline(TRACE, run_duration_ms=None)
