@@ -203,7 +203,7 @@ class ConsolePage:
 
 def open_page(browser: Any, server: ConsoleServer, **context_options: Any) -> Iterator[ConsolePage]:
     """A fresh context and page for a test; its origin guard is checked when it ends."""
-    context = browser.new_context(viewport=DESKTOP, **context_options)
+    context = browser.new_context(**{"viewport": DESKTOP, **context_options})
     guard = OriginGuard(server.origin)
     context.route("**/*", guard.route)
     page = context.new_page()

@@ -21,7 +21,8 @@ class TestLoginPage:
         expect(page.page.get_by_role("heading", name="Secrets")).to_be_visible()
         expect(page.page.get_by_text(OWNER_EMAIL)).to_be_visible()
         nav = page.page.get_by_role("navigation", name="Main")
-        for label in ("Secrets", "Runs", "Services", "Schedules", "Providers", "Accounts", "Health"):
+        pages = ("Secrets", "Runs", "Services", "Schedules", "Providers", "Accounts", "Health")
+        for label in pages:
             expect(nav.get_by_role("link", name=label)).to_be_visible()
 
     def test_wrong_password_says_so(self, page: ConsolePage) -> None:
