@@ -23,6 +23,7 @@ from app.console.csrf import CheckedForm
 from app.console.flow import PlacedErrors
 from app.console.secret_page import secret_page, show_value
 from app.console.service_page import (
+    EditFormat,
     endpoint_views,
     may_see_services,
     run_endpoint,
@@ -252,7 +253,7 @@ async def service_save_action(
     """Save an endpoint's edited action (JSON or YAML) through the services store; a refusal
     shows the submitted action with each problem at its node, and nothing is saved."""
     text = str(form.get("action", ""))
-    fmt = "yaml" if form.get("format") == "yaml" else "json"
+    fmt: EditFormat = "yaml" if form.get("format") == "yaml" else "json"
     try:
         refused = await save_action(session, user.actor, slug, readable_id, text, fmt)
     except TokenfarmError as exc:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import ValidationError
@@ -31,7 +31,7 @@ from app.schemas import describe_error, format_location
 from app.services.schemas import ServiceBody, ServiceRead
 from app.services.store import ServiceStore
 
-EditFormat = str  # "json" or "yaml"
+EditFormat = Literal["json", "yaml"]
 
 
 @dataclass(frozen=True)

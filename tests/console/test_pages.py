@@ -20,6 +20,8 @@ from app.demo.loopback import LoopbackServer
 from app.demo.token_server import TokenServerState, create_token_server
 from tests.conftest import CLIENT_ID, CLIENT_SECRET, OWNER_PASSWORD, canonical_action
 from tests.console.browser import (
+    DESKTOP,
+    PHONE,
     ConsolePage,
     ConsoleServer,
     assert_accessible,
@@ -214,6 +216,9 @@ class TestRunsAndServices:
         for canary in (access_token, CLIENT_SECRET, CLIENT_ID):
             assert canary not in page.page.content()
         check(page, "run-trace")
+        page.page.set_viewport_size(PHONE)
+        check(page, "run-trace-phone")
+        page.page.set_viewport_size(DESKTOP)
 
         page.goto("/console/secrets/ACCESS_TOKEN")
         assert page.page.locator(".tf-plot-mark.tf-plot-succeeded").count() == 1
@@ -238,6 +243,11 @@ class TestRunsAndServices:
         assert "secrets.CLIENT_SECRET" in request.inner_text()
         assert CLIENT_SECRET not in page.page.content()
         check(page, "service")
+
+        # A post without the session's CSRF token runs nothing.
+        forged = page.page.request.post(f"{oauth.url}/console/services/oauth/refresh-token/run")
+        assert forged.status == 403
+        assert token_endpoint.state.token_requests == before
 
         page.page.get_by_role("button", name="Run").click()
 
