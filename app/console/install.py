@@ -9,6 +9,7 @@ from fastapi.staticfiles import StaticFiles
 
 from app.console import apidocs
 from app.console.csrf import CsrfRefused
+from app.console.pages import router as pages_router
 from app.console.router import router
 from app.console.sessions import LOGIN_PATH, LoginRequired
 from app.console.templating import STATIC_DIR, STATIC_PATH, render
@@ -35,6 +36,7 @@ def install_console(app: FastAPI) -> None:
     redoc_url=None, so FastAPI's CDN pages are not there)."""
     app.include_router(apidocs.router)
     app.include_router(router)
+    app.include_router(pages_router)
     app.mount(STATIC_PATH, StaticFiles(directory=STATIC_DIR), name="console-static")
     app.add_exception_handler(LoginRequired, _login_required)
     app.add_exception_handler(CsrfRefused, _csrf_refused)
