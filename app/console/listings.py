@@ -9,14 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col
 
 from app.auth.accounts import AccountStore
 from app.auth.schemas import ApiKeyRead, RoleRead, ServiceAccountRead, UserRead
 from app.health import NotReady, check_readiness
-from app.providers.models import Provider
 from app.runs.log import RunLog
 from app.runs.schemas import RunStatus, RunSummary
 from app.schedules.schemas import ScheduleRead
@@ -132,10 +129,3 @@ async def health(state: Any, session: AsyncSession, *, secrets: bool, runs: bool
     if runs:
         page.failures = await RunLog(session).list_all(status="failed", limit=RECENT_FAILURES)
     return page
-
-
-async def list_providers(session: AsyncSession) -> list[Provider]:
-    """Every provider, by name. HOOK(providers): the providers feature lands on main with its
-    own store and `GET /v1/providers`; at merge, list through that store instead."""
-    query = select(Provider).order_by(col(Provider.name))
-    return list((await session.execute(query)).scalars())

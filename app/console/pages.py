@@ -34,6 +34,7 @@ from app.console.templating import render
 from app.console.trace import timeline
 from app.dependencies import SessionDep
 from app.errors import TokenfarmError
+from app.providers.store import ProviderStore
 from app.runs.log import RunLog
 from app.runs.schemas import RUN_ID_PATTERN
 from app.services.store import ServiceStore
@@ -381,5 +382,5 @@ async def providers_page(request: Request, user: ConsoleUserDep, session: Sessio
     """The OAuth providers tokenfarm knows."""
     if not user.actor.can(Permission.PROVIDERS_MANAGE):
         return needs(request, user, Permission.PROVIDERS_MANAGE, "Seeing providers")
-    providers = await listings.list_providers(session)
+    providers = await ProviderStore(session).list_all()
     return render(request, "providers.html", user, providers=providers)
