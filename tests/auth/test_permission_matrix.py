@@ -56,6 +56,13 @@ SERVICE = {
 }
 NEW_USER = {"email": "new@example.com", "password": "a-password-of-length", "roles": []}
 NEW_WEBHOOK = {"name": "new-hook", "url": "https://hooks.example.com/tokenfarm"}
+PROVIDER = {
+    "authorization_url": "https://idp.example.com/authorize",
+    "token_url": "https://idp.example.com/token",
+    "client_auth": "none",
+    "client_id_secret": "IDP_CLIENT_ID",
+}
+NEW_PROVIDER = {"name": "new-idp", **PROVIDER}
 
 MATRIX = [
     # --- secrets: managing them, and reading a value ------------------------------------------
@@ -281,6 +288,29 @@ MATRIX = [
         wrong="secrets.manage",
         route="/v1/webhooks/{name}/test",
     ),
+    # --- providers ----------------------------------------------------------------------------
+    case("POST", "/v1/providers", "providers.manage", "provider", body=NEW_PROVIDER),
+    case("GET", "/v1/providers", "providers.manage", "provider"),
+    case("GET", "/v1/providers/catalog", "providers.manage"),
+    case("GET", "/v1/providers/idp", "providers.manage", "provider", route="/v1/providers/{name}"),
+    case(
+        "GET",
+        "/v1/providers/idp/endpoints",
+        "providers.manage",
+        "provider",
+        route="/v1/providers/{name}/endpoints",
+    ),
+    case(
+        "PUT",
+        "/v1/providers/idp",
+        "providers.manage",
+        "provider",
+        body={**PROVIDER, "scopes": ["read"]},
+        route="/v1/providers/{name}",
+    ),
+    case(
+        "DELETE", "/v1/providers/idp", "providers.manage", "provider", route="/v1/providers/{name}"
+    ),
     # --- accounts -----------------------------------------------------------------------------
     case("POST", "/v1/roles", "accounts.manage", body={"name": "new-role", "permissions": []}),
     case("GET", "/v1/roles", "accounts.manage"),
@@ -411,6 +441,10 @@ async def prepare(
     if "webhook" in needs:
         webhook = {"name": "ops", "url": "http://127.0.0.1:9/hook"}
         response = await owner.post("/v1/webhooks", json=webhook)
+        assert response.status_code == 201, response.text
+    if "provider" in needs:
+        await create_secret(owner, "IDP_CLIENT_ID", "client-id")
+        response = await owner.post("/v1/providers", json={"name": "idp", **PROVIDER})
         assert response.status_code == 201, response.text
     if "user" in needs:
         await add_user(app, "weak@example.com", password_hash)
