@@ -137,6 +137,19 @@ class TestConnect:
         assert "already used" in again.text or "not valid" in again.text
 
 
+    async def test_a_link_that_cannot_start_stays_unused(
+        self, client: httpx.AsyncClient, browser: httpx.AsyncClient, app: FastAPI, dot: Dot
+    ) -> None:
+        url = await link(client)
+        settings = app.state.settings
+        app.state.settings = settings.model_copy(update={"public_url": None})
+        refused = await browser.get(url)
+        assert refused.status_code == 409
+        assert "TOKENFARM_PUBLIC_URL" in refused.text and "still works" in refused.text
+        app.state.settings = settings
+        assert (await browser.get(url)).status_code == 302
+
+
 class TestRefusedCallbacks:
     """Each answers a 400 page, stores nothing, leaves the status alone; forged ones call
     nothing at the provider."""
