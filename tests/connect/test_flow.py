@@ -12,9 +12,10 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from app.connect.models import ConnectState
+from app.connect.tokens import refresh_token_of
 from app.db import utcnow
 from app.events import Event, SecretConnected
 from tests.connect.conftest import CALLBACK_URL, PUBLIC_URL, RETURN_ORIGIN, Dot
@@ -135,7 +136,6 @@ class TestConnect:
         again = await browser.get(url)
         assert again.status_code == 400
         assert "already used" in again.text or "not valid" in again.text
-
 
     async def test_a_link_that_cannot_start_stays_unused(
         self, client: httpx.AsyncClient, browser: httpx.AsyncClient, app: FastAPI, dot: Dot
@@ -272,9 +272,11 @@ class TestSecrecy:
         state = parse_qs(urlsplit(authorize).query)["state"][0]
         callback = await consent(dot, authorize)
         code = parse_qs(urlsplit(callback).query)["code"][0]
+        async with app.state.session_factory() as session:
+            stored = (await session.execute(select(ConnectState))).scalar_one()
+        assert stored.verifier is not None and state not in str(stored.state_hash)
+        verifier = app.state.keyring.decrypt(stored.verifier)
         answers = [await browser.get(callback), await browser.get(callback)]
-        from app.connect.tokens import refresh_token_of
-
         async with app.state.session_factory() as session:
             refresh = await refresh_token_of(
                 session, app.state.keyring, app.state.settings, "DOT_TOKEN"
@@ -287,7 +289,7 @@ class TestSecrecy:
         versions = (await client.get("/v1/secrets/DOT_TOKEN/versions")).text
         texts = [caplog.text, *(a.text for a in answers), *details, listed, versions]
         texts += [str(dict(a.headers)) for a in answers]
-        for canary in (state, code, refresh):
+        for canary in (state, code, refresh, verifier):
             for text in texts:
                 assert canary not in text
 
