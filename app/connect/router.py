@@ -8,9 +8,10 @@ none; the state is checked) take no credential and open nothing else to anonymou
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from fastapi import APIRouter, Query, Request, Response, status
-from fastapi.responses import RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -33,9 +34,23 @@ from app.connect.pages import PAGE_HEADERS, connected_page, refused_page
 from app.crypto import Keyring
 from app.dependencies import KeyringDep, SessionDep, SettingsDep
 from app.errors import TokenfarmError
-from app.schemas import StrictModel
+from app.schemas import ErrorResponse, StrictModel
 
 router = APIRouter(tags=["connect"])
+
+
+CONNECT_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        403: "The caller lacks `secrets.connect:NAME`, or a client credential may not be sent "
+        "to the provider (its allowed_destinations)",
+        404: "No such secret, or its provider is gone",
+        409: "Not a connected secret, TOKENFARM_PUBLIC_URL unset (`public_url_not_set`), or the "
+        "provider has no authorization endpoint",
+        422: "`return_to` is not in TOKENFARM_CONNECT_RETURN_ORIGINS, or a credential is missing",
+        502: "The provider's endpoints could not be discovered",
+    }.items()
+}
 
 
 class ConnectLinkRequest(StrictModel):
@@ -93,7 +108,11 @@ async def connect_start(
     return redirect_to_provider(started)
 
 
-@router.post("/v1/secrets/{name}/connect-links", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/v1/secrets/{name}/connect-links",
+    status_code=status.HTTP_201_CREATED,
+    responses=CONNECT_ERRORS,
+)
 async def create_connect_link(
     name: str,
     actor: CurrentActor,
@@ -116,7 +135,26 @@ async def create_connect_link(
     return ConnectLinkRead(url=url, expires_at=expires_at)
 
 
-@router.get(CALLBACK_PATH, include_in_schema=True, response_model=None)
+HTML_PAGES: dict[int | str, dict[str, Any]] = {
+    status: {"description": description, "content": {"text/html": {}}}
+    for status, description in {
+        200: "The 'connected' page",
+        400: "A page saying why the connect can't go on and what to do (nothing changed)",
+        409: "A page saying the connect could not start (e.g. TOKENFARM_PUBLIC_URL unset)",
+        502: "A page saying the provider failed (nothing changed)",
+    }.items()
+}
+REDIRECTS: dict[int | str, dict[str, Any]] = {
+    302: {"description": "To the provider's authorization endpoint"},
+    303: {"description": "To the link's `return_to` after a connect"},
+}
+
+
+@router.get(
+    CALLBACK_PATH,
+    response_class=HTMLResponse,
+    responses={**HTML_PAGES, 303: REDIRECTS[303]},
+)
 async def connect_callback(request: Request) -> Response:
     """The redirect URI. Checks `state` first (unknown, expired, used, another browser: a 400
     page, nothing sent anywhere, nothing changed), then exchanges the code with the PKCE
@@ -135,7 +173,11 @@ async def connect_callback(request: Request) -> Response:
     return response
 
 
-@router.get("/connect/link", response_model=None)
+@router.get(
+    "/connect/link",
+    response_class=HTMLResponse,
+    responses={**HTML_PAGES, 302: REDIRECTS[302], 422: {"description": "No token"}},
+)
 async def open_connect_link(
     session: SessionDep,
     keyring: KeyringDep,
@@ -158,7 +200,7 @@ async def open_connect_link(
     return redirect_to_provider(started)
 
 
-@router.get("/connect/{name}", response_model=None)
+@router.get("/connect/{name}", response_model=None, status_code=302, responses=CONNECT_ERRORS)
 async def connect_secret(
     name: str,
     actor: CurrentActor,
