@@ -18,6 +18,7 @@ from app.connect.models import ConnectState
 from app.connect.tokens import refresh_token_of
 from app.db import utcnow
 from app.events import Event, SecretConnected
+from app.providers.models import Provider
 from tests.connect.conftest import CALLBACK_URL, PUBLIC_URL, RETURN_ORIGIN, Dot
 from tests.oauth_server import sha256_hex
 
@@ -222,6 +223,18 @@ class TestRefusedCallbacks:
         answer = await browser.get(callback)
         assert answer.status_code == 400, answer.text
         assert "invalid_grant" in answer.text
+        assert (await meta(client))["has_value"] is False
+
+    async def test_an_id_token_that_fails_verification_stores_nothing(
+        self, client: httpx.AsyncClient, browser: httpx.AsyncClient, app: FastAPI, dot: Dot
+    ) -> None:
+        async with app.state.session_factory() as session, session.begin():
+            await session.execute(
+                update(Provider).values(issuer="https://someone-else.example.com")
+            )
+        answer, _ = await connect(client, browser, dot)
+        assert answer.status_code == 502, answer.text
+        assert "ID token failed verification" in answer.text
         assert (await meta(client))["has_value"] is False
 
     async def test_provider_text_is_escaped_and_capped(
