@@ -150,6 +150,15 @@ class TestHiddenCompanion:
         assert "ACME_TOKEN" in names and COMPANION not in names
         assert "rt-canary-1" not in str(document)
 
+    @pytest.mark.usefixtures("connected")
+    async def test_goes_with_its_connected_secret(
+        self, client: httpx.AsyncClient, app: FastAPI
+    ) -> None:
+        assert (await client.delete("/v1/secrets/ACME_TOKEN")).status_code == 204
+        async with app.state.session_factory() as session:
+            names = set((await session.execute(select(col(Secret.name)))).scalars())
+        assert "ACME_TOKEN" not in names and COMPANION not in names
+
 
 class TestStoreConnection:
     async def test_stores_tokens_and_refreshes_as_connect_refresher(
