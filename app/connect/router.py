@@ -195,7 +195,7 @@ async def open_connect_link(
         return refused_page(
             f"The connect could not start: {error.message}",
             "Nothing was changed and the link still works; ask whoever sent it to fix this.",
-            error.status_code,
+            502 if error.status_code >= 500 else 409,
         )
     return redirect_to_provider(started)
 
