@@ -183,8 +183,13 @@ def document_errors(app: FastAPI) -> None:
             for operation in operations.values():
                 responses = operation.setdefault("responses", {})
                 for status, response in responses.items():
-                    media = response.get("content", {}).get("application/json", {})
-                    if status[0] in "45" and (status == "422" or not media.get("schema")):
+                    declared = response.get("content", {})
+                    media = declared.get("application/json", {})
+                    # A route that answers another type (the connect flow's HTML pages) says so.
+                    other = any(kind != "application/json" for kind in declared)
+                    if status[0] in "45" and (
+                        status == "422" or not (media.get("schema") or other)
+                    ):
                         response["content"] = content
                 responses.setdefault("default", {"description": "An error", "content": content})
         app.openapi_schema = schema

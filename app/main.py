@@ -19,6 +19,7 @@ from app.clock import Clock, SystemClock
 from app.config import Settings, get_settings
 from app.configuration.router import MAX_BODY_BYTES as MAX_APPLY_BODY_BYTES
 from app.configuration.router import router as configuration_router
+from app.connect.router import router as connect_router
 from app.console.install import install_console
 from app.crypto import load_keyring
 from app.fastpath import FastPaths, bind
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         webhooks_router,
         providers_router,
         metrics_router,
+        connect_router,
     ):
         app.include_router(router)
     install_console(app)

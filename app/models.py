@@ -3,6 +3,7 @@
 from sqlmodel import SQLModel
 
 from app.auth.models import ApiKey, Role, ServiceAccount, ServiceAccountRole, User, UserRole
+from app.connect.models import ConnectLink, ConnectState
 from app.console.models import ConsoleSession
 from app.notifications.models import Webhook
 from app.providers.models import Provider
@@ -15,6 +16,8 @@ metadata = SQLModel.metadata
 
 __all__ = [
     "ApiKey",
+    "ConnectLink",
+    "ConnectState",
     "ConsoleSession",
     "Endpoint",
     "Provider",

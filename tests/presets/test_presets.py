@@ -94,6 +94,7 @@ class TestCatalog:
             "basic",
             "post",
             "private_key_jwt",
+            "none",
         }
         credentials = presets["oauth2_client_credentials"]["params_schema"]["properties"]
         assert {"audience", "resource", "scope"} <= set(credentials)
@@ -614,7 +615,9 @@ class TestValidation:
             ({"client_secret_secret": None}, "params.client_secret_secret"),
             ({"client_auth": "private_key_jwt"}, "params.private_key_secret"),
             ({"private_key_secret": "CLIENT_ID"}, "params.private_key_secret"),
-            ({"client_auth": "none"}, "params.client_auth"),
+            # A public client sends no secret.
+            ({"client_auth": "none"}, "params.client_secret_secret"),
+            ({"client_auth": "mtls"}, "params.client_auth"),
             ({"refresh_token_secret": "ACCESS_TOKEN"}, "params.refresh_token_secret"),
         ],
     )
