@@ -42,11 +42,15 @@ class DemoSetup:
     key: str
 
 
-def demo_settings(settings: Settings) -> Settings:
-    """The settings with the bundled token server (on 127.0.0.1) opened in the egress guard."""
+def demo_settings(settings: Settings, public_url: str | None = None) -> Settings:
+    """The settings with the bundled token server (on 127.0.0.1) opened in the egress guard,
+    and `public_url` (the demo's own address) as TOKENFARM_PUBLIC_URL unless one is set."""
     entries = [entry for entry in settings.egress_allow.split(",") if entry.strip()]
     allow = ",".join([*entries, "127.0.0.1"])
-    return settings.model_copy(update={"egress_allow": allow})
+    update: dict[str, str] = {"egress_allow": allow}
+    if settings.public_url is None and public_url is not None:
+        update["public_url"] = public_url.rstrip("/")
+    return settings.model_copy(update=update)
 
 
 def demo_document(token_server_url: str, path: Path = DEMO_DOCUMENT) -> str:

@@ -354,6 +354,29 @@ class TokenServerState:
         with self._lock:
             return [dict(entry) for entry in self._requests]
 
+    def expire_device_codes(self) -> None:
+        """Let every device code run out now (the next poll answers `expired_token`)."""
+        with self._lock:
+            for grant in self._devices.values():
+                grant.expires_at = time.time()
+
+    @property
+    def device_codes(self) -> list[str]:
+        """Every device code issued, for canary checks (a client must never show one)."""
+        with self._lock:
+            return list(self._devices)
+
+    def live_refresh_tokens(self, client_id: str) -> list[str]:
+        """The unused refresh tokens of `client_id`'s live families (for canaries and tests)."""
+        with self._lock:
+            return [
+                token
+                for token, record in self._refresh_tokens.items()
+                if not record.used
+                and not self._families[record.family_id].revoked
+                and self._families[record.family_id].client_id == client_id
+            ]
+
     @property
     def revocations(self) -> list[dict[str, Any]]:
         """RFC 7009 requests: client_id, token_type_hint, kind found, status (never the token)."""
