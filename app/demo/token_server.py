@@ -71,6 +71,7 @@ AUTHORIZE_PATH: Final = "/oauth/authorize"
 DEVICE_AUTHORIZATION_PATH: Final = "/oauth/device_authorization"
 DEVICE_PAGE_PATH: Final = "/device"
 REVOKE_PATH: Final = "/oauth/revoke"
+METADATA_PATH: Final = "/.well-known/oauth-authorization-server"
 # RFC 8628 §6.1: a user code from an alphabet without vowels or look-alikes, easy to type.
 USER_CODE_ALPHABET: Final = "BCDFGHJKLMNPQRSTVWXZ"
 # RFC 8628 §3.5: each slow_down adds 5 seconds to the interval the client must keep.
@@ -1239,6 +1240,28 @@ def create_token_server(state: TokenServerState) -> ASGIApp:
         # §2.2: 200 whether or not the token was known.
         return Response(status_code=200, headers=NO_STORE_HEADERS)
 
+    async def metadata_endpoint(request: Request) -> Response:
+        # RFC 8414 (and the OpenID Connect discovery subset that applies): where everything is.
+        base = f"{request.url.scheme}://{request.url.netloc}"
+        return JSONResponse(
+            {
+                "issuer": base,
+                "authorization_endpoint": f"{base}{AUTHORIZE_PATH}",
+                "token_endpoint": f"{base}{TOKEN_PATH}",
+                "revocation_endpoint": f"{base}{REVOKE_PATH}",
+                "introspection_endpoint": f"{base}{INTROSPECT_PATH}",
+                "device_authorization_endpoint": f"{base}{DEVICE_AUTHORIZATION_PATH}",
+                "response_types_supported": ["code"],
+                "grant_types_supported": sorted(SUPPORTED_GRANTS),
+                "code_challenge_methods_supported": ["S256"],
+                "token_endpoint_auth_methods_supported": [
+                    "client_secret_basic",
+                    "client_secret_post",
+                    "private_key_jwt",
+                ],
+            }
+        )
+
     # The browser-facing pages live in their own module (it imports this one's helpers).
     from app.demo.consent import consent_routes
 
@@ -1250,6 +1273,7 @@ def create_token_server(state: TokenServerState) -> ASGIApp:
             Route(ENTRA_TOKEN_PATH, token_endpoint, methods=_ALL_METHODS),
             Route(DEVICE_AUTHORIZATION_PATH, device_authorization_endpoint, methods=["POST"]),
             Route(REVOKE_PATH, revocation_endpoint, methods=["POST"]),
+            Route(METADATA_PATH, metadata_endpoint, methods=["GET"]),
             *consent_routes(state),
         ]
     )

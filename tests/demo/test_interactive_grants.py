@@ -337,3 +337,13 @@ class TestRevocation:
         response = http.post("/oauth/revoke", data={"token": body["refresh_token"]}, auth=AUTH)
         assert response.status_code == 503
         assert active(http, body["refresh_token"])
+
+
+def test_metadata_names_every_endpoint(http: httpx.Client) -> None:
+    metadata = http.get("/.well-known/oauth-authorization-server").json()
+    base = str(http.base_url).rstrip("/")
+    assert metadata["issuer"] == base
+    assert metadata["device_authorization_endpoint"] == f"{base}/oauth/device_authorization"
+    assert metadata["revocation_endpoint"] == f"{base}/oauth/revoke"
+    assert metadata["code_challenge_methods_supported"] == ["S256"]
+    assert http.get(metadata["authorization_endpoint"]).status_code == 400  # a page, no client
