@@ -14,7 +14,7 @@ from tests.conftest import CLIENT_ID, CLIENT_SECRET, TokenServer, create_secret
 from tests.demo.browser import press
 
 PROVIDER = "local"
-SECRET = "CONNECTED"  # noqa: S105 - a secret's name
+SECRET = "CONNECTED"
 
 
 async def add_provider(

@@ -4,6 +4,7 @@ code, a person enters it at the verification page, tokenfarm polls and stores th
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 
 import httpx
@@ -86,7 +87,7 @@ class TestDeviceGrant:
         await person_decides(started)
         assert (await outcome(client, started))["status"] == "connected"
         times = polls(connectable)
-        gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+        gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
         assert gaps[0] >= 6 - 0.3, gaps  # after the slow_down: 1 + 5 seconds
         assert all(gap >= 6 - 0.3 for gap in gaps), gaps  # the interval stays longer
         errors = [r["error"] for r in connectable.state.requests]
