@@ -34,6 +34,7 @@ from app.main import create_app
 from app.migrate import upgrade_database
 from app.pipeline.schemas import CANONICAL_ACTION_EXAMPLE
 from app.services.models import Endpoint, Service
+from tests.oauth_server.fixtures import oauth_server, oauth_server_process  # noqa: F401
 
 PG_SERVER = os.environ.get("TOKENFARM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 OWNER_EMAIL = "owner@example.com"
