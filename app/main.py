@@ -19,6 +19,7 @@ from app.clock import Clock, SystemClock
 from app.config import Settings, get_settings
 from app.configuration.router import MAX_BODY_BYTES as MAX_APPLY_BODY_BYTES
 from app.configuration.router import router as configuration_router
+from app.connect.connection_router import router as connection_router
 from app.crypto import load_keyring
 from app.fastpath import FastPaths, bind
 from app.handlers import install_error_handlers
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             app.state.runner = parts.runner
             app.state.events = parts.events
             app.state.notifier = parts.notifier
+            app.state.device_polls = parts.device_polls
             app.state.value_cache = ValueCache.for_database(settings.resolved_database_url)
             try:
                 if not settings.scheduler_enabled:
@@ -115,6 +117,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         configuration_router,
         webhooks_router,
         metrics_router,
+        connection_router,
     ):
         app.include_router(router)
     document_security(app)

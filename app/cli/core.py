@@ -149,12 +149,11 @@ def scheduler(
         _fail(exc.message)
 
 
-async def _seed_demo(token_server_url: str, refresh_token: str) -> Any:
+async def _seed_demo(settings: Any, token_server_url: str, refresh_token: str) -> Any:
     from app.crypto import load_keyring
     from app.db import create_engine, session_factory
     from app.demo.seed import seed_demo
 
-    settings = get_settings()
     engine = create_engine(settings.resolved_database_url)
     try:
         async with session_factory(engine)() as session, session.begin():
@@ -188,20 +187,26 @@ def demo(
     from app.demo.token_server import TokenServerState, create_token_server
     from app.main import create_app
 
+    base = f"http://127.0.0.1:{port}"
+    # The bundled token server listens on loopback, which the egress guard refuses; the connect
+    # flow needs TOKENFARM_PUBLIC_URL: the demo's own address unless one is set.
+    settings = demo_settings(get_settings(), public_url=base)
     state = TokenServerState(expires_in=300)
-    state.add_client("demo-client", "demo-client-secret")
+    state.add_client(
+        "demo-client",
+        "demo-client-secret",
+        redirect_uris=[settings.connect_callback_url or f"{base}/connect/callback"],
+    )
     with LoopbackServer(create_token_server(state), port=token_server_port) as token_server:
         try:
             _migrate()
             asyncio.run(_create_owner(DEMO_OWNER_EMAIL, DEMO_OWNER_PASSWORD))
             setup = asyncio.run(
-                _seed_demo(token_server.url, state.issue_refresh_token("demo-client"))
+                _seed_demo(settings, token_server.url, state.issue_refresh_token("demo-client"))
             )
-            # The bundled token server listens on loopback, which the egress guard refuses.
-            app = create_app(demo_settings(get_settings()))
+            app = create_app(settings)
         except TokenfarmError as exc:
             _fail(exc.message)
-        base = f"http://127.0.0.1:{port}"
         key = setup.key
         try:
             document = DEMO_DOCUMENT.relative_to(Path.cwd())
