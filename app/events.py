@@ -81,7 +81,26 @@ class RefreshRefused:
     secret: str
 
 
-Event = RunFinished | SecretStatusChanged | UpstreamCall | SchedulerLag | RefreshRefused
+@dataclass(frozen=True)
+class SecretConnected:
+    """A person consented at a provider and a connected secret got its tokens (app/connect)."""
+
+    secret: str
+    how: str  # authorization_code | device_code
+    previous_status: str
+    version: int
+    connected_by: str | None
+    at: datetime
+
+
+Event = (
+    RunFinished
+    | SecretStatusChanged
+    | UpstreamCall
+    | SchedulerLag
+    | RefreshRefused
+    | SecretConnected
+)
 Listener = Callable[[Event], Awaitable[None] | None]
 
 

@@ -20,6 +20,7 @@ from app.config import Settings, get_settings
 from app.configuration.router import MAX_BODY_BYTES as MAX_APPLY_BODY_BYTES
 from app.configuration.router import router as configuration_router
 from app.connect.connection_router import router as connection_router
+from app.connect.router import router as connect_router
 from app.crypto import load_keyring
 from app.fastpath import FastPaths, bind
 from app.handlers import install_error_handlers
@@ -117,6 +118,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         configuration_router,
         webhooks_router,
         metrics_router,
+        connect_router,
         connection_router,
     ):
         app.include_router(router)

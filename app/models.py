@@ -3,6 +3,7 @@
 from sqlmodel import SQLModel
 
 from app.auth.models import ApiKey, Role, ServiceAccount, ServiceAccountRole, User, UserRole
+from app.connect.models import ConnectLink, ConnectState
 from app.notifications.models import Webhook
 from app.providers.models import Provider
 from app.runs.models import Run, RunSecret
@@ -14,6 +15,8 @@ metadata = SQLModel.metadata
 
 __all__ = [
     "ApiKey",
+    "ConnectLink",
+    "ConnectState",
     "Endpoint",
     "Provider",
     "Role",

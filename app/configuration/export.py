@@ -64,7 +64,9 @@ async def export_document(session: AsyncSession, settings: Settings) -> dict[str
 
 
 async def _secrets(session: AsyncSession, settings: Settings) -> list[dict[str, Any]]:
-    secrets = (await session.execute(select(Secret).order_by(col(Secret.name)))).scalars().all()
+    # Hidden companions (a connected secret's refresh token) are never exported.
+    query = select(Secret).where(col(Secret.companion_of).is_(None)).order_by(col(Secret.name))
+    secrets = (await session.execute(query)).scalars().all()
     taken: set[str] = set()
     exported = []
     for secret in secrets:

@@ -173,6 +173,12 @@ def _declared(section: list[Any] | None, key: str) -> list[str] | None:
     return None if section is None else [getattr(spec, key) for spec in section]
 
 
+def _companions(state: State) -> list[str]:
+    """Hidden companions (a connected secret's refresh token): kept by their connected secret,
+    never declared in a document nor pruned for being absent from one."""
+    return [name for name, secret in state.secrets.items() if secret.companion_of is not None]
+
+
 def _kept(existing: Iterable[str], declared: list[str] | None, prune: bool) -> set[str]:
     """Existing names the document doesn't declare that survive the apply."""
     if declared is None:
@@ -326,7 +332,10 @@ class Planner:
         roles |= {name for name, role in state.roles.items() if role.builtin}
         doc_accounts = _declared(document.service_accounts, "name")
         accounts = _kept(state.accounts, doc_accounts, prune) | set(doc_accounts or [])
-        kept_secrets = _kept(state.secrets, _declared(document.secrets, "name"), prune)
+        doc_secrets = _declared(document.secrets, "name")
+        if doc_secrets is not None:
+            doc_secrets = doc_secrets + _companions(state)
+        kept_secrets = _kept(state.secrets, doc_secrets, prune)
         secrets = {
             name: (state.secrets[name].environment_specific, state.secrets[name].locked)
             for name in kept_secrets
@@ -793,7 +802,7 @@ class Planner:
                     rebinds=rebinds,
                 )
             )
-        declared = [s.name for s in document.secrets]
+        declared = [s.name for s in document.secrets] + _companions(state)
         return changes + self._pruned("secret", state.secrets, declared, prune)
 
     @staticmethod

@@ -29,7 +29,7 @@ from app.config import Settings
 from app.crypto import Keyring
 from app.db import utcnow
 from app.errors import RunFailed
-from app.events import Event, SecretStatusChanged
+from app.events import Event, SecretConnected, SecretStatusChanged
 from app.notifications.schemas import EventType, PingResult
 from app.notifications.signing import legacy_headers, standard_headers
 from app.notifications.store import DeliveryTarget, WebhookStore
@@ -94,6 +94,21 @@ def payload(change: SecretStatusChanged, kind: EventType, event_id: str) -> dict
     }
 
 
+def connected_payload(event: SecretConnected, event_id: str) -> dict[str, Any]:
+    """What a delivery says about a connect: the secret, how, its new version, who consented."""
+    return {
+        "id": event_id,
+        "type": "secret.connected",
+        "occurred_at": _timestamp(event.at),
+        "secret": event.secret,
+        "status": "ok",
+        "previous_status": event.previous_status,
+        "how": event.how,
+        "version": event.version,
+        "connected_by": event.connected_by,
+    }
+
+
 def encode(body: dict[str, Any]) -> str:
     """The body as sent and signed: compact JSON, ASCII only (so text and bytes agree)."""
     return json.dumps(body, separators=(",", ":"), ensure_ascii=True)
@@ -140,7 +155,13 @@ class Notifier:
 
     def notify(self, event: Event) -> None:
         """The event-bus listener: start delivering a status change in the background."""
-        if not isinstance(event, SecretStatusChanged) or self._closing.is_set():
+        if self._closing.is_set():
+            return
+        if isinstance(event, SecretConnected):
+            body = connected_payload(event, str(uuid.uuid4()))
+            self._spawn(self._dispatch_body(event.secret, "secret.connected", body))
+            return
+        if not isinstance(event, SecretStatusChanged):
             return
         kind = event_type(event)
         if kind is None:
@@ -153,18 +174,20 @@ class Notifier:
         task.add_done_callback(self._tasks.discard)
 
     async def _dispatch(self, change: SecretStatusChanged, kind: EventType) -> None:
+        """Deliver a status change to every webhook that wants it."""
+        await self._dispatch_body(change.secret, kind, payload(change, kind, str(uuid.uuid4())))
+
+    async def _dispatch_body(self, secret: str, kind: EventType, payload: dict[str, Any]) -> None:
         """Find the webhooks that want this event and deliver it to each, side by side."""
         try:
             async with self.session_factory() as session:
                 targets = await WebhookStore(session, self.keyring, self.settings).targets_for(
-                    change.secret, kind
+                    secret, kind
                 )
         except Exception as exc:
-            logger.error(
-                "webhooks for %s of %s not loaded: %s", kind, change.secret, type(exc).__name__
-            )
+            logger.error("webhooks for %s of %s not loaded: %s", kind, secret, type(exc).__name__)
             return
-        body = encode(payload(change, kind, str(uuid.uuid4())))
+        body = encode(payload)
         for target in targets:
             self._spawn(self._deliver(target, kind, body))
 

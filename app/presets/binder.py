@@ -27,7 +27,7 @@ from app.presets.catalog import PRESETS, ClientAuthParams, Preset, PresetParams
 from app.presets.schemas import RefresherRead, RefresherRequest
 from app.schemas import describe_error, format_location
 from app.secrets.models import Secret
-from app.secrets.rules import Unwritable, why_runs_cannot_write
+from app.secrets.rules import CompanionUse, Unwritable, why_runs_cannot_write
 from app.secrets.schemas import SecretUpdate
 from app.secrets.store import SecretStore
 from app.services.models import Endpoint, Service
@@ -87,7 +87,7 @@ class PresetBinder:
     async def bind(self, name: str, request: RefresherRequest, author: Actor) -> RefresherRead:
         """Expand the preset for secret `name`, save it as its refresher, and bind it; `author`
         needs `secrets.use` of every secret the action reads, as for any saved action."""
-        target = await self.secrets.get(name)
+        target = await self.secrets.get(name, CompanionUse.BIND)
         preset = PRESETS[request.preset]
         params = parse_params(preset, request.params)
         known = await self._known_secrets()

@@ -78,7 +78,7 @@ TokenUrl = Annotated[
     Field(max_length=2000, examples=["https://auth.example.com/oauth/token"]),
     AfterValidator(_http_url),
 ]
-ClientAuth = Literal["basic", "post", "private_key_jwt"]
+ClientAuth = Literal["basic", "post", "private_key_jwt", "none"]
 
 
 class PresetParams(BaseModel):
@@ -107,7 +107,8 @@ class ClientAuthParams(PresetParams):
     client_auth: ClientAuth = Field(
         "basic",
         description="`basic`: HTTP Basic (client_secret_basic); `post`: client_id and "
-        "client_secret in the form; `private_key_jwt`: a signed client assertion (RFC 7523).",
+        "client_secret in the form; `private_key_jwt`: a signed client assertion (RFC 7523); "
+        "`none`: a public client, only client_id in the form.",
     )
     client_secret_secret: SecretName | None = Field(
         None, description="The secret holding the client_secret (for `basic` and `post`)."
@@ -134,6 +135,10 @@ class ClientAuthParams(PresetParams):
                 found.append(("private_key_secret", "client_auth private_key_jwt needs it"))
             if self.client_secret_secret is not None:
                 found.append(("client_secret_secret", "private_key_jwt sends no client secret"))
+        elif self.client_auth == "none":
+            for name in ("client_secret_secret", "private_key_secret", "private_key_field"):
+                if getattr(self, name) is not None:
+                    found.append((name, "a public client (client_auth none) sends no secret"))
         else:
             if self.client_secret_secret is None:
                 found.append(("client_secret_secret", f"client_auth {self.client_auth} needs it"))
@@ -213,6 +218,8 @@ def _client_authentication(
             "password": secret(params.client_secret_secret),
         }
         return [], auth, {}
+    if params.client_auth == "none":
+        return [], None, {"client_id": client_id}
     if params.client_auth == "post":
         assert params.client_secret_secret is not None
         return (

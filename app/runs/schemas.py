@@ -14,7 +14,7 @@ RunResultStatus = Literal["succeeded", "failed"]
 # meanwhile, and can be recovered); `recovered`: its kept answer was written afterwards.
 RunStatus = Literal["succeeded", "failed", "storing", "recovered"]
 # `schedule`: a cron schedule's tick; `expiry`: the scheduler refreshing a secret before it expires.
-RunTrigger = Literal["api", "refresh", "read", "schedule", "expiry"]
+RunTrigger = Literal["api", "refresh", "read", "schedule", "expiry", "connect"]
 
 
 RUN_ID_EXAMPLE = "0b5c7a9e-3f1d-4c2a-9e8b-6d4f2a1c7e90"

@@ -17,8 +17,9 @@ from app.db import storable, utcnow
 from app.events import SecretStatusChanged, emit_after_commit
 from app.secrets.models import Secret
 
-# Writes that start afresh: whatever went wrong before no longer applies.
-FRESH_START_SOURCES = ("manual", "create", "rollback", "recovery")
+# Writes that start afresh: whatever went wrong before no longer applies (a person set it, or
+# consented again at the provider: `connect`).
+FRESH_START_SOURCES = ("manual", "create", "rollback", "recovery", "connect")
 LAST_ERROR_MAX_CHARS = 2000
 
 

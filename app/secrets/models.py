@@ -38,6 +38,18 @@ class Secret(SQLModel, table=True):
         default=None, sa_column=Column(JSON, nullable=True)
     )
     last_refreshed_at: datetime | None = Field(default=None, sa_column=timestamp_column())
+    # A connected secret (app/connect): its value is an access token from this provider, with
+    # these scopes (None: the provider's defaults; after a connect, what was granted).
+    provider: str | None = Field(default=None, max_length=64)
+    scopes: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # Who consented last (the verified ID token's email or sub, else who started the flow).
+    connected_by: str | None = Field(default=None, max_length=320)
+    # A hidden companion (the refresh token of the connected secret with this id): no route
+    # reads, lists, sets or exports it (app/secrets/rules.py:companion_problem).
+    companion_of: int | None = Field(
+        default=None,
+        sa_column=Column(Integer, ForeignKey("secret.id", ondelete="CASCADE"), nullable=True),
+    )
     created_at: datetime = Field(default_factory=utcnow, sa_column=timestamp_column(False))
     updated_at: datetime = Field(default_factory=utcnow, sa_column=timestamp_column(False))
 

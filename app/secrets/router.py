@@ -12,6 +12,7 @@ from app.auth.actor import Actor, ensure
 from app.auth.dependencies import CurrentActor, require
 from app.auth.permissions import Permission, secret_read
 from app.config import Environment
+from app.connect.secrets import create_connected
 from app.dependencies import KeyringDep, SessionDep, SettingsDep
 from app.fastpath import FastPath
 from app.handlers import retry_after
@@ -21,6 +22,7 @@ from app.runs.refresh import read_value
 from app.runs.runner import RunOutcome
 from app.schemas import ErrorResponse
 from app.secrets.cache import ValueCache
+from app.secrets.rules import CompanionUse, may_be_companion
 from app.secrets.schemas import (
     MAX_MIN_VALID_SECONDS,
     RollbackRequest,
@@ -75,8 +77,16 @@ READ_RESPONSES: dict[int | str, dict[str, Any]] = {
 async def create_secret(
     data: SecretCreate, actor: CurrentActor, store: SecretStore = StoreDep
 ) -> SecretSaved:
-    """Create a secret, optionally with its first value."""
-    secret = await store.create(data, actor.label, caller=actor)
+    """Create a secret, optionally with its first value.
+
+    With `provider`, a connected secret: it has no value until someone connects it (`POST
+    /v1/secrets/{name}/connect-links`), its refresh token is kept by tokenfarm, and it is bound
+    to a refresher (`refreshers/{name}`) that runs before it expires.
+    """
+    if data.provider is not None:
+        secret = await create_connected(store.session, store.keyring, store.settings, data, actor)
+    else:
+        secret = await store.create(data, actor.label, caller=actor)
     return await store.saved(secret)
 
 
@@ -89,7 +99,7 @@ async def list_secrets(store: SecretStore = StoreDep) -> list[SecretRead]:
 @router.get("/{name}", dependencies=MANAGE)
 async def get_secret(name: str, store: SecretStore = StoreDep) -> SecretRead:
     """Show one secret's metadata: status, expiry, version, refresh endpoint."""
-    return await store.describe(await store.get(name))
+    return await store.describe(await store.get(name, CompanionUse.SHOW))
 
 
 @router.patch("/{name}", dependencies=MANAGE)
@@ -98,14 +108,14 @@ async def update_secret(
 ) -> SecretSaved:
     """Change a secret's description, lock, refresh settings, allowed destinations or
     environment-specific flag."""
-    secret = await store.update(await store.get(name), data, caller=actor)
+    secret = await store.update(await store.get(name, CompanionUse.CHANGE), data, caller=actor)
     return await store.saved(secret)
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, dependencies=MANAGE)
 async def delete_secret(name: str, store: SecretStore = StoreDep) -> Response:
     """Delete a secret with all its values and history."""
-    await store.delete(await store.get(name))
+    await store.delete(await store.get(name, CompanionUse.DELETE))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -114,7 +124,7 @@ async def set_secret_value(
     name: str, data: SecretValueWrite, actor: CurrentActor, store: SecretStore = StoreDep
 ) -> ValueWritten:
     """Set a value by hand (a new version); answers the version, never the value."""
-    secret = await store.get(name)
+    secret = await store.get(name, CompanionUse.SET)
     return await store.set_value(
         secret,
         data.value,
@@ -143,6 +153,9 @@ async def read_secret_value(
     state = request.app.state
     await state.rate_limiter.check(request.scope, RouteKind.VALUE_READ, actor)
     ensure(actor, secret_read(name))
+    if may_be_companion(name):
+        async with state.session_factory() as session:
+            await SecretStore(session, state.keyring, state.settings).get(name, CompanionUse.READ)
     read = await read_value(
         state.runner,
         state.value_cache,
@@ -165,8 +178,8 @@ async def read_secret_value_fast(
     state = scope["app"].state
     await state.rate_limiter.check(scope, RouteKind.VALUE_READ, actor)
     name = params["name"]
-    if not actor.can(secret_read(name)):
-        return None
+    if not actor.can(secret_read(name)) or may_be_companion(name):
+        return None  # a hidden companion is refused by the route
     cache: ValueCache = state.value_cache
     # The route's answer is `Response(body, media_type="application/json")`: the mechanism
     # sends these bytes as exactly that.
@@ -189,7 +202,7 @@ async def list_secret_versions(
     store: SecretStore = StoreDep,
 ) -> list[SecretVersionRead]:
     """The history of a secret's value, newest first (no values)."""
-    return await store.versions(await store.get(name), environment)
+    return await store.versions(await store.get(name, CompanionUse.SHOW), environment)
 
 
 @router.post("/{name}/rollback", dependencies=MANAGE)
@@ -197,5 +210,5 @@ async def rollback_secret(
     name: str, data: RollbackRequest, actor: CurrentActor, store: SecretStore = StoreDep
 ) -> ValueWritten:
     """Make an earlier version current again (written as a new version)."""
-    secret = await store.get(name)
+    secret = await store.get(name, CompanionUse.ROLL_BACK)
     return await store.rollback(secret, data.version, data.environment, actor.label)

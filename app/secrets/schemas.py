@@ -126,6 +126,20 @@ def value_size_problem(value: Any) -> str | None:
     return None
 
 
+PROVIDER_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+ProviderName = Annotated[
+    str,
+    Field(pattern=PROVIDER_NAME_PATTERN, examples=["github"]),
+    _must_match(PROVIDER_NAME_PATTERN, "must be a provider name (e.g. github)"),
+]
+SCOPE_PATTERN = r"^[\x21\x23-\x5b\x5d-\x7e]{1,200}$"  # RFC 6749 §3.3 scope-token
+Scopes = Annotated[
+    list[Annotated[str, Field(pattern=SCOPE_PATTERN, examples=["read:user"])]],
+    Field(max_length=100, examples=[["openid", "email"]]),
+    AfterValidator(lambda scopes: list(dict.fromkeys(scopes))),
+]
+
+
 class SecretCreate(StrictModel):
     """A new secret; it may carry its first value."""
 
@@ -148,6 +162,15 @@ class SecretCreate(StrictModel):
     )
     environment: Environment | None = Field(None, description="Where the first value goes.")
     expires_at: UtcDatetime | None = None
+    provider: ProviderName | None = Field(
+        None,
+        description="Make a connected secret: its value is an access token from this provider "
+        "(GET /v1/providers), obtained by connecting (POST /v1/secrets/{name}/connect-links) and "
+        "refreshed on its own; no `value` then.",
+    )
+    scopes: Scopes | None = Field(
+        None, description="Scopes to ask for when connecting (default: the provider's)."
+    )
 
     # An explicit null is refused; leaving `value` out creates a secret without one.
     _value_storable = field_validator("value", mode="before")(_storable)
@@ -213,6 +236,20 @@ class SecretRead(BaseModel):
     environments: list[str] = Field(description="Environments that hold a value.")
     created_at: datetime
     updated_at: datetime
+    provider: str | None = Field(
+        None, description="A connected secret's provider (null: an ordinary secret)."
+    )
+    scopes: list[str] | None = Field(
+        None, description="A connected secret's scopes: asked for, or granted at the last connect."
+    )
+    connected_by: str | None = Field(
+        None, description="Who consented at the last connect (null: not connected)."
+    )
+    reconnect: str | None = Field(
+        None,
+        description="For a connected secret that needs a person again (`needs_reauth`, or no "
+        "token): the route that makes a connect link.",
+    )
 
 
 class SecretSaved(SecretRead):

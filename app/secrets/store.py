@@ -36,6 +36,7 @@ from app.secrets import health
 from app.secrets.expiry import ValueTiming, plan_next_refresh
 from app.secrets.health import FRESH_START_SOURCES
 from app.secrets.models import ALL_ENVIRONMENTS, Secret, SecretValue, SecretVersion
+from app.secrets.rules import CompanionUse, companion_problem
 from app.secrets.schemas import (
     SecretCreate,
     SecretRead,
@@ -92,6 +93,24 @@ def _check_name(name: str) -> None:
         raise _no_secret(name)
 
 
+def refuse_companion(name: str, companion_of: int | None, use: CompanionUse) -> None:
+    """Raise when a route would `use` a hidden companion: 403 to a read, 409 otherwise."""
+    problem = companion_problem(name, companion_of, use)
+    if problem is None:
+        return
+    if use is CompanionUse.READ:
+        raise PermissionDenied(problem, hidden_companion=True)
+    raise Conflict(problem, hidden_companion=True)
+
+
+def reconnect_hint(secret: Secret, *, has_value: bool) -> str | None:
+    """Where to reconnect a connected secret that needs a person: refused refreshes
+    (`needs_reauth`) or no token (never connected, or disconnected)."""
+    if secret.provider is None or (secret.status != "needs_reauth" and has_value):
+        return None
+    return f"POST /v1/secrets/{secret.name}/connect-links"
+
+
 def _no_secret(name: str) -> NotFound:
     return NotFound(f"secret {name!r} does not exist")
 
@@ -106,12 +125,16 @@ class SecretStore:
 
     # --- lookups ---------------------------------------------------------------------------
 
-    async def get(self, name: str) -> Secret:
-        """The secret called `name`, or NotFound."""
+    async def get(self, name: str, use: CompanionUse | None = None) -> Secret:
+        """The secret called `name`, or NotFound; with `use`, refused when it is a hidden
+        companion (a route about to do that with it: 403 for a read, else 409)."""
         _check_name(name)
-        return await one_or_not_found(
+        secret: Secret = await one_or_not_found(
             self.session, SECRETS_NAMED, f"secret {name!r}", {"names": [name]}
         )
+        if use is not None:
+            refuse_companion(secret.name, secret.companion_of, use)
+        return secret
 
     async def refresh_endpoint(self, name: str) -> str | None:
         """The `refresh_endpoint` of the secret called `name` (None: unbound), or NotFound."""
@@ -151,6 +174,14 @@ class SecretStore:
                 .execution_options(populate_existing=True)
             )
         ).scalar_one_or_none()
+
+    async def _last_version(self, secret: Secret, environment: str) -> int:
+        """The highest version in a value's history (0: none)."""
+        query = select(func.max(SecretVersion.version)).where(
+            col(SecretVersion.secret_id) == _id(secret),
+            col(SecretVersion.environment) == environment,
+        )
+        return int((await self.session.execute(query)).scalar_one() or 0)
 
     async def current_version(self, secret: Secret, environment: str | None = None) -> int:
         """The version of the current value in an environment (0: none yet)."""
@@ -211,13 +242,16 @@ class SecretStore:
             environments=sorted(v.environment for v in values),
             created_at=secret.created_at,
             updated_at=secret.updated_at,
+            provider=secret.provider,
+            scopes=secret.scopes,
+            connected_by=secret.connected_by,
+            reconnect=reconnect_hint(secret, has_value=current is not None),
         )
 
     async def list_all(self) -> list[SecretRead]:
-        """Every secret's metadata, by name."""
-        secrets = (
-            (await self.session.execute(select(Secret).order_by(col(Secret.name)))).scalars().all()
-        )
+        """Every secret's metadata, by name; hidden companions are not listed."""
+        query = select(Secret).where(col(Secret.companion_of).is_(None)).order_by(col(Secret.name))
+        secrets = (await self.session.execute(query)).scalars().all()
         return [await self.describe(secret) for secret in secrets]
 
     # --- metadata --------------------------------------------------------------------------
@@ -447,10 +481,12 @@ class SecretStore:
             current_version, exists = expected_version, True
         else:
             current = await self._current(secret, env)
-            current_version = current.version if current else 0
             exists = current is not None
-            if expected_version is not None and expected_version != current_version:
-                raise self._changed_during_run(secret, expected_version, current_version)
+            # A value cleared by a disconnect (app/connect) left its history: go on numbering.
+            current_version = current.version if current else await self._last_version(secret, env)
+            now_version = current.version if current else 0
+            if expected_version is not None and expected_version != now_version:
+                raise self._changed_during_run(secret, expected_version, now_version)
         version = current_version + 1
         write = ValueWrite.of(
             _id(secret),

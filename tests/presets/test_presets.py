@@ -94,6 +94,7 @@ class TestCatalog:
             "basic",
             "post",
             "private_key_jwt",
+            "none",
         }
         credentials = presets["oauth2_client_credentials"]["params_schema"]["properties"]
         assert {"audience", "resource", "scope"} <= set(credentials)

@@ -1,0 +1,1 @@
+"""Connected secrets: tokenfarm obtains the first tokens itself (authorization code + PKCE)."""

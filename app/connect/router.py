@@ -1,0 +1,164 @@
+"""HTTP routes of the connect flow.
+
+`POST /v1/secrets/{name}/connect-links` and `GET /connect/{name}` need `secrets.connect:NAME`;
+`GET /connect/link` (the link is the credential) and `GET /connect/callback` (the browser has
+none; the state is checked) take no credential and open nothing else to anonymous callers.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.responses import RedirectResponse
+from pydantic import BaseModel, Field
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.actor import Actor, ensure
+from app.auth.dependencies import CurrentActor
+from app.auth.permissions import secret_connect
+from app.config import Settings
+from app.connect.flow import (
+    CALLBACK_PATH,
+    MAX_LINK_SECONDS,
+    STATE_LIFETIME,
+    Callback,
+    FlowRefused,
+    Started,
+    create_link,
+    open_link,
+    start_flow,
+)
+from app.connect.pages import PAGE_HEADERS, connected_page, refused_page
+from app.crypto import Keyring
+from app.dependencies import KeyringDep, SessionDep, SettingsDep
+from app.schemas import StrictModel
+
+router = APIRouter(tags=["connect"])
+
+
+class ConnectLinkRequest(StrictModel):
+    """Who the link is for and where the browser goes afterwards."""
+
+    return_to: str | None = Field(
+        None,
+        max_length=2000,
+        description="Where to send the browser after a successful connect (303); its origin "
+        "must be in TOKENFARM_CONNECT_RETURN_ORIGINS. Default: a 'connected' page.",
+    )
+    expires_in: int = Field(
+        MAX_LINK_SECONDS, ge=60, le=MAX_LINK_SECONDS, description="Seconds the link works."
+    )
+
+
+class ConnectLinkRead(BaseModel):
+    """A single-use link: hand it to the person who will consent."""
+
+    url: str
+    expires_at: datetime
+
+
+def redirect_to_provider(started: Started) -> RedirectResponse:
+    """302 to the provider, with the cookie that binds the flow to this browser."""
+    response = RedirectResponse(started.authorize_url, status_code=status.HTTP_302_FOUND)
+    response.set_cookie(
+        started.cookie_name,
+        started.cookie_value,
+        max_age=int(STATE_LIFETIME.total_seconds()),
+        path=CALLBACK_PATH,
+        secure=started.secure,
+        httponly=True,
+        samesite="lax",
+    )
+    for header, value in PAGE_HEADERS.items():
+        response.headers.setdefault(header, value)
+    return response
+
+
+async def connect_start(
+    session: AsyncSession,
+    keyring: Keyring,
+    settings: Settings,
+    name: str,
+    actor: Actor,
+    return_to: str | None = None,
+) -> RedirectResponse:
+    """THE hook the console's Connect/Reconnect button calls: checks `secrets.connect:NAME`,
+    starts the flow in the caller's transaction, answers the redirect to the provider."""
+    ensure(actor, secret_connect(name))
+    started = await start_flow(
+        session, keyring, settings, name, initiator=actor.label, return_to=return_to
+    )
+    return redirect_to_provider(started)
+
+
+@router.post("/v1/secrets/{name}/connect-links", status_code=status.HTTP_201_CREATED)
+async def create_connect_link(
+    name: str,
+    actor: CurrentActor,
+    session: SessionDep,
+    settings: SettingsDep,
+    data: ConnectLinkRequest | None = None,
+) -> ConnectLinkRead:
+    """A single-use link (at most an hour) that starts the connect flow of `name` for whoever
+    opens it; needs `secrets.connect:NAME`. It also reconnects a `needs_reauth` secret."""
+    ensure(actor, secret_connect(name))
+    data = data or ConnectLinkRequest()
+    url, expires_at = await create_link(
+        session,
+        settings,
+        name,
+        initiator=actor.label,
+        return_to=data.return_to,
+        expires_in=data.expires_in,
+    )
+    return ConnectLinkRead(url=url, expires_at=expires_at)
+
+
+@router.get(CALLBACK_PATH, include_in_schema=True, response_model=None)
+async def connect_callback(request: Request) -> Response:
+    """The redirect URI. Checks `state` first (unknown, expired, used, another browser: a 400
+    page, nothing sent anywhere, nothing changed), then exchanges the code with the PKCE
+    verifier and stores the tokens -> a 'connected' page, or 303 to an allowed `return_to`."""
+    state = request.app.state
+    callback = Callback(state.session_factory, state.keyring, state.settings, state.runner.outbound)
+    try:
+        connected = await callback.handle(dict(request.query_params), dict(request.cookies))
+    except FlowRefused as refused:
+        return refused_page(refused.message, refused.hint, refused.status_code)
+    if connected.return_to is not None:
+        response: Response = RedirectResponse(connected.return_to, status_code=303)
+        response.headers.update(PAGE_HEADERS)
+    else:
+        response = connected_page(connected.secret)
+    return response
+
+
+@router.get("/connect/link", response_model=None)
+async def open_connect_link(
+    session: SessionDep,
+    keyring: KeyringDep,
+    settings: SettingsDep,
+    token: str = Query(..., max_length=200, description="The link's token."),
+) -> Response:
+    """Open a connect link: once, within its hour -> 302 to the provider."""
+    try:
+        started = await open_link(session, keyring, settings, token)
+    except FlowRefused as refused:
+        return refused_page(refused.message, refused.hint, refused.status_code)
+    return redirect_to_provider(started)
+
+
+@router.get("/connect/{name}", response_model=None)
+async def connect_secret(
+    name: str,
+    actor: CurrentActor,
+    session: SessionDep,
+    keyring: KeyringDep,
+    settings: SettingsDep,
+    return_to: str | None = Query(None, max_length=2000),
+) -> Response:
+    """Start the connect flow of `name` for the caller (`secrets.connect:NAME`) -> 302 to the
+    provider. (`callback` and `link` are routes of their own: connect secrets so named with a
+    connect link.)"""
+    return await connect_start(session, keyring, settings, name, actor, return_to)
