@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.connect.client import client_credentials
-from app.connect.tokens import clear_connection, connected_secret, refresh_token_of
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
+from app.connect.client import client_credentials
 from app.connect.device import DeviceFlow, DevicePolls, request_device_authorization
 from app.connect.revoke import NOT_ATTEMPTED_NO_TOKEN, Revocation, revoke_refresh_token
+from app.connect.tokens import clear_connection, connected_secret, refresh_token_of
 from app.crypto import Keyring
 from app.errors import Conflict, TokenfarmError
 from app.outbound import Outbound

@@ -15,26 +15,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
-from app.connect.client import (
-    ClientCredentials,
-    TokenEndpointError,
-    authenticated_post,
-    clean_text,
-    token_request,
-)
-from app.connect.tokens import TokenSet, store_connection
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
+from app.connect.client import (
+    ClientCredentials,
+    TokenEndpointError,
+    endpoint_request,
+    token_request,
+)
+from app.connect.flow import attempt_rows
+from app.connect.tokens import TokenSet, store_connection
 from app.crypto import Keyring
+from app.db import utcnow
 from app.errors import BadUpstreamResponse, RunFailed, TokenfarmError
 from app.outbound import Outbound, describe_target
 from app.providers.resolve import ResolvedProvider
@@ -52,6 +53,12 @@ MAX_TRANSIENT_FAILURES = 5
 OUTCOME_KEPT_SECONDS = 3600
 
 Outcome = Literal["pending", "connected", "denied", "expired", "failed"]
+# How an outcome that stored nothing shows in the run log: (HTTP status, error type).
+FAILURES: dict[str, tuple[int, str]] = {
+    "denied": (403, "access_denied"),
+    "expired": (408, "expired_token"),
+    "failed": (502, "device_grant_failed"),
+}
 
 
 @dataclass(frozen=True)
@@ -104,29 +111,9 @@ async def request_device_authorization(
     url = provider.device_authorization_url
     if url is None:  # the caller checked; a provider may have changed since
         raise BadUpstreamResponse(f"provider {provider.name!r} has no device authorization URL")
-    target = describe_target("POST", url)
     form = {"scope": " ".join(scopes)} if scopes else {}
-    response = await authenticated_post(outbound, credentials, provider, url, form)
-    try:
-        body = json.loads(response.content) if response.content else None
-    except ValueError:
-        body = None
-    if response.status >= 300 or not isinstance(body, dict):
-        hidden = [credentials.client_secret or ""]
-        error = clean_text(body.get("error"), hidden, 64) if isinstance(body, dict) else None
-        description = (
-            clean_text(body.get("error_description"), hidden) if isinstance(body, dict) else None
-        )
-        if response.status < 300:
-            raise BadUpstreamResponse(f"{target}: the answer is not a JSON object")
-        said = f" {error}" + (f" ({description})" if description else "") if error else ""
-        raise TokenEndpointError(
-            f"{target} answered {response.status}{said}",
-            upstream_status=response.status,
-            error=error,
-            description=description,
-        )
-    return DeviceAuthorization.from_answer(body, target)
+    answer = await endpoint_request(outbound, credentials, provider, url, form)
+    return DeviceAuthorization.from_answer(answer, describe_target("POST", url))
 
 
 @dataclass
@@ -142,7 +129,9 @@ class DeviceFlow:
     status: Outcome = "pending"
     message: str | None = None
     started_at: float = field(default_factory=time.time)
+    started: datetime = field(default_factory=utcnow)
     finished_at: float | None = None
+    recorded: bool = False  # in the run log
 
     def public(self) -> dict[str, Any]:
         """What the status route shows (no device code, no token)."""
@@ -240,6 +229,32 @@ class DevicePolls:
             status = "failed"
             message = exc.message if isinstance(exc, TokenfarmError) else type(exc).__name__
         self._finish(flow, status, message)
+        if not flow.recorded:
+            await self._record_failure(flow, status, message)
+
+    async def _record_failure(self, flow: DeviceFlow, status: Outcome, message: str | None) -> None:
+        """The run log's record of a flow that stored nothing (its own transaction)."""
+        http_status, error_type = FAILURES.get(status, FAILURES["failed"])
+        try:
+            async with self.session_factory() as session, session.begin():
+                session.add_all(
+                    attempt_rows(
+                        flow.secret,
+                        flow.actor,
+                        flow.started,
+                        http_status,
+                        error_type,
+                        message,
+                        written=False,
+                    )
+                )
+            flow.recorded = True
+        except Exception as exc:  # the outcome is kept and logged; the record is best effort
+            logger.warning(
+                "the device authorization for %s was not recorded in the run log (%s)",
+                flow.secret,
+                type(exc).__name__,
+            )
 
     async def _poll(self, flow: DeviceFlow) -> tuple[Outcome, str | None]:
         """Poll until tokens (stored), a final refusal or the end of `expires_in`."""
@@ -291,6 +306,12 @@ class DevicePolls:
                     how="device_code",
                     actor=flow.actor,
                 )
+                session.add_all(
+                    attempt_rows(
+                        flow.secret, flow.actor, flow.started, 200, None, None, written=True
+                    )
+                )
+                flow.recorded = True
             return "connected", None
 
     def _finish(self, flow: DeviceFlow, status: Outcome, message: str | None) -> None:

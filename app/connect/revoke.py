@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.connect.client import ClientCredentials, authenticated_post, clean_text
-
 from app.errors import TokenfarmError
 from app.outbound import Outbound, describe_target
 from app.providers.resolve import ResolvedProvider
@@ -52,13 +51,12 @@ async def revoke_refresh_token(
     target = describe_target("POST", url)
     form = {"token": refresh_token, "token_type_hint": "refresh_token"}
     try:
-        response = await authenticated_post(outbound, credentials, provider, url, form)
+        response, hidden = await authenticated_post(outbound, credentials, provider, url, form)
     except TokenfarmError as exc:
         # Outbound's messages name the target and the kind of failure, never a body.
         return Revocation(attempted=True, revoked=False, message=exc.message)
     if 200 <= response.status < 300:
         return Revocation(attempted=True, revoked=True, upstream_status=response.status)
-    hidden = [refresh_token, credentials.client_secret or ""]
     said = clean_text(response.content.decode("utf-8", errors="replace"), hidden)
     return Revocation(
         attempted=True,
