@@ -233,6 +233,14 @@ def demo(
             f"  while sleep 15; do curl -s {auth} {base}/v1/secrets/REFRESH_TOKEN"
             " | grep -o '\"version\":[0-9]*'; done\n"
         )
+        typer.secho("Connect DEMO_CONNECTED (the demo provider's consent page):", bold=True)
+        typer.echo(f"  open {setup.connect_link}")  # the demo always has a public URL
+        typer.echo("  click Allow, then see it connected (connected_by, version, expires_at):")
+        typer.echo(f"  curl -s {auth} {base}/v1/secrets/DEMO_CONNECTED")
+        typer.echo(
+            f"  or headless: TOKENFARM_ADDR={base} TOKENFARM_TOKEN=$TF_KEY"
+            " tokenfarm connect DEMO_CONNECTED --device\n"
+        )
         uvicorn.run(app, host="127.0.0.1", port=port)
 
 
