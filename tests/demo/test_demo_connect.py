@@ -25,9 +25,9 @@ def demo(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
     port, token_port = free_port(), free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("TOKENFARM_")}
     env.update(TOKENFARM_DATA_DIR=str(tmp_path), PYTHONUNBUFFERED="1")
+    ports = ["--port", str(port), "--token-server-port", str(token_port)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "demo", "--port", str(port)]
-        + ["--token-server-port", str(token_port)],
+        [sys.executable, "-m", "app.cli", "demo", *ports],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,
