@@ -8,14 +8,22 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.conftest import TokenServer
+from tests.conftest import TokenServer, sqlite_database
 from tests.connect.device_setup import SECRET, connected_secret_at, person_decides
 from tests.processes import run_cli, serving
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """SQLite only (see SQLITE_ONLY_REASON in tests/conftest.py): the device grant itself runs
+    on both in tests/connect."""
+    return sqlite_database(request, tmp_path)
 
 
 def _read_until_code(process: subprocess.Popen[str]) -> dict[str, str]:
