@@ -133,18 +133,6 @@ class DeviceFlow:
     finished_at: float | None = None
     recorded: bool = False  # in the run log
 
-    def public(self) -> dict[str, Any]:
-        """What the status route shows (no device code, no token)."""
-        return {
-            "id": self.id,
-            "secret": self.secret,
-            "status": self.status,
-            "message": self.message,
-            "user_code": self.authorization.user_code,
-            "verification_uri": self.authorization.verification_uri,
-            "expires_at": self.started_at + self.authorization.expires_in,
-        }
-
 
 class DevicePolls:
     """The device grants this process polls, one task each, owned by the runtime.
