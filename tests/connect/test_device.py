@@ -12,6 +12,8 @@ import pytest
 from fastapi import FastAPI
 
 from app.demo.token_server import DEVICE_CODE_GRANT
+from tests.auth.conftest import Callers
+from tests.auth.conftest import callers as callers  # the fixture, for this module
 from tests.conftest import TokenServer, secret_value
 from tests.connect.device_setup import (
     PROVIDER,
@@ -154,6 +156,15 @@ class TestRefusals:
         response = await anonymous_client.post(f"/v1/secrets/{SECRET}/device-authorizations")
         assert response.status_code == 401
         assert f"secrets.connect:{SECRET}" in response.json()["error"]["message"]
+
+    async def test_secrets_manage_is_not_enough(
+        self, callers: Callers, connectable: TokenServer
+    ) -> None:
+        caller = await callers.holding("secrets.manage")
+        response = await caller.post(f"/v1/secrets/{SECRET}/device-authorizations")
+        assert response.status_code == 403
+        assert f"secrets.connect:{SECRET}" in response.json()["error"]["message"]
+        assert connectable.state.device_codes == []
 
     async def test_an_ordinary_secret_is_a_409(
         self, client: httpx.AsyncClient, connectable: TokenServer

@@ -9,6 +9,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from tests.auth.conftest import Callers
+from tests.auth.conftest import callers as callers  # the fixture, for this module
 from tests.conftest import CLIENT_ID, TokenServer, create_secret, secret_value
 from tests.connect.device_setup import SECRET, connect_by_device, connected_secret_at
 
@@ -102,6 +104,27 @@ class TestDisconnect:
 
 
 class TestPermissions:
+    async def test_secrets_connect_of_the_secret_may_disconnect(
+        self, callers: Callers, connected: TokenServer
+    ) -> None:
+        caller = await callers.holding(f"secrets.connect:{SECRET}")
+        assert (await disconnect(caller)).status_code == 200
+
+    async def test_secrets_manage_may_disconnect(
+        self, callers: Callers, connected: TokenServer
+    ) -> None:
+        caller = await callers.holding("secrets.manage")
+        assert (await disconnect(caller)).status_code == 200
+
+    async def test_another_secrets_connect_may_not(
+        self, client: httpx.AsyncClient, callers: Callers, connected: TokenServer
+    ) -> None:
+        caller = await callers.holding("secrets.connect:OTHER", f"secrets.read:{SECRET}")
+        response = await disconnect(caller)
+        assert response.status_code == 403
+        assert connected.state.revocations == []
+        assert await secret_value(client, SECRET) is not None
+
     async def test_anonymous_needs_a_credential(
         self, anonymous_client: httpx.AsyncClient, connected: TokenServer
     ) -> None:
