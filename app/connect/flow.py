@@ -372,15 +372,17 @@ class Callback:
                 nonce=self.keyring.decrypt(row.nonce),
                 return_to=row.return_to,
             )
+            refused = None
             if browser is None or not hmac.compare_digest(digest(browser), row.browser_hash):
-                # Committed as used all the same: a state seen in another browser is burnt.
                 refused = FlowRefused(
                     "This sign-in answer arrived in another browser than the one that started "
                     "the connect.",
                     hint="Open the connect link and finish it in the same browser.",
                 )
                 await self._record_in(session, pending, now, refused)
-                raise refused
+        if refused is not None:
+            # Raised once committed: a state seen in another browser is burnt all the same.
+            raise refused
         return pending
 
     async def _finish(self, pending: _Pending, query: dict[str, str]) -> Connected:

@@ -32,6 +32,7 @@ from app.connect.flow import (
 from app.connect.pages import PAGE_HEADERS, connected_page, refused_page
 from app.crypto import Keyring
 from app.dependencies import KeyringDep, SessionDep, SettingsDep
+from app.errors import TokenfarmError
 from app.schemas import StrictModel
 
 router = APIRouter(tags=["connect"])
@@ -141,11 +142,19 @@ async def open_connect_link(
     settings: SettingsDep,
     token: str = Query(..., max_length=200, description="The link's token."),
 ) -> Response:
-    """Open a connect link: once, within its hour -> 302 to the provider."""
+    """Open a connect link: once, within its hour -> 302 to the provider. If the flow can't
+    start (say, the provider lost its authorization endpoint), the link stays unused."""
     try:
         started = await open_link(session, keyring, settings, token)
     except FlowRefused as refused:
         return refused_page(refused.message, refused.hint, refused.status_code)
+    except TokenfarmError as error:
+        await session.rollback()  # the link was not used after all
+        return refused_page(
+            f"The connect could not start: {error.message}",
+            "Nothing was changed and the link still works; ask whoever sent it to fix this.",
+            error.status_code,
+        )
     return redirect_to_provider(started)
 
 

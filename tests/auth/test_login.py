@@ -14,7 +14,7 @@ from tests.conftest import OWNER_EMAIL, OWNER_PASSWORD, create_secret
 USER_EMAIL = "alice@example.com"
 # A canary: no response and no log line may ever carry it.
 USER_PASSWORD = "alice-password-canary-3b9d"
-PUBLIC_ROUTES = {"/auth/token", "/healthz", "/readyz"}
+PUBLIC_ROUTES = {"/auth/token", "/healthz", "/readyz", "/connect/callback", "/connect/link"}
 
 
 async def create_user(

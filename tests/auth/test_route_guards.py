@@ -35,6 +35,12 @@ PUBLIC = {
     ("GET", "/redoc"): "API reference page",
     # The API's description: paths and schemas, never data; /docs needs it before login.
     ("GET", "/openapi.json"): "API description",
+    # The connect flow's redirect URI: the provider sends the person's browser, which has no
+    # credential; only a state tokenfarm issued (single use, bound to that browser) goes on.
+    ("GET", "/connect/callback"): "connect flow redirect URI",
+    # A connect link: its single-use token is the credential, issued to whoever holds
+    # secrets.connect:NAME; it only starts that secret's flow.
+    ("GET", "/connect/link"): "connect link",
 }
 # Routes guarded by `current_actor` whose permission names something from the request, so the
 # route checks it in its body (`ensure`, `ensure_can_run`); the matrix tests each of them.
@@ -49,6 +55,9 @@ CHECKED_IN_BODY = {
     ("GET", "/refresh/{secret}"),
     # The manage permission of each section the posted document declares, and act_as.
     ("POST", "/v1/apply"),
+    # secrets.connect:NAME, NAME from the path (tests/connect/test_flow.py).
+    ("POST", "/v1/secrets/{name}/connect-links"),
+    ("GET", "/connect/{name}"),
 }
 
 # Routes that act only on the caller's own account: any logged-in user, no permission; the

@@ -19,7 +19,7 @@ from app.notifications.notifier import DeliveryPolicy, Notifier
 from tests.conftest import create_secret
 from tests.notifications.conftest import Receiver, create_webhook, wait_for
 
-ALL_EVENTS = ["secret.failing", "secret.needs_reauth", "secret.recovered"]
+ALL_EVENTS = ["secret.failing", "secret.needs_reauth", "secret.recovered", "secret.connected"]
 
 
 async def problem(response: httpx.Response, status: int = 422) -> dict[str, Any]:
