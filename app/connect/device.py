@@ -89,15 +89,15 @@ class DeviceAuthorization:
             what = ", ".join(missing) or "a positive expires_in"
             raise BadUpstreamResponse(f"{target}: the device authorization lacks {what}")
         complete = answer.get("verification_uri_complete")
+        if not isinstance(interval, int) or interval <= 0:
+            interval = DEFAULT_INTERVAL_SECONDS
         return cls(
             device_code=str(answer["device_code"]),
             user_code=str(answer["user_code"]),
             verification_uri=str(uri),
             verification_uri_complete=complete if isinstance(complete, str) else None,
             expires_in=min(expires_in, MAX_POLL_SECONDS),
-            interval=interval
-            if isinstance(interval, int) and interval > 0
-            else (DEFAULT_INTERVAL_SECONDS),
+            interval=interval,
         )
 
 
@@ -128,8 +128,7 @@ class DeviceFlow:
     actor: str
     status: Outcome = "pending"
     message: str | None = None
-    started_at: float = field(default_factory=time.time)
-    started: datetime = field(default_factory=utcnow)
+    started_at: datetime = field(default_factory=utcnow)
     finished_at: float | None = None
     recorded: bool = False  # in the run log
 
@@ -229,7 +228,7 @@ class DevicePolls:
                     attempt_rows(
                         flow.secret,
                         flow.actor,
-                        flow.started,
+                        flow.started_at,
                         http_status,
                         error_type,
                         message,
@@ -296,7 +295,7 @@ class DevicePolls:
                 )
                 session.add_all(
                     attempt_rows(
-                        flow.secret, flow.actor, flow.started, 200, None, None, written=True
+                        flow.secret, flow.actor, flow.started_at, 200, None, None, written=True
                     )
                 )
                 flow.recorded = True

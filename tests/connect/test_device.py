@@ -11,7 +11,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from app.connect.device import DeviceAuthorization
 from app.demo.token_server import DEVICE_CODE_GRANT
+from app.errors import BadUpstreamResponse
 from tests.auth.conftest import Callers
 from tests.auth.conftest import callers as callers  # the fixture, for this module
 from tests.conftest import TokenServer, secret_value
@@ -211,3 +213,33 @@ class TestCanaries:
         for where, text in texts.items():
             assert device_code not in text, f"the device code leaked into {where}"
             assert refresh_token not in text, f"the refresh token leaked into {where}"
+
+
+class TestDeviceAuthorizationAnswer:
+    """What a provider's device authorization answer must hold (RFC 8628 §3.2)."""
+
+    def test_googles_verification_url_and_a_missing_interval(self) -> None:
+        answer = {
+            "device_code": "dc",
+            "user_code": "ABCD-EFGH",
+            "verification_url": "https://www.google.com/device",
+            "expires_in": 1800,
+        }
+        parsed = DeviceAuthorization.from_answer(answer, "POST oauth2.googleapis.com")
+        assert parsed.verification_uri == "https://www.google.com/device"
+        assert parsed.interval == 5
+        assert "dc" not in repr(parsed)
+
+    def test_a_missing_user_code_is_a_bad_answer_naming_it(self) -> None:
+        answer = {"device_code": "dc", "verification_uri": "https://x", "expires_in": 60}
+        with pytest.raises(BadUpstreamResponse, match="user_code"):
+            DeviceAuthorization.from_answer(answer, "POST x")
+
+    def test_expires_in_is_capped_at_an_hour(self) -> None:
+        answer = {
+            "device_code": "dc",
+            "user_code": "U",
+            "verification_uri": "https://x",
+            "expires_in": 86400,
+        }
+        assert DeviceAuthorization.from_answer(answer, "POST x").expires_in == 3600
