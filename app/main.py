@@ -19,6 +19,7 @@ from app.clock import Clock, SystemClock
 from app.config import Settings, get_settings
 from app.configuration.router import MAX_BODY_BYTES as MAX_APPLY_BODY_BYTES
 from app.configuration.router import router as configuration_router
+from app.connect.connection_router import router as connection_router
 from app.connect.router import router as connect_router
 from app.console.install import install_console
 from app.crypto import load_keyring
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             app.state.runner = parts.runner
             app.state.events = parts.events
             app.state.notifier = parts.notifier
+            app.state.device_polls = parts.device_polls
             app.state.value_cache = ValueCache.for_database(settings.resolved_database_url)
             try:
                 if not settings.scheduler_enabled:
@@ -123,6 +125,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         providers_router,
         metrics_router,
         connect_router,
+        connection_router,
     ):
         app.include_router(router)
     install_console(app)

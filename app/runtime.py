@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.backoff import backoff_seconds
 from app.clock import Clock, SystemClock
 from app.config import Settings
+from app.connect.device import DevicePolls
 from app.crypto import Keyring
 from app.db import create_engine, create_lock_engine, session_factory, utcnow
 from app.errors import is_database_outage
@@ -39,6 +40,7 @@ class Runtime:
     runner: Runner
     events: Events
     notifier: Notifier
+    device_polls: DevicePolls
 
 
 @asynccontextmanager
@@ -58,11 +60,14 @@ async def runtime(settings: Settings, keyring: Keyring) -> AsyncIterator[Runtime
     # Webhooks: this process delivers the status changes of its own runs.
     notifier = Notifier(factory, keyring, settings)
     events.subscribe(notifier.notify)
+    # Device grants (RFC 8628) this process polls for; ended at shutdown.
+    device_polls = DevicePolls(factory, keyring, settings, outbound)
     stop_replaying = asyncio.Event()
     replaying = asyncio.ensure_future(replay_kept_answers(runner, stop_replaying))
     try:
-        yield Runtime(engine, factory, outbound, runner, events, notifier)
+        yield Runtime(engine, factory, outbound, runner, events, notifier, device_polls)
     finally:
+        await device_polls.aclose()
         # Stopped between passes, not cancelled inside one: a query cancelled mid-flight leaves
         # its driver thread answering a loop that is gone.
         stop_replaying.set()

@@ -75,6 +75,10 @@ COMMANDS: dict[str, LazyCommand] = {
     "secrets": LazyCommand(
         "app.cli.secrets", "Secrets: metadata, values set by hand, history and rollback."
     ),
+    "connect": LazyCommand(
+        "app.cli.connect",
+        "Connect a secret to its provider (a link to open, or --device: a code), via the server.",
+    ),
 }
 
 

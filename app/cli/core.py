@@ -149,12 +149,11 @@ def scheduler(
         _fail(exc.message)
 
 
-async def _seed_demo(token_server_url: str, refresh_token: str) -> Any:
+async def _seed_demo(settings: Any, token_server_url: str, refresh_token: str) -> Any:
     from app.crypto import load_keyring
     from app.db import create_engine, session_factory
     from app.demo.seed import seed_demo
 
-    settings = get_settings()
     engine = create_engine(settings.resolved_database_url)
     try:
         async with session_factory(engine)() as session, session.begin():
@@ -188,20 +187,26 @@ def demo(
     from app.demo.token_server import TokenServerState, create_token_server
     from app.main import create_app
 
+    base = f"http://127.0.0.1:{port}"
+    # The bundled token server listens on loopback, which the egress guard refuses; the connect
+    # flow needs TOKENFARM_PUBLIC_URL: the demo's own address unless one is set.
+    settings = demo_settings(get_settings(), public_url=base)
     state = TokenServerState(expires_in=300)
-    state.add_client("demo-client", "demo-client-secret")
+    state.add_client(
+        "demo-client",
+        "demo-client-secret",
+        redirect_uris=[settings.connect_callback_url or f"{base}/connect/callback"],
+    )
     with LoopbackServer(create_token_server(state), port=token_server_port) as token_server:
         try:
             _migrate()
             asyncio.run(_create_owner(DEMO_OWNER_EMAIL, DEMO_OWNER_PASSWORD))
             setup = asyncio.run(
-                _seed_demo(token_server.url, state.issue_refresh_token("demo-client"))
+                _seed_demo(settings, token_server.url, state.issue_refresh_token("demo-client"))
             )
-            # The bundled token server listens on loopback, which the egress guard refuses.
-            app = create_app(demo_settings(get_settings()))
+            app = create_app(settings)
         except TokenfarmError as exc:
             _fail(exc.message)
-        base = f"http://127.0.0.1:{port}"
         key = setup.key
         try:
             document = DEMO_DOCUMENT.relative_to(Path.cwd())
@@ -228,6 +233,14 @@ def demo(
         typer.echo(
             f"  while sleep 15; do curl -s {auth} {base}/v1/secrets/REFRESH_TOKEN"
             " | grep -o '\"version\":[0-9]*'; done\n"
+        )
+        typer.secho("Connect DEMO_CONNECTED (the demo provider's consent page):", bold=True)
+        typer.echo(f"  open {setup.connect_link}")  # the demo always has a public URL
+        typer.echo("  click Allow, then see it connected (connected_by, version, expires_at):")
+        typer.echo(f"  curl -s {auth} {base}/v1/secrets/DEMO_CONNECTED")
+        typer.echo(
+            f"  or headless: TOKENFARM_ADDR={base} TOKENFARM_TOKEN=$TF_KEY"
+            " tokenfarm connect DEMO_CONNECTED --device\n"
         )
         uvicorn.run(app, host="127.0.0.1", port=port)
 

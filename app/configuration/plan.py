@@ -362,6 +362,12 @@ class Planner:
         }
         for spec in document.secrets or []:
             secrets[spec.name] = (spec.environment_specific, spec.locked)
+        # A companion stays as long as its connected secret does (the database cascades it).
+        owners = {row.id: name for name, row in state.secrets.items()}
+        for name in _companions(state):
+            if owners.get(state.secrets[name].companion_of) in secrets:
+                row = state.secrets[name]
+                secrets[name] = (row.environment_specific, row.locked)
         refreshers = [spec.name for spec in document.secrets or [] if spec.refresher]
         kept_services = _kept(state.services, _declared(document.services, "slug"), prune)
         if refreshers and REFRESHERS_SLUG in state.services:

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Settings
 from app.crypto import Keyring
 from app.errors import BadUpstreamResponse, DestinationNotAllowed, InvalidInput, UpstreamFailed
-from app.outbound import Outbound, describe_target
+from app.outbound import Outbound, OutboundResponse, describe_target
 from app.pipeline.wire import origin_of_url
 from app.presets.catalog import ASSERTION_LIFETIME_SECONDS, CLIENT_ASSERTION_TYPE
 from app.providers.resolve import ResolvedProvider
@@ -113,9 +113,10 @@ async def client_credentials(
 
 
 def _authenticate(
-    provider: ResolvedProvider, credentials: ClientCredentials, token_url: str
+    provider: ResolvedProvider, credentials: ClientCredentials, url: str
 ) -> tuple[dict[str, str], tuple[str, str] | None]:
-    """(form fields, basic auth) that authenticate the client per `client_auth`."""
+    """(form fields, basic auth) that authenticate the client per `client_auth` at `url` (the
+    endpoint called: a client assertion's audience)."""
     if provider.client_auth == "basic":
         return {}, (credentials.client_id, credentials.client_secret or "")
     if provider.client_auth == "post":
@@ -128,7 +129,7 @@ def _authenticate(
         claims = {
             "iss": credentials.client_id,
             "sub": credentials.client_id,
-            "aud": token_url,
+            "aud": url,
             "iat": now,
             "exp": now + ASSERTION_LIFETIME_SECONDS,
             "jti": str(uuid.uuid4()),
@@ -161,16 +162,20 @@ async def token_request(
     token_url = provider.token_url
     if token_url is None:
         raise InvalidInput(f"provider {provider.name!r} has no token endpoint", path="token_url")
-    fields, basic = _authenticate(provider, credentials, token_url)
-    hidden = [*form.values(), *fields.values(), credentials.client_secret or ""]
-    response = await outbound.send(
-        "POST",
-        token_url,
-        data={**form, **fields},
-        auth=basic,
-        headers={"Accept": "application/json"},
-    )
-    target = describe_target("POST", token_url)
+    return await endpoint_request(outbound, credentials, provider, token_url, form)
+
+
+async def endpoint_request(
+    outbound: Outbound,
+    credentials: ClientCredentials,
+    provider: ResolvedProvider,
+    url: str,
+    form: dict[str, str],
+) -> dict[str, Any]:
+    """`token_request` for any of the provider's OAuth endpoints that answer JSON (the token
+    endpoint, the device authorization endpoint): the answer, or TokenEndpointError."""
+    response, hidden = await authenticated_post(outbound, credentials, provider, url, form)
+    target = describe_target("POST", url)
     try:
         body = json.loads(response.content) if response.content else None
     except ValueError:
@@ -191,3 +196,26 @@ async def token_request(
             description=description,
         )
     return body
+
+
+async def authenticated_post(
+    outbound: Outbound,
+    credentials: ClientCredentials,
+    provider: ResolvedProvider,
+    url: str,
+    form: dict[str, str],
+) -> tuple[OutboundResponse, list[str]]:
+    """POST `form` plus the client's authentication (a client assertion's `aud` is `url`) to
+    one of the provider's endpoints through the egress guard (revocation answers no JSON, so
+    it reads the response itself); the response, and the values sent, for blanking out of
+    anything the provider echoes."""
+    fields, basic = _authenticate(provider, credentials, url)
+    hidden = [*form.values(), *fields.values(), credentials.client_secret or ""]
+    response = await outbound.send(
+        "POST",
+        url,
+        data={**form, **fields},
+        auth=basic,
+        headers={"Accept": "application/json"},
+    )
+    return response, hidden

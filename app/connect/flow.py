@@ -496,27 +496,15 @@ class Callback:
         *,
         written: bool,
     ) -> list[Run | RunSecret]:
-        """A connect attempt as the run log shows it: `connect/{secret}`, trigger `connect`."""
-        run_id = str(uuid.uuid4())
-        return [
-            Run(
-                id=run_id,
-                service_slug=RUN_SERVICE,
-                endpoint_readable_id=refresher_id(pending.secret),
-                trigger="connect",
-                actor=pending.initiator,
-                status="succeeded" if error_type is None else "failed",
-                http_status=http_status,
-                error_type=error_type,
-                error_class="permanent" if error_type else None,
-                error_message=message,
-                started_at=started_at,
-                finished_at=utcnow(),
-                duration_ms=round((utcnow() - started_at).total_seconds() * 1000, 1),
-                trace=[],
-            ),
-            RunSecret(run_id=run_id, secret_name=pending.secret, written=written),
-        ]
+        return attempt_rows(
+            pending.secret,
+            pending.initiator,
+            started_at,
+            http_status,
+            error_type,
+            message,
+            written=written,
+        )
 
     async def _record_in(
         self, session: AsyncSession, pending: _Pending, started_at: datetime, refused: FlowRefused
@@ -541,3 +529,37 @@ class Callback:
             session.add_all(
                 self._run(pending, started_at, status, error_type, message, written=False)
             )
+
+
+def attempt_rows(
+    secret: str,
+    initiator: str,
+    started_at: datetime,
+    http_status: int,
+    error_type: str | None,
+    message: str | None,
+    *,
+    written: bool,
+) -> list[Run | RunSecret]:
+    """A connect attempt (browser or device grant) as the run log shows it: `connect/{secret}`,
+    trigger `connect`, for the caller's session to add. `message` must quote no secret."""
+    run_id = str(uuid.uuid4())
+    return [
+        Run(
+            id=run_id,
+            service_slug=RUN_SERVICE,
+            endpoint_readable_id=refresher_id(secret),
+            trigger="connect",
+            actor=initiator,
+            status="succeeded" if error_type is None else "failed",
+            http_status=http_status,
+            error_type=error_type,
+            error_class="permanent" if error_type else None,
+            error_message=message,
+            started_at=started_at,
+            finished_at=utcnow(),
+            duration_ms=round((utcnow() - started_at).total_seconds() * 1000, 1),
+            trace=[],
+        ),
+        RunSecret(run_id=run_id, secret_name=secret, written=written),
+    ]

@@ -2,7 +2,10 @@
 
 The demo is config as code like any other deployment: the document declares the roles, the
 accounts, the secrets (values from DEMO_* variables the demo fills from its token server's
-client), the canonical refresh and a schedule that rotates the tokens every minute.
+client), the canonical refresh and a schedule that rotates the tokens every minute. Then Connect:
+a provider `demo` at the bundled token server, a connected secret `DEMO_CONNECTED`, and a connect
+link made on the owner's behalf, which the demo prints: open it, click Allow, and the secret is
+connected and refreshing.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 import app
 from app.auth.accounts import AccountStore
@@ -21,8 +26,19 @@ from app.configuration.apply import apply_document
 from app.configuration.loader import load
 from app.configuration.plan import Plan
 from app.configuration.values import ValueSource
+from app.connect.flow import create_link
+from app.connect.secrets import create_connected
+from app.connect.tokens import clear_connection, connected_secret, refresh_token_of
 from app.crypto import Keyring
+from app.demo.token_server import (
+    AUTHORIZE_PATH,
+    DEVICE_AUTHORIZATION_PATH,
+    REVOKE_PATH,
+    TOKEN_PATH,
+)
 from app.errors import ConfigurationError, NotFound
+from app.providers.models import Provider
+from app.secrets.schemas import SecretCreate
 from app.secrets.store import SecretStore
 
 SYSTEM = Actor(kind="system", name="demo", permissions=frozenset({"*"}))
@@ -34,19 +50,30 @@ DEMO_KEY_NAME = "demo"
 ROTATING_SECRET = "REFRESH_TOKEN"  # noqa: S105 - a secret's name, not a secret
 
 
+CONNECTED_SECRET = "DEMO_CONNECTED"  # noqa: S105 - a secret's name, not a secret
+DEMO_PROVIDER = "demo"
+DEMO_OWNER = "user:owner@example.com"
+
+
 @dataclass
 class DemoSetup:
-    """What the demo applied, and the new API key of its `demo` account (shown once)."""
+    """What the demo applied, the new API key of its `demo` account (shown once), and a
+    single-use link that connects `DEMO_CONNECTED`."""
 
     plan: Plan
     key: str
+    connect_link: str | None  # None without TOKENFARM_PUBLIC_URL (tokenfarm demo sets it)
 
 
-def demo_settings(settings: Settings) -> Settings:
-    """The settings with the bundled token server (on 127.0.0.1) opened in the egress guard."""
+def demo_settings(settings: Settings, public_url: str | None = None) -> Settings:
+    """The settings with the bundled token server (on 127.0.0.1) opened in the egress guard,
+    and `public_url` (the demo's own address) as TOKENFARM_PUBLIC_URL unless one is set."""
     entries = [entry for entry in settings.egress_allow.split(",") if entry.strip()]
     allow = ",".join([*entries, "127.0.0.1"])
-    return settings.model_copy(update={"egress_allow": allow})
+    update: dict[str, str] = {"egress_allow": allow}
+    if settings.public_url is None and public_url is not None:
+        update["public_url"] = public_url.rstrip("/")
+    return settings.model_copy(update=update)
 
 
 def demo_document(token_server_url: str, path: Path = DEMO_DOCUMENT) -> str:
@@ -102,7 +129,60 @@ async def seed_demo(
             actor=SYSTEM.label,
             source="manual",
         )
-    return DemoSetup(plan=plan, key=await _demo_key(AccountStore(session)))
+    link = await _seed_connected(session, keyring, settings, token_server_url)
+    return DemoSetup(plan=plan, key=await _demo_key(AccountStore(session)), connect_link=link)
+
+
+async def _seed_connected(
+    session: AsyncSession, keyring: Keyring, settings: Settings, token_server_url: str
+) -> str | None:
+    """The provider `demo` (its URLs follow the token server's port), the connected secret
+    `DEMO_CONNECTED` and a connect link for it (when there is a public URL to link to).
+
+    The bundled token server starts afresh each time, so tokens from an earlier start are
+    unknown to it: they are cleared (a `disconnect` version), and the new link connects again.
+    """
+    base = token_server_url.rstrip("/")
+    endpoints = {
+        "authorization_url": f"{base}{AUTHORIZE_PATH}",
+        "token_url": f"{base}{TOKEN_PATH}",
+        "revocation_url": f"{base}{REVOKE_PATH}",
+        "device_authorization_url": f"{base}{DEVICE_AUTHORIZATION_PATH}",
+    }
+    query = select(Provider).where(col(Provider.name) == DEMO_PROVIDER)
+    provider = (await session.execute(query)).scalar_one_or_none()
+    if provider is None:
+        provider = Provider(
+            name=DEMO_PROVIDER,
+            description="The bundled token server of tokenfarm demo",
+            client_auth="basic",
+            client_id_secret="CLIENT_ID",  # noqa: S106 - names of secrets
+            client_secret_secret="CLIENT_SECRET",  # noqa: S106
+            scopes=["read"],
+            pkce=True,
+        )
+        session.add(provider)
+    for field_name, url in endpoints.items():
+        setattr(provider, field_name, url)
+    await session.flush()
+    try:
+        await connected_secret(session, CONNECTED_SECRET)
+    except NotFound:
+        data = SecretCreate(
+            name=CONNECTED_SECRET,
+            description="Connected to the demo provider: open the printed link and click Allow",
+            provider=DEMO_PROVIDER,
+        )
+        await create_connected(session, keyring, settings, data, SYSTEM)
+    else:
+        if await refresh_token_of(session, keyring, settings, CONNECTED_SECRET) is not None:
+            await clear_connection(session, keyring, settings, CONNECTED_SECRET, actor=SYSTEM.label)
+    if settings.public_url is None:
+        return None
+    url, _ = await create_link(
+        session, settings, CONNECTED_SECRET, initiator=DEMO_OWNER, return_to=None
+    )
+    return url
 
 
 async def _demo_key(accounts: AccountStore) -> str:

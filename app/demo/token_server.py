@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import base64
 import binascii
+import hashlib
 import hmac
 import json
 import secrets
@@ -56,7 +57,26 @@ ENTRA_TOKEN_PATH: Final = "/{tenant}/oauth2/v2.0/token"  # noqa: S105 -- a URL p
 FORM_MEDIA_TYPE: Final = "application/x-www-form-urlencoded"
 JWT_BEARER_GRANT: Final = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 CLIENT_ASSERTION_TYPE: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-SUPPORTED_GRANTS: Final = frozenset({"refresh_token", "client_credentials", JWT_BEARER_GRANT})
+AUTHORIZATION_CODE_GRANT: Final = "authorization_code"
+DEVICE_CODE_GRANT: Final = "urn:ietf:params:oauth:grant-type:device_code"
+SUPPORTED_GRANTS: Final = frozenset(
+    {
+        "refresh_token",
+        "client_credentials",
+        JWT_BEARER_GRANT,
+        AUTHORIZATION_CODE_GRANT,
+        DEVICE_CODE_GRANT,
+    }
+)
+AUTHORIZE_PATH: Final = "/oauth/authorize"
+DEVICE_AUTHORIZATION_PATH: Final = "/oauth/device_authorization"
+DEVICE_PAGE_PATH: Final = "/device"
+REVOKE_PATH: Final = "/oauth/revoke"
+METADATA_PATH: Final = "/.well-known/oauth-authorization-server"
+# RFC 8628 §6.1: a user code from an alphabet without vowels or look-alikes, easy to type.
+USER_CODE_ALPHABET: Final = "BCDFGHJKLMNPQRSTVWXZ"
+# RFC 8628 §3.5: each slow_down adds 5 seconds to the interval the client must keep.
+SLOW_DOWN_SECONDS: Final = 5
 # Assertions: accepted clock skew, and the longest lifetime accepted (Google's limit).
 CLOCK_SKEW_SECONDS: Final = 60
 MAX_ASSERTION_LIFETIME_SECONDS: Final = 3600
@@ -130,6 +150,45 @@ class _PublicKey:
     scopes: tuple[str, ...] | None = None
 
 
+@dataclass
+class _Code:
+    """An authorization code: single use, short-lived, bound to client, redirect and challenge."""
+
+    client_id: str
+    redirect_uri: str
+    scope: tuple[str, ...]
+    code_challenge: str | None
+    nonce: str | None
+    expires_at: float
+    used: bool = False
+    family_id: str | None = None
+
+
+@dataclass
+class _DeviceGrant:
+    """A device authorization (RFC 8628): pending until the user decides at the device page."""
+
+    client_id: str
+    user_code: str
+    scope: tuple[str, ...]
+    expires_at: float
+    interval: int
+    decision: Literal["pending", "allowed", "denied", "redeemed"] = "pending"
+    last_poll_at: float | None = None
+
+
+@dataclass(frozen=True)
+class ConsentRequest:
+    """A validated authorization request waiting for the user's Allow or Deny."""
+
+    client_id: str
+    redirect_uri: str
+    scope: tuple[str, ...]
+    state: str | None = field(repr=False)
+    code_challenge: str | None = field(repr=False)
+    nonce: str | None = field(repr=False)
+
+
 class TokenServerState:
     """Lock-protected state shared by a running token server and the test that drives it."""
 
@@ -174,6 +233,21 @@ class TokenServerState:
         self._jwt_issuers: dict[str, _PublicKey] = {}
         self._client_keys: dict[str, _PublicKey] = {}
         self._used_jtis: dict[str, float] = {}
+        # Interactive grants: the authorization code (RFC 6749 §4.1 + RFC 7636 PKCE) and the
+        # device grant (RFC 8628). Redirect URIs are registered per client and matched exactly.
+        self.redirect_uris: dict[str, set[str]] = {}
+        self.require_pkce = True
+        self.code_lifetime_seconds = 60
+        self.device_expires_in = 600
+        self.device_interval = 5
+        self._consents: dict[str, ConsentRequest] = {}
+        self._codes: dict[str, _Code] = {}
+        self._devices: dict[str, _DeviceGrant] = {}
+        self._user_codes: dict[str, str] = {}
+        self._forced_slow_downs = 0
+        # RFC 7009 revocation: what was asked (never the token itself), and an injected fault.
+        self.revocation_fault: str | None = None
+        self._revocations: list[dict[str, Any]] = []
 
     # -- configuration -------------------------------------------------------------------
 
@@ -203,10 +277,23 @@ class TokenServerState:
                 return self._queued_faults.pop(0)
         return self._fault
 
-    def add_client(self, client_id: str, client_secret: str) -> None:
-        """Register (or re-key) a confidential client."""
+    def add_client(
+        self, client_id: str, client_secret: str, *, redirect_uris: Sequence[str] = ()
+    ) -> None:
+        """Register (or re-key) a confidential client, with the redirect URIs it may use."""
         with self._lock:
             self.clients[client_id] = client_secret
+            self.redirect_uris.setdefault(client_id, set()).update(redirect_uris)
+
+    def add_redirect_uri(self, client_id: str, redirect_uri: str) -> None:
+        """Let `client_id` receive authorization codes at `redirect_uri` (matched exactly)."""
+        with self._lock:
+            self.redirect_uris.setdefault(client_id, set()).add(redirect_uri)
+
+    def force_slow_down(self, polls: int = 1) -> None:
+        """Answer the next `polls` device-code polls `slow_down`, however well they are spaced."""
+        with self._lock:
+            self._forced_slow_downs += polls
 
     def add_jwt_issuer(
         self,
@@ -277,12 +364,42 @@ class TokenServerState:
         with self._lock:
             return self._reused_refresh_tokens
 
+    def expire_device_codes(self) -> None:
+        """Let every device code run out now (the next poll answers `expired_token`)."""
+        with self._lock:
+            for grant in self._devices.values():
+                grant.expires_at = time.time()
+
+    @property
+    def device_codes(self) -> list[str]:
+        """Every device code issued, for canary checks (a client must never show one)."""
+        with self._lock:
+            return list(self._devices)
+
+    def live_refresh_tokens(self, client_id: str) -> list[str]:
+        """The unused refresh tokens of `client_id`'s live families (for canaries and tests)."""
+        with self._lock:
+            return [
+                token
+                for token, record in self._refresh_tokens.items()
+                if not record.used
+                and not self._families[record.family_id].revoked
+                and self._families[record.family_id].client_id == client_id
+            ]
+
+    @property
+    def revocations(self) -> list[dict[str, Any]]:
+        """RFC 7009 requests: client_id, token_type_hint, kind found, status (never the token)."""
+        with self._lock:
+            return [dict(entry) for entry in self._revocations]
+
     def reset_counters(self) -> None:
         """Zero `token_requests` and clear `requests`; issued tokens are kept."""
         with self._lock:
             self._token_requests = 0
             self._reused_refresh_tokens = 0
             self._requests.clear()
+            self._revocations.clear()
 
     def introspect(self, token: str) -> dict[str, Any]:
         """Answer an RFC 7662 introspection for an access or refresh token."""
@@ -424,6 +541,184 @@ class TokenServerState:
                     raise OAuthError("invalid_scope", "the assertion asks for a scope not granted")
         return {k: header[k] for k in ("alg", "kid", "typ") if k in header}, claims
 
+    # -- interactive grants: authorization code, device code, revocation ------------------
+
+    def _redirect_uri_registered(self, client_id: str, redirect_uri: str) -> bool:
+        with self._lock:
+            return redirect_uri in self.redirect_uris.get(client_id, set())
+
+    def _open_consent(self, request: ConsentRequest) -> str:
+        """Keep a validated authorization request until the user decides; its ticket."""
+        ticket = secrets.token_urlsafe(24)
+        with self._lock:
+            self._consents[ticket] = request
+        return ticket
+
+    def _take_consent(self, ticket: str) -> ConsentRequest | None:
+        """The request behind `ticket`, once: a decision can't be posted twice."""
+        with self._lock:
+            return self._consents.pop(ticket, None)
+
+    def _issue_code(self, request: ConsentRequest) -> str:
+        """A single-use code for an allowed request, bound to its client, redirect, challenge."""
+        code = "code_" + secrets.token_urlsafe(32)
+        with self._lock:
+            self._codes[code] = _Code(
+                client_id=request.client_id,
+                redirect_uri=request.redirect_uri,
+                scope=request.scope,
+                code_challenge=request.code_challenge,
+                nonce=request.nonce,
+                expires_at=time.time() + self.code_lifetime_seconds,
+            )
+        return code
+
+    def _redeem_code(
+        self, client_id: str, code: str | None, redirect_uri: str | None, verifier: str | None
+    ) -> dict[str, Any]:
+        """RFC 6749 §4.1.3 + RFC 7636 §4.6: tokens for a code; a second use revokes them."""
+        if code is None:
+            raise OAuthError("invalid_request", "missing code")
+        with self._lock:
+            record = self._codes.get(code)
+            if record is None:
+                raise OAuthError("invalid_grant", "the authorization code is unknown")
+            if record.used:
+                # §4.1.2: a code used twice revokes every token issued from it.
+                if record.family_id is not None:
+                    self._revoke_family_locked(self._families[record.family_id], everything=True)
+                raise OAuthError("invalid_grant", "the authorization code was already used")
+            if record.client_id != client_id:
+                raise OAuthError("invalid_grant", "the code was issued to another client")
+            if time.time() >= record.expires_at:
+                raise OAuthError("invalid_grant", "the authorization code has expired")
+            if redirect_uri != record.redirect_uri:
+                raise OAuthError("invalid_grant", "redirect_uri differs from the authorization")
+            if record.code_challenge is not None:
+                if verifier is None:
+                    raise OAuthError("invalid_grant", "the code_verifier is missing")
+                if not hmac.compare_digest(pkce_challenge(verifier), record.code_challenge):
+                    raise OAuthError("invalid_grant", "the code_verifier does not match")
+            elif verifier is not None:
+                raise OAuthError("invalid_grant", "a code_verifier for a code without challenge")
+            record.used = True
+            response, record.family_id = self._new_grant_locked(client_id, record.scope)
+            return response
+
+    def _new_grant_locked(
+        self, client_id: str, scope: tuple[str, ...]
+    ) -> tuple[dict[str, Any], str]:
+        """A new refresh-token family with its first access and refresh token; its id."""
+        family_id = uuid.uuid4().hex
+        family = _Family(client_id=client_id, scope=scope)
+        self._families[family_id] = family
+        response = self._new_access_token_locked(client_id, " ".join(scope), family=family)
+        response["refresh_token"] = self._new_refresh_token_locked(family_id)
+        return response, family_id
+
+    def _start_device(self, client_id: str, scope: tuple[str, ...]) -> dict[str, Any]:
+        """RFC 8628 §3.2: a device code (for the client) and a user code (for the person)."""
+        device_code = "dc_" + secrets.token_urlsafe(32)
+        with self._lock:
+            user_code = new_user_code()
+            while user_code in self._user_codes:
+                user_code = new_user_code()
+            self._devices[device_code] = _DeviceGrant(
+                client_id=client_id,
+                user_code=user_code,
+                scope=scope,
+                expires_at=time.time() + self.device_expires_in,
+                interval=self.device_interval,
+            )
+            self._user_codes[user_code] = device_code
+            return {
+                "device_code": device_code,
+                "user_code": f"{user_code[:4]}-{user_code[4:]}",
+                "expires_in": self.device_expires_in,
+                "interval": self.device_interval,
+            }
+
+    def _device_request(self, user_code: str) -> tuple[str, tuple[str, ...]] | None:
+        """(client_id, scope) of a pending device authorization, for the verification page."""
+        with self._lock:
+            grant = self._pending_device_locked(user_code)
+            return None if grant is None else (grant.client_id, grant.scope)
+
+    def _decide_device(self, user_code: str, allow: bool) -> bool:
+        """Record the person's decision; False when the code is unknown, used or expired."""
+        with self._lock:
+            grant = self._pending_device_locked(user_code)
+            if grant is None:
+                return False
+            grant.decision = "allowed" if allow else "denied"
+            return True
+
+    def _pending_device_locked(self, user_code: str) -> _DeviceGrant | None:
+        normalized = "".join(c for c in user_code.upper() if c.isalnum())
+        device_code = self._user_codes.get(normalized)
+        grant = self._devices.get(device_code) if device_code else None
+        if grant is None or grant.decision != "pending" or time.time() >= grant.expires_at:
+            return None
+        return grant
+
+    def _poll_device(self, client_id: str, device_code: str | None) -> dict[str, Any]:
+        """RFC 8628 §3.4-3.5: tokens once allowed; pending, slow_down, denied or expired."""
+        if device_code is None:
+            raise OAuthError("invalid_request", "missing device_code")
+        now = time.time()
+        with self._lock:
+            grant = self._devices.get(device_code)
+            if grant is None or grant.client_id != client_id:
+                raise OAuthError("invalid_grant", "the device code is unknown")
+            if grant.decision == "redeemed":
+                raise OAuthError("invalid_grant", "the device code was already used")
+            if now >= grant.expires_at:
+                raise OAuthError("expired_token", "the device code has expired")
+            too_soon = grant.last_poll_at is not None and now - grant.last_poll_at < (
+                grant.interval - 0.2  # a little slack for timers that fire early
+            )
+            grant.last_poll_at = now
+            if self._forced_slow_downs > 0 or too_soon:
+                self._forced_slow_downs = max(0, self._forced_slow_downs - 1)
+                grant.interval += SLOW_DOWN_SECONDS
+                raise OAuthError("slow_down", f"poll at most every {grant.interval} seconds")
+            if grant.decision == "pending":
+                raise OAuthError("authorization_pending", "the user has not decided yet")
+            if grant.decision == "denied":
+                raise OAuthError("access_denied", "the user denied the authorization")
+            grant.decision = "redeemed"
+            response, _ = self._new_grant_locked(client_id, grant.scope)
+            return response
+
+    def _revoke(self, client_id: str, token: str | None, hint: str | None) -> dict[str, Any]:
+        """RFC 7009 §2: revoke a refresh token's family (and its access tokens) or one access
+        token; unknown tokens are fine (§2.2). The record names the kind, never the token."""
+        if token is None:
+            raise OAuthError("invalid_request", "missing token")
+        with self._lock:
+            entry: dict[str, Any] = {"client_id": client_id, "token_type_hint": hint}
+            refresh = self._refresh_tokens.get(token)
+            access = self._access_tokens.get(token)
+            if refresh is not None:
+                family = self._families[refresh.family_id]
+                if family.client_id != client_id:
+                    raise OAuthError("unauthorized_client", "the token belongs to another client")
+                self._revoke_family_locked(family, everything=True)
+                entry["kind"] = "refresh_token"
+            elif access is not None:
+                if access.client_id != client_id:
+                    raise OAuthError("unauthorized_client", "the token belongs to another client")
+                access.revoked = True
+                entry["kind"] = "access_token"
+            else:
+                entry["kind"] = None
+            self._revocations.append(entry)
+            return entry
+
+    def _record_revocation(self, entry: dict[str, Any]) -> None:
+        with self._lock:
+            self._revocations.append(entry)
+
     def _issue_for_assertion(self, issuer: str, subject: str | None, scope: str) -> dict[str, Any]:
         with self._lock:
             return self._new_access_token_locked(issuer, scope, subject=subject)
@@ -510,9 +805,9 @@ class TokenServerState:
             "scope": scope,
         }
 
-    def _revoke_family_locked(self, family: _Family) -> None:
+    def _revoke_family_locked(self, family: _Family, *, everything: bool = False) -> None:
         family.revoked = True
-        if self.revoke_access_tokens_on_reuse:
+        if everything or self.revoke_access_tokens_on_reuse:
             for token in family.access_tokens:
                 self._access_tokens[token].revoked = True
 
@@ -527,6 +822,17 @@ class _Credentials:
     client_assertion: str | None = field(default=None, repr=False)
     basic_attempted: bool = False
     problem: OAuthError | None = None
+
+
+def pkce_challenge(verifier: str) -> str:
+    """RFC 7636 §4.2: the S256 challenge of a verifier."""
+    digest = hashlib.sha256(verifier.encode("ascii", errors="replace")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def new_user_code() -> str:
+    """Eight characters from `USER_CODE_ALPHABET` (shown as XXXX-XXXX)."""
+    return "".join(secrets.choice(USER_CODE_ALPHABET) for _ in range(8))
 
 
 def _is_number(value: Any) -> bool:
@@ -793,6 +1099,15 @@ def _process(
     requested_scope = _split_scope(scope_param) if scope_param is not None else None
     if grant_type == JWT_BEARER_GRANT:
         return _jwt_bearer_grant(state, form, token_url, entry)
+    if grant_type == AUTHORIZATION_CODE_GRANT:
+        return state._redeem_code(
+            client_id,
+            _single(form, "code"),
+            _single(form, "redirect_uri"),
+            _single(form, "code_verifier"),
+        )
+    if grant_type == DEVICE_CODE_GRANT:
+        return state._poll_device(client_id, _single(form, "device_code"))
     if grant_type == "refresh_token":
         refresh_token = _single(form, "refresh_token")
         if refresh_token is None:
@@ -809,8 +1124,9 @@ def _process(
 
 
 def create_token_server(state: TokenServerState) -> ASGIApp:
-    """Build the ASGI app serving /oauth/token, /oauth/introspect and the Entra-style
-    /{tenant}/oauth2/v2.0/token from `state`."""
+    """Build the ASGI app serving /oauth/token, /oauth/introspect, the Entra-style
+    /{tenant}/oauth2/v2.0/token, the consent and device pages, device authorization and
+    revocation from `state`."""
 
     async def token_endpoint(request: Request) -> Response:
         if request.method != "POST":
@@ -846,6 +1162,8 @@ def create_token_server(state: TokenServerState) -> ASGIApp:
             "fault": fault,
             "status": None,
             "error": None,
+            # When it arrived (epoch seconds): tests measure how polls are spaced.
+            "at": time.time(),
         }
         state._begin_request(entry)
 
@@ -893,12 +1211,86 @@ def create_token_server(state: TokenServerState) -> ASGIApp:
             return _error_response(OAuthError("invalid_request", "missing token"))
         return _json(state.introspect(token))
 
+    async def authenticated_form(
+        request: Request, endpoint: str
+    ) -> tuple[str, dict[str, list[str]]]:
+        """The client (authenticated as at the token endpoint) and the form of a request."""
+        form, _ = await _read_form(request)
+        credentials = _parse_credentials(request, form)
+        if credentials.problem is not None:
+            raise credentials.problem
+        url = f"{request.url.scheme}://{request.url.netloc}{endpoint}"
+        client_id = _authenticate_client(state, credentials, url, {})
+        return client_id, form
+
+    async def device_authorization_endpoint(request: Request) -> Response:
+        # RFC 8628 §3.1: a confidential client authenticates as at the token endpoint.
+        try:
+            client_id, form = await authenticated_form(request, DEVICE_AUTHORIZATION_PATH)
+            scope_param = _single(form, "scope")
+            scope = _split_scope(scope_param) if scope_param else (state.default_scope,)
+            body = state._start_device(client_id, scope)
+        except OAuthError as exc:
+            return _error_response(exc)
+        base = f"{request.url.scheme}://{request.url.netloc}"
+        body["verification_uri"] = f"{base}{DEVICE_PAGE_PATH}"
+        body["verification_uri_complete"] = (
+            f"{base}{DEVICE_PAGE_PATH}?user_code={body['user_code']}"
+        )
+        return _json(body)
+
+    async def revocation_endpoint(request: Request) -> Response:
+        # RFC 7009 §2.1: the client authenticates; only its own tokens are revoked.
+        fault = state.revocation_fault
+        if fault is not None:
+            state._record_revocation({"fault": fault})
+            response = _fault_response(fault, _Credentials(None, None), state.retry_after_seconds)
+            if response is not None:
+                return response
+        try:
+            client_id, form = await authenticated_form(request, REVOKE_PATH)
+            state._revoke(client_id, _single(form, "token"), _single(form, "token_type_hint"))
+        except OAuthError as exc:
+            state._record_revocation({"status": exc.status, "error": exc.error})
+            return _error_response(exc)
+        # §2.2: 200 whether or not the token was known.
+        return Response(status_code=200, headers=NO_STORE_HEADERS)
+
+    async def metadata_endpoint(request: Request) -> Response:
+        # RFC 8414 (and the OpenID Connect discovery subset that applies): where everything is.
+        base = f"{request.url.scheme}://{request.url.netloc}"
+        return JSONResponse(
+            {
+                "issuer": base,
+                "authorization_endpoint": f"{base}{AUTHORIZE_PATH}",
+                "token_endpoint": f"{base}{TOKEN_PATH}",
+                "revocation_endpoint": f"{base}{REVOKE_PATH}",
+                "introspection_endpoint": f"{base}{INTROSPECT_PATH}",
+                "device_authorization_endpoint": f"{base}{DEVICE_AUTHORIZATION_PATH}",
+                "response_types_supported": ["code"],
+                "grant_types_supported": sorted(SUPPORTED_GRANTS),
+                "code_challenge_methods_supported": ["S256"],
+                "token_endpoint_auth_methods_supported": [
+                    "client_secret_basic",
+                    "client_secret_post",
+                    "private_key_jwt",
+                ],
+            }
+        )
+
+    # The browser-facing pages live in their own module (it imports this one's helpers).
+    from app.demo.consent import consent_routes
+
     app = Starlette(
         routes=[
             # Every method is routed here so non-POSTs get an RFC-shaped 405, not plain text.
             Route(TOKEN_PATH, token_endpoint, methods=_ALL_METHODS),
             Route(INTROSPECT_PATH, introspect_endpoint, methods=["POST"]),
             Route(ENTRA_TOKEN_PATH, token_endpoint, methods=_ALL_METHODS),
+            Route(DEVICE_AUTHORIZATION_PATH, device_authorization_endpoint, methods=["POST"]),
+            Route(REVOKE_PATH, revocation_endpoint, methods=["POST"]),
+            Route(METADATA_PATH, metadata_endpoint, methods=["GET"]),
+            *consent_routes(state),
         ]
     )
     app.state.token_server = state

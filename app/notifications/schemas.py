@@ -14,9 +14,7 @@ from app.text import Description
 
 WEBHOOK_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 MAX_URL_LENGTH = 2000
-EventType = Literal[
-    "secret.failing", "secret.needs_reauth", "secret.recovered", "secret.connected"
-]
+EventType = Literal["secret.failing", "secret.needs_reauth", "secret.recovered", "secret.connected"]
 EVENT_TYPES: tuple[EventType, ...] = (
     "secret.failing",
     "secret.needs_reauth",

@@ -58,6 +58,11 @@ CHECKED_IN_BODY = {
     # secrets.connect:NAME, NAME from the path (tests/connect/test_flow.py).
     ("POST", "/v1/secrets/{name}/connect-links"),
     ("GET", "/connect/{name}"),
+    # secrets.connect:NAME (disconnect: or secrets.manage), NAME from the path
+    # (tests/connect/test_device.py, test_disconnect.py).
+    ("POST", "/v1/secrets/{name}/device-authorizations"),
+    ("GET", "/v1/secrets/{name}/device-authorizations/{flow_id}"),
+    ("DELETE", "/v1/secrets/{name}/connection"),
 }
 
 # The console's pages (app/console) answer people with a session cookie, not API callers: they
