@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.crypto import Keyring
+from app.outbound import Outbound
 
 if TYPE_CHECKING:
     from app.runs.runner import Runner
@@ -53,3 +54,12 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 KeyringDep = Annotated[Keyring, Depends(get_keyring)]
 RunnerDep = Annotated["Runner", Depends(get_runner)]
+
+
+async def get_outbound(request: Request) -> Outbound:
+    """The egress-guarded client of runs, shared by everything that calls another server."""
+    outbound: Outbound = request.app.state.runner.outbound
+    return outbound
+
+
+OutboundDep = Annotated[Outbound, Depends(get_outbound)]

@@ -40,7 +40,7 @@ async def start_device_authorization(
     async with session_factory() as session, session.begin():
         secret, _ = await connected_secret(session, name)
         assert secret.provider is not None  # connected_secret checked it
-        provider = await resolve_provider(session, secret.provider)
+        provider = await resolve_provider(session, secret.provider, outbound)
         if provider.device_authorization_url is None:
             raise Conflict(
                 f"provider {provider.name!r} has no device authorization endpoint, so secret "
@@ -82,7 +82,7 @@ async def disconnect(
         credentials = None
         if refresh_token is not None:
             try:
-                provider = await resolve_provider(session, secret.provider)
+                provider = await resolve_provider(session, secret.provider, outbound)
                 credentials = await client_credentials(session, keyring, settings, provider)
             except TokenfarmError as exc:
                 revocation = Revocation(

@@ -134,6 +134,7 @@ async def start_flow(
     initiator: str,
     return_to: str | None,
     subject: str | None = None,
+    outbound: Outbound | None = None,
 ) -> Started:
     """Store a pending authorization request for `secret_name` and answer where to send the
     browser (the provider's authorization endpoint), in the caller's transaction."""
@@ -141,8 +142,7 @@ async def start_flow(
     return_to = checked_return_to(settings, return_to)
     secret, _ = await connected_secret(session, secret_name)
     assert secret.provider is not None and secret.id is not None
-    # TODO(lead, at merge with a-providers): pass outbound= once resolve_provider discovers.
-    provider = await resolve_provider(session, secret.provider)
+    provider = await resolve_provider(session, secret.provider, outbound)
     if provider.authorization_url is None:
         raise Conflict(
             f"provider {provider.name!r} has no authorization endpoint; set its "
@@ -238,7 +238,11 @@ class FlowRefused(TokenfarmError):
 
 
 async def open_link(
-    session: AsyncSession, keyring: Keyring, settings: Settings, token: str
+    session: AsyncSession,
+    keyring: Keyring,
+    settings: Settings,
+    token: str,
+    outbound: Outbound | None = None,
 ) -> Started:
     """Use a link (once: a compare-and-set marks it used) and start its flow, in the caller's
     transaction: if the flow can't start, the link stays unused."""
@@ -270,6 +274,7 @@ async def open_link(
         initiator=link.initiator,
         return_to=link.return_to,
         subject=link.subject,
+        outbound=outbound,
     )
 
 
@@ -406,7 +411,7 @@ class Callback:
             async with self.session_factory() as session:
                 secret, _ = await connected_secret(session, pending.secret)
                 assert secret.provider is not None
-                provider = await resolve_provider(session, secret.provider)
+                provider = await resolve_provider(session, secret.provider, self.outbound)
                 credentials = await client_credentials(
                     session, self.keyring, self.settings, provider
                 )

@@ -32,8 +32,9 @@ from app.connect.flow import (
 )
 from app.connect.pages import PAGE_HEADERS, connected_page, refused_page
 from app.crypto import Keyring
-from app.dependencies import KeyringDep, SessionDep, SettingsDep
+from app.dependencies import KeyringDep, OutboundDep, SessionDep, SettingsDep
 from app.errors import TokenfarmError
+from app.outbound import Outbound
 from app.schemas import ErrorResponse, StrictModel
 
 router = APIRouter(tags=["connect"])
@@ -98,12 +99,19 @@ async def connect_start(
     name: str,
     actor: Actor,
     return_to: str | None = None,
+    outbound: Outbound | None = None,
 ) -> RedirectResponse:
     """THE hook the console's Connect/Reconnect button calls: checks `secrets.connect:NAME`,
     starts the flow in the caller's transaction, answers the redirect to the provider."""
     ensure(actor, secret_connect(name))
     started = await start_flow(
-        session, keyring, settings, name, initiator=actor.label, return_to=return_to
+        session,
+        keyring,
+        settings,
+        name,
+        initiator=actor.label,
+        return_to=return_to,
+        outbound=outbound,
     )
     return redirect_to_provider(started)
 
@@ -182,12 +190,13 @@ async def open_connect_link(
     session: SessionDep,
     keyring: KeyringDep,
     settings: SettingsDep,
+    outbound: OutboundDep,
     token: str = Query(..., max_length=200, description="The link's token."),
 ) -> Response:
     """Open a connect link: once, within its hour -> 302 to the provider. If the flow can't
     start (say, the provider lost its authorization endpoint), the link stays unused."""
     try:
-        started = await open_link(session, keyring, settings, token)
+        started = await open_link(session, keyring, settings, token, outbound)
     except FlowRefused as refused:
         return refused_page(refused.message, refused.hint, refused.status_code)
     except TokenfarmError as error:
@@ -207,9 +216,10 @@ async def connect_secret(
     session: SessionDep,
     keyring: KeyringDep,
     settings: SettingsDep,
+    outbound: OutboundDep,
     return_to: str | None = Query(None, max_length=2000),
 ) -> Response:
     """Start the connect flow of `name` for the caller (`secrets.connect:NAME`) -> 302 to the
     provider. (`callback` and `link` are routes of their own: connect secrets so named with a
     connect link.)"""
-    return await connect_start(session, keyring, settings, name, actor, return_to)
+    return await connect_start(session, keyring, settings, name, actor, return_to, outbound)

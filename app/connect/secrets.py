@@ -19,6 +19,7 @@ from app.config import Settings
 from app.connect.refresher import grant_refresher
 from app.crypto import Keyring
 from app.errors import Conflict, InvalidInput, NotFound
+from app.outbound import Outbound
 from app.pipeline.wire import origin_of_url
 from app.presets.binder import PresetBinder
 from app.presets.schemas import RefresherRequest
@@ -43,16 +44,18 @@ def refresher_params(provider: ResolvedProvider, companion: str) -> dict[str, An
         params["client_secret_secret"] = provider.client_secret_secret
     if provider.client_auth == "private_key_jwt":
         params["private_key_secret"] = provider.private_key_secret
-    # TODO(lead, at merge with d-rotation): a provider with refresh_token_reuse_grace_seconds > 0
-    # gets the web_request RetryPolicy option D adds (retry with the same refresh token within
-    # the grace period); without it, a lost answer is never retried with a spent token.
+    if provider.refresh_token_reuse_grace_seconds > 0:
+        # Only a server that accepts a spent refresh token for a while may see it twice.
+        params["reuse_grace"] = True
     return params
 
 
-async def _provider(session: AsyncSession, name: str) -> ResolvedProvider:
+async def _provider(
+    session: AsyncSession, name: str, outbound: Outbound | None
+) -> ResolvedProvider:
     """The provider, or a 422 naming `provider` (a missing one, one without a token endpoint)."""
     try:
-        provider = await resolve_provider(session, name)
+        provider = await resolve_provider(session, name, outbound)
     except NotFound:
         raise InvalidInput(
             f"provider: no provider {name!r} (see GET /v1/providers)", path="provider"
@@ -72,7 +75,12 @@ async def _provider(session: AsyncSession, name: str) -> ResolvedProvider:
 
 
 async def create_connected(
-    session: AsyncSession, keyring: Keyring, settings: Settings, data: SecretCreate, caller: Actor
+    session: AsyncSession,
+    keyring: Keyring,
+    settings: Settings,
+    data: SecretCreate,
+    caller: Actor,
+    outbound: Outbound | None = None,
 ) -> Secret:
     """Create a connected secret (`data.provider` set): the secret, its companion, its bound
     refresher and expiry-driven refresh. It has no value until someone connects it."""
@@ -101,7 +109,7 @@ async def create_connected(
             f"(its refresh token is kept as {companion_name('NAME')!r})",
             path="name",
         )
-    provider = await _provider(session, data.provider)
+    provider = await _provider(session, data.provider, outbound)
     store = SecretStore(session, keyring, settings)
     hidden = companion_name(data.name)
     try:

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from app.pipeline.rotation import REUSE_GRACE_RETRY
 from app.pipeline.schemas import SECRET_FIELD_PATTERN, SECRET_NAME_PATTERN
 from app.text import no_nul
 
@@ -153,6 +154,12 @@ class RefreshTokenParams(ClientAuthParams):
 
     refresh_token_secret: SecretName = Field(
         description="The secret holding the refresh token; a rotated one is written back."
+    )
+    reuse_grace: bool = Field(
+        False,
+        description="The token server accepts a spent refresh token again for a grace period: "
+        "only then is a refresh whose answer was lost retried with the same refresh token "
+        "(otherwise it is never retried, see the action language's retries).",
     )
 
 
@@ -354,10 +361,13 @@ class OAuth2RefreshToken:
             **client_fields,
         }
         mapping = {**TOKEN_MAPPING, "refresh": "$.refresh_token"}
+        request = _token_request("refresh_token grant", params.token_url, form, mapping, auth)
+        if params.reuse_grace:
+            request["retry"] = dict(REUSE_GRACE_RETRY)
         return [
             _reset("token", "refresh", "ttl"),
             *first,
-            _token_request("refresh_token grant", params.token_url, form, mapping, auth),
+            request,
             _store(target, params.refresh_token_secret),
         ]
 

@@ -12,8 +12,7 @@ from fastapi import APIRouter, Depends, Path, Response, status
 
 from app.auth.dependencies import require
 from app.auth.permissions import Permission
-from app.dependencies import RunnerDep, SessionDep
-from app.outbound import Outbound
+from app.dependencies import OutboundDep, SessionDep
 from app.providers.catalog import ENTRIES, describe_entry
 from app.providers.resolve import ENDPOINT_FIELDS, resolve_row
 from app.providers.schemas import (
@@ -35,12 +34,7 @@ async def _store(session: SessionDep) -> ProviderStore:
     return ProviderStore(session)
 
 
-async def _outbound(runner: RunnerDep) -> Outbound:
-    return runner.outbound
-
-
 StoreDep = Annotated[ProviderStore, Depends(_store)]
-OutboundDep = Annotated[Outbound, Depends(_outbound)]
 
 
 @router.get("/catalog", dependencies=MANAGE)

@@ -13,7 +13,7 @@ from app.auth.dependencies import CurrentActor, require
 from app.auth.permissions import Permission, secret_read
 from app.config import Environment
 from app.connect.secrets import create_connected
-from app.dependencies import KeyringDep, SessionDep, SettingsDep
+from app.dependencies import KeyringDep, OutboundDep, SessionDep, SettingsDep
 from app.fastpath import FastPath
 from app.handlers import retry_after
 from app.middleware import received_at
@@ -75,7 +75,7 @@ READ_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 @router.post("", status_code=status.HTTP_201_CREATED, dependencies=MANAGE)
 async def create_secret(
-    data: SecretCreate, actor: CurrentActor, store: SecretStore = StoreDep
+    data: SecretCreate, actor: CurrentActor, outbound: OutboundDep, store: SecretStore = StoreDep
 ) -> SecretSaved:
     """Create a secret, optionally with its first value.
 
@@ -84,7 +84,9 @@ async def create_secret(
     to a refresher (`refreshers/{name}`) that runs before it expires.
     """
     if data.provider is not None:
-        secret = await create_connected(store.session, store.keyring, store.settings, data, actor)
+        secret = await create_connected(
+            store.session, store.keyring, store.settings, data, actor, outbound
+        )
     else:
         secret = await store.create(data, actor.label, caller=actor)
     return await store.saved(secret)

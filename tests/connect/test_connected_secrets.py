@@ -259,3 +259,27 @@ class TestStoreConnection:
         with pytest.raises(Exception, match="not a connected secret"):
             await connect_with(app, TokenSet("a", "r", None, None, None), name="PLAIN")
         assert (await client.get("/v1/secrets/PLAIN")).json()["has_value"] is False
+
+
+class TestReuseGrace:
+    @pytest.mark.parametrize(("grace", "ambiguous"), [(0, "auto"), (30, "retry")])
+    async def test_only_a_provider_with_a_grace_period_retries_a_lost_answer(
+        self,
+        client: httpx.AsyncClient,
+        app: FastAPI,
+        token_server: TokenServer,
+        grace: int,
+        ambiguous: str,
+    ) -> None:
+        await connected_secret(
+            client,
+            app,
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+            token_url=token_server.token_url,
+            refresh_token_reuse_grace_seconds=grace,
+        )
+        service = (await client.get("/v1/services/refreshers")).json()
+        action = service["endpoints"][0]["action"]
+        request = next(node for node in action if node["type"] == "web_request")
+        assert request["retry"]["ambiguous_failures"] == ambiguous

@@ -18,9 +18,11 @@ from app.connect.models import ConnectState
 from app.connect.tokens import refresh_token_of
 from app.db import utcnow
 from app.events import Event, SecretConnected
+from app.providers.discovery import discovery_cache
 from app.providers.models import Provider
+from tests.conftest import create_secret
 from tests.connect.conftest import CALLBACK_URL, PUBLIC_URL, RETURN_ORIGIN, Dot
-from tests.oauth_server import sha256_hex
+from tests.oauth_server import OAuthServer, sha256_hex
 
 
 @pytest.fixture
@@ -340,3 +342,42 @@ class TestAccess:
         assert response.headers["location"].startswith(dot.server.authorization_url)
         cookie = response.headers["set-cookie"].lower()
         assert "httponly" in cookie and "path=/connect/callback" in cookie
+
+
+class TestDiscoveredProvider:
+    async def test_a_provider_given_only_its_issuer_connects(
+        self,
+        client: httpx.AsyncClient,
+        app: FastAPI,
+        browser: httpx.AsyncClient,
+        oauth_server: OAuthServer,
+    ) -> None:
+        """Endpoints from the issuer's discovery document (fetched through the egress guard)
+        serve creation (the refresher's token URL), the authorization redirect and the code
+        exchange."""
+        discovery_cache.forget(oauth_server.issuer)
+        client_id, client_secret = oauth_server.create_client(redirect_uris=[CALLBACK_URL])
+        assert client_secret is not None
+        await create_secret(client, "ISS_CLIENT_ID", client_id, environment_specific=False)
+        await create_secret(client, "ISS_CLIENT_SECRET", client_secret, environment_specific=False)
+        body = {
+            "name": "by-issuer",
+            "issuer": oauth_server.issuer,
+            "client_auth": "basic",
+            "client_id_secret": "ISS_CLIENT_ID",
+            "client_secret_secret": "ISS_CLIENT_SECRET",
+            "scopes": ["openid", "email", "read"],
+        }
+        response = await client.post("/v1/providers", json=body)
+        assert response.status_code == 201, response.text
+        created = await client.post("/v1/secrets", json={"name": "ISS", "provider": "by-issuer"})
+        assert created.status_code == 201, created.text
+        service = (await client.get("/v1/services/refreshers")).json()
+        action = next(e for e in service["endpoints"] if e["readable_id"] == "ISS")["action"]
+        assert oauth_server.token_url in str(action)
+        location = await to_provider(browser, await link(client, "ISS"))
+        assert location.startswith(oauth_server.authorization_url)
+        callback = await asyncio.to_thread(oauth_server.consent, location)
+        answer = await browser.get(callback)
+        assert answer.status_code == 200, answer.text
+        assert (await meta(client, "ISS"))["has_value"] is True
