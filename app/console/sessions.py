@@ -156,8 +156,7 @@ def session_store(request: Request, session: AsyncSession) -> SessionStore:
 
 def cookie_is_secure(settings: Settings) -> bool:
     """Secure cookies when the console is reached over https (`TOKENFARM_PUBLIC_URL`)."""
-    public_url = getattr(settings, "public_url", None)
-    return bool(public_url) and str(public_url).lower().startswith("https://")
+    return settings.public_url_is_https
 
 
 def set_session_cookie(response: Response, raw: str, settings: Settings) -> None:

@@ -8,7 +8,6 @@ import hashlib
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -107,10 +106,14 @@ class TestLogin:
         assert raw not in repr(row.model_dump())
         assert await is_logged_in(visitor)
 
-    def test_cookie_is_secure_behind_an_https_public_url(self) -> None:
-        assert cookie_is_secure(SimpleNamespace(public_url="https://tokens.example.com"))  # type: ignore[arg-type]
-        assert not cookie_is_secure(SimpleNamespace(public_url="http://127.0.0.1:8000"))  # type: ignore[arg-type]
-        assert not cookie_is_secure(SimpleNamespace())  # type: ignore[arg-type]
+    def test_cookie_is_secure_behind_an_https_public_url(self, settings: Settings) -> None:
+        for public_url, secure in (
+            ("https://tokens.example.com", True),
+            ("http://127.0.0.1:8000", False),
+            (None, False),
+        ):
+            with_url = settings.model_copy(update={"public_url": public_url})
+            assert cookie_is_secure(with_url) is secure
 
     async def test_wrong_password_is_401_and_starts_nothing(
         self, visitor: httpx.AsyncClient, console_app: FastAPI
