@@ -13,28 +13,22 @@ from typing import Any
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel, Field
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.actor import Actor, ensure
+from app.auth.actor import ensure
 from app.auth.dependencies import CurrentActor
 from app.auth.permissions import secret_connect
-from app.config import Settings
 from app.connect.flow import (
     CALLBACK_PATH,
     MAX_LINK_SECONDS,
-    STATE_LIFETIME,
     Callback,
     FlowRefused,
-    Started,
     create_link,
     open_link,
-    start_flow,
 )
 from app.connect.pages import PAGE_HEADERS, connected_page, refused_page
-from app.crypto import Keyring
+from app.connect.start import connect_start, redirect_to_provider
 from app.dependencies import KeyringDep, OutboundDep, SessionDep, SettingsDep
 from app.errors import TokenfarmError
-from app.outbound import Outbound
 from app.schemas import ErrorResponse, StrictModel
 
 router = APIRouter(tags=["connect"])
@@ -73,47 +67,6 @@ class ConnectLinkRead(BaseModel):
 
     url: str
     expires_at: datetime
-
-
-def redirect_to_provider(started: Started) -> RedirectResponse:
-    """302 to the provider, with the cookie that binds the flow to this browser."""
-    response = RedirectResponse(started.authorize_url, status_code=status.HTTP_302_FOUND)
-    response.set_cookie(
-        started.cookie_name,
-        started.cookie_value,
-        max_age=int(STATE_LIFETIME.total_seconds()),
-        path=CALLBACK_PATH,
-        secure=started.secure,
-        httponly=True,
-        samesite="lax",
-    )
-    for header, value in PAGE_HEADERS.items():
-        response.headers.setdefault(header, value)
-    return response
-
-
-async def connect_start(
-    session: AsyncSession,
-    keyring: Keyring,
-    settings: Settings,
-    name: str,
-    actor: Actor,
-    return_to: str | None = None,
-    outbound: Outbound | None = None,
-) -> RedirectResponse:
-    """THE hook the console's Connect/Reconnect button calls: checks `secrets.connect:NAME`,
-    starts the flow in the caller's transaction, answers the redirect to the provider."""
-    ensure(actor, secret_connect(name))
-    started = await start_flow(
-        session,
-        keyring,
-        settings,
-        name,
-        initiator=actor.label,
-        return_to=return_to,
-        outbound=outbound,
-    )
-    return redirect_to_provider(started)
 
 
 @router.post(

@@ -17,6 +17,7 @@ from app.auth.actor import ensure
 from app.auth.permissions import Permission
 from app.auth.throttle import LoginThrottle
 from app.clients import client_address
+from app.connect.start import connect_start
 from app.console.csrf import CheckedForm
 from app.console.sessions import (
     LOGIN_PATH,
@@ -191,6 +192,29 @@ async def refresh_secret(
     else:
         message = f"{name} refreshed: now version {result.version}"
     return await _flash_and_return(request, session, user, message)
+
+
+@router.post(SECRETS_PATH + "/{name}/connect")
+async def connect_secret(
+    name: str, request: Request, user: ConsoleUserDep, form: CheckedForm, session: SessionDep
+) -> Response:
+    """Connect (or reconnect) a connected secret: the connect flow's own start
+    (`secrets.connect:NAME`), answered with the redirect to the provider's consent page."""
+    state = request.app.state
+    try:
+        return await connect_start(
+            session,
+            state.keyring,
+            state.settings,
+            name,
+            user.actor,
+            outbound=state.runner.outbound,
+        )
+    except (NotAuthenticated, PermissionDenied) as exc:
+        return refused(request, user, exc)
+    except TokenfarmError as exc:
+        await session.rollback()
+        return await _flash_and_return(request, session, user, f"{name}: {exc.message}")
 
 
 @router.post(SECRETS_PATH + "/{name}/value")

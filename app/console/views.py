@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Literal
 
 from app.auth.actor import Actor
-from app.auth.permissions import Permission
+from app.auth.permissions import Permission, secret_connect
 from app.secrets.schemas import SecretRead, SecretVersionRead
 
 STATUSES = ("ok", "failing", "needs_reauth")
@@ -44,13 +44,15 @@ def relative_text(moment: datetime | None, now: datetime) -> str:
     return f"{duration_text(-delta)} ago"
 
 
-def connect_action(secret: SecretRead) -> ConnectAction | None:
-    """HOOK(connect): `Connect` or `Reconnect` for a connected secret (one created with a
-    `provider`), else None. The connect feature is built in parallel; at merge this answers
-    `Connect` when the secret has no tokens yet and `Reconnect` when it has (or is
-    `needs_reauth`), from the secret's provider field, for a user holding `secrets.connect:NAME`
-    (the route is `GET /connect/{name}`)."""
-    return None
+def connect_action(actor: Actor, secret: SecretRead) -> ConnectAction | None:
+    """`Connect` (no tokens yet) or `Reconnect` (it has some, or needs reauth) for a connected
+    secret and a user holding `secrets.connect:NAME`; None otherwise. The button posts to
+    `/console/secrets/{name}/connect`, which starts the flow through the connect code."""
+    if secret.provider is None or not actor.can(secret_connect(secret.name)):
+        return None
+    if secret.has_value or secret.status == "needs_reauth":
+        return "Reconnect"
+    return "Connect"
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ def secret_row(
         can_refresh=may_refresh(actor, secret),
         can_manage=actor.can(Permission.SECRETS_MANAGE),
         rollback_to=previous_version if actor.can(Permission.SECRETS_MANAGE) else None,
-        connect=connect_action(secret),
+        connect=connect_action(actor, secret),
     )
 
 
