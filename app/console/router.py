@@ -194,12 +194,21 @@ async def refresh_secret(
     return await _flash_and_return(request, session, user, message)
 
 
-@router.post(SECRETS_PATH + "/{name}/connect")
+@router.get(SECRETS_PATH + "/{name}/connect")
 async def connect_secret(
-    name: str, request: Request, user: ConsoleUserDep, form: CheckedForm, session: SessionDep
+    name: str, request: Request, user: ConsoleUserDep, session: SessionDep
 ) -> Response:
     """Connect (or reconnect) a connected secret: the connect flow's own start
-    (`secrets.connect:NAME`), answered with the redirect to the provider's consent page."""
+    (`secrets.connect:NAME`), answered with the redirect to the provider's consent page.
+
+    A link, not a form: the page's CSP allows forms to post only to the console, and a form
+    whose answer redirects to the provider counts as posting there. Another site can't start a
+    flow in the user's name: the browser says where a navigation came from (`Sec-Fetch-Site`),
+    and the session cookie is SameSite=Lax."""
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        message = "Start connecting from the console's own Secrets page."
+        return render(request, "error.html", user, status_code=403, title="Not allowed",
+                      message=message)  # fmt: skip
     state = request.app.state
     try:
         return await connect_start(

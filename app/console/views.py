@@ -46,7 +46,7 @@ def relative_text(moment: datetime | None, now: datetime) -> str:
 
 def connect_action(actor: Actor, secret: SecretRead) -> ConnectAction | None:
     """`Connect` (no tokens yet) or `Reconnect` (it has some, or needs reauth) for a connected
-    secret and a user holding `secrets.connect:NAME`; None otherwise. The button posts to
+    secret and a user holding `secrets.connect:NAME`; None otherwise. The link opens
     `/console/secrets/{name}/connect`, which starts the flow through the connect code."""
     if secret.provider is None or not actor.can(secret_connect(secret.name)):
         return None
