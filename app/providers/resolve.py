@@ -7,6 +7,7 @@ issuer's discovery document (OpenID Connect, then RFC 8414), fetched through the
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,9 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from app.db import one_or_not_found
+from app.errors import DiscoveryFailed
 from app.outbound import Outbound
 from app.providers.discovery import DiscoveryCache, discovery_cache
 from app.providers.models import Provider
+
+logger = logging.getLogger("tokenfarm.providers")
 
 ENDPOINT_FIELDS = (
     "authorization_url",
@@ -110,8 +114,11 @@ async def resolve_row(
 
     A provider with an issuer and a missing endpoint takes it from the issuer's discovery
     document (cached per process; fetched through `outbound`, the egress-guarded client).
-    Discovery failing, or naming another issuer, is `DiscoveryFailed` (502). Without
-    `outbound` only a cached document can help: endpoints nobody gave stay None.
+    Discovery failing, or naming another issuer, is `DiscoveryFailed` (502) — unless the row
+    itself names the authorization and token endpoints: then only optional endpoints
+    (revocation, device, JWKS) were wanted, they stay None, and the provider still works (a
+    document that was never used can't mix issuers up). Without `outbound` only a cached
+    document can help: endpoints nobody gave stay None.
     """
     if not needs_discovery(row):
         return ResolvedProvider.from_row(row)
@@ -119,4 +126,15 @@ async def resolve_row(
     documents = cache or discovery_cache
     if outbound is None:
         return ResolvedProvider.from_row(row, documents.cached(row.issuer))
-    return ResolvedProvider.from_row(row, await documents.document(row.issuer, outbound))
+    try:
+        document = await documents.document(row.issuer, outbound)
+    except DiscoveryFailed as exc:
+        if row.authorization_url is None or row.token_url is None:
+            raise
+        logger.warning(
+            "provider %s: discovery failed, using its explicit endpoints only: %s",
+            row.name,
+            exc.message,
+        )
+        return ResolvedProvider.from_row(row)
+    return ResolvedProvider.from_row(row, document)
