@@ -15,9 +15,11 @@ to an internal address.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import re
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -295,6 +297,13 @@ class SendProgress:
         return isinstance(exc, NEVER_SENT_ERRORS) or not self.handed or self.traced
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The process's one TLS client context (certificate checks on, the CA bundle httpx
+    trusts): loading the CA bundle costs tens of milliseconds, once instead of per client."""
+    return httpx.create_ssl_context()
+
+
 class Outbound:
     """Sends the requests of runs with one shared client, behind the egress guard."""
 
@@ -316,6 +325,7 @@ class Outbound:
             follow_redirects=False,
             trust_env=False,
             limits=httpx.Limits(max_keepalive_connections=0),
+            verify=tls_context(),
         )
         self.allow = (
             egress_allow
