@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
@@ -77,16 +77,23 @@ def bind(routes: Sequence[BaseRoute], fast_paths: Iterable[FastPath]) -> list[_B
     """Each fast path with its route's own path regex, as the app serves it (prefix included), and
     the patterns the route declares for its path parameters (a value outside them is the route's
     to refuse). A fast path for a route the app doesn't serve on GET is a programming error."""
-    by_endpoint = {
-        route.endpoint: route
-        for route in iter_route_contexts(routes)
-        if isinstance(route.original_route, APIRoute) and "GET" in (route.methods or ())
-    }
+    fast_paths = list(fast_paths)
+    wanted = {fast_path.endpoint for fast_path in fast_paths}
+    # Contexts are built lazily, router by router (each costs its routes' dependants): stop at
+    # the last route a fast path needs instead of building every route of the app up front.
+    by_endpoint: dict[Any, RouteContext] = {}
+    for route in iter_route_contexts(routes):
+        if isinstance(route.original_route, APIRoute) and "GET" in (route.methods or ()):
+            if route.endpoint in wanted:
+                by_endpoint[route.endpoint] = route
+                if len(by_endpoint) == len(wanted):
+                    break
     bound = []
     for fast_path in fast_paths:
-        route = by_endpoint.get(fast_path.endpoint)
-        if route is None:
+        found = by_endpoint.get(fast_path.endpoint)
+        if found is None:
             raise LookupError(f"no GET route for the fast path of {fast_path.endpoint.__name__}")
+        route = found
         assert isinstance(route.original_route, APIRoute)
         bound.append(
             _Bound(route.path_regex, _path_patterns(route.original_route), fast_path.shortcut)
