@@ -101,6 +101,10 @@ async def _seeded_rows(url: str) -> dict[str, list[dict[str, Any]]]:
 TABLES_SQL = (
     "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
 )
+RESTART_SEQUENCES_SQL = (
+    "SELECT setval(format('%I.%I', schemaname, sequencename)::regclass, 1, false) "
+    "FROM pg_sequences WHERE schemaname = 'public'"
+)
 
 
 @pytest.fixture(scope="session")
@@ -109,6 +113,9 @@ def postgres_database() -> Iterator[PostgresDatabase]:
     name = f"tokenfarm_test_{uuid.uuid4().hex[:10]}"
     try:
         pg_admin(f'CREATE DATABASE "{name}"')
+        # A throwaway database: a commit need not wait for the WAL to reach the disk (the
+        # outage tests' durability runs on their own private cluster).
+        pg_admin(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         postgres_unavailable(f"PostgreSQL at {PG_SERVER} is unreachable: {exc!r}")
     try:
@@ -126,18 +133,25 @@ async def _reset(database: PostgresDatabase) -> None:
         # A connection leaked by an earlier test must fail this loudly, not hang the suite.
         await connection.execute("SET lock_timeout = '10s'")
         tables = [row["tablename"] for row in await connection.fetch(TABLES_SQL)]
-        names = ", ".join(f'"{table}"' for table in tables)
-        await connection.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
-        for table, rows in database.seeded.items():
-            columns = list(rows[0])
-            await connection.copy_records_to_table(
-                table, records=[tuple(row[c] for c in columns) for row in rows], columns=columns
-            )
-            if "id" in columns:
-                await connection.execute(
-                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                    f'(SELECT max(id) FROM "{table}"))'
+        # DELETE, not TRUNCATE: a TRUNCATE of the ~20 tables makes new files for each and took
+        # ~210 ms per test, DELETE of a test's few rows ~5 ms. Foreign keys are not checked
+        # while every table is emptied (replica role), and the sequences restart as a
+        # TRUNCATE ... RESTART IDENTITY would.
+        async with connection.transaction():
+            await connection.execute("SET LOCAL session_replication_role = replica")
+            for table in tables:
+                await connection.execute(f'DELETE FROM "{table}"')
+            await connection.execute(RESTART_SEQUENCES_SQL)
+            for table, rows in database.seeded.items():
+                columns = list(rows[0])
+                await connection.copy_records_to_table(
+                    table, records=[tuple(row[c] for c in columns) for row in rows], columns=columns
                 )
+                if "id" in columns:
+                    await connection.execute(
+                        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                        f'(SELECT max(id) FROM "{table}"))'
+                    )
     finally:
         await connection.close()
 
