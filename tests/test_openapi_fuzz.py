@@ -61,7 +61,10 @@ MODES = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
 STATEFUL_EXAMPLES = int(os.environ.get("TOKENFARM_FUZZ_STATEFUL_EXAMPLES", "20"))
 # A schema can't say that a cron has five fields, a permission exists, a referenced account
 # exists or an expiry lies ahead: such schema-valid requests are rightly refused with 422.
-STATEFUL_EXCLUDED_CHECKS = "positive_data_acceptance"
+# `ensure_resource_availability` reads a 404 after a create as "the resource vanished"; tokenfarm
+# answers 404 also for a missing role *named in the body* of a change to the account just made
+# (tests/auth/test_accounts_api.py: an unknown role is a 404 naming it), which it can't tell apart.
+STATEFUL_EXCLUDED_CHECKS = "positive_data_acceptance,ensure_resource_availability"
 
 
 @dataclass
@@ -109,6 +112,8 @@ async def seed(
         # Not the owner: a fuzzed password change would end the token every call uses.
         "email": "fuzz@example.com",
         "key_name": "ci",
+        # Device flows live in the memory of the server that started one: none is running.
+        "flow_id": "no-such-flow",
     }
 
 

@@ -77,6 +77,7 @@ class RunTriggerChoice(StrEnum):
     read = "read"
     schedule = "schedule"
     expiry = "expiry"
+    connect = "connect"
 
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
