@@ -15,17 +15,12 @@ from dataclasses import dataclass, field
 from string import Formatter
 from typing import Any, Literal
 
+from app.providers.resolve import ENDPOINT_FIELDS
+
 ClientAuth = Literal["basic", "post", "private_key_jwt", "none"]
 # Hosts, tenant ids and path segments only: a param can't add a path, query or another host.
 CATALOG_PARAM_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$"
-URL_FIELDS = (
-    "issuer",
-    "authorization_url",
-    "token_url",
-    "revocation_url",
-    "device_authorization_url",
-    "jwks_uri",
-)
+URL_FIELDS = ("issuer", *ENDPOINT_FIELDS)
 
 
 @dataclass(frozen=True)
